@@ -1,0 +1,75 @@
+"""Command-line flags of ``python -m study.launch`` and the one-line error convention."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from study.config import PRESETS, StudyConfig, load_config, read_run_config
+from study.errors import StudyError
+
+
+def _ids(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(part) for part in _ids(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def parser() -> argparse.ArgumentParser:
+    """The flags of DESIGN section 2; each maps onto the ``StudyConfig`` field of its name."""
+    p = argparse.ArgumentParser(
+        prog="python -m study.launch",
+        description="Hyperparameter study of machine unlearning for 3D brain-MRI segmentation.",
+    )
+    p.add_argument("--preset", choices=PRESETS, default="demo", help="base settings (default: demo)")
+    p.add_argument("--config", type=Path, help="TOML file with any StudyConfig keys")
+    p.add_argument("--run-dir", dest="run_dir", help="output folder (default runs/<preset>-<time>)")
+    p.add_argument("--data", help="MRBrainS18 training folder (default: the synthetic cohort)")
+    p.add_argument("--weights", help="MedicalNet checkpoint (.pth) to start the original model from")
+    p.add_argument("--strategies", type=_ids, help="comma-separated strategy names")
+    p.add_argument("--num-samples", dest="num_samples", type=int, help="trials per strategy")
+    p.add_argument("--max-epochs", dest="max_epochs", type=int, help="epochs per trial")
+    p.add_argument("--horizons", type=_ints, help="epochs the tables report, e.g. 20,50")
+    p.add_argument("--forget", type=_ids, help="subject ids to forget, e.g. 070,148")
+    p.add_argument("--retain", type=_ids, help="subject ids to retain (default: all others)")
+    p.add_argument("--holdout", type=_ids, help="subject ids never trained on")
+    p.add_argument("--address", help="Ray cluster to join ('auto' or host:port)")
+    p.add_argument("--cpus-per-trial", dest="cpus_per_trial", type=int)
+    p.add_argument("--gpus-per-trial", dest="gpus_per_trial", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", type=Path, help="finish the interrupted study in this run directory")
+    return p
+
+
+def config_from_args(argv: list[str] | None = None) -> tuple[StudyConfig, bool]:
+    """``(config, resuming)`` from the command line; flags override preset and ``--config``."""
+    args = parser().parse_args(argv)
+    if args.resume is not None:
+        return read_run_config(args.resume), True
+    overrides = {
+        key: value
+        for key, value in vars(args).items()
+        if key not in ("preset", "config", "resume") and value is not None
+    }
+    return load_config(args.preset, args.config, overrides), False
+
+
+def run_cli(main: Callable[[], Any]) -> int:
+    """Runs ``main``; a ``StudyError`` becomes one line on stderr and exit code 2."""
+    try:
+        main()
+    except StudyError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,189 @@
+"""``StudyConfig``: every setting of a study, from a preset, a TOML file and CLI flags.
+
+Later sources win: preset (``study/presets/<name>.toml``) < ``--config FILE`` < flags.
+The resolved configuration is written to ``<run_dir>/config.toml`` and is enough to
+reproduce the study.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from study.errors import StudyError
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+PRESETS = ("demo", "smoke", "paper")
+SAMPLERS = ("tpe", "nsga2")
+LABEL_MODES = ("4class", "8class")
+BN_MODES = ("train", "frozen")
+
+
+def default_cache_dir() -> Path:
+    """Where synthetic cohorts and original models are cached across studies."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mri-unlearning-study"
+
+
+@dataclass
+class StudyConfig:
+    """A study's settings. Paths are strings so the config round-trips through TOML."""
+
+    preset: str = "demo"
+    run_dir: str = ""  # default runs/<preset>-<timestamp>
+    # Data and model
+    data: str = ""  # MRBrainS18 training folder; empty: the synthetic cohort
+    allow_synthetic: bool = True  # whether the synthetic cohort stands in for missing --data
+    weights: str = ""  # MedicalNet checkpoint; empty: random initialisation
+    cache_dir: str = ""  # empty: default_cache_dir()
+    forget: list[str] = field(default_factory=lambda: ["070", "148"])
+    retain: list[str] | None = None  # None: every subject not in forget or holdout
+    holdout: list[str] | None = None  # None: the synthetic extras, or none for real data
+    label_mode: str = "4class"
+    input_size: list[int] = field(default_factory=lambda: [24, 96, 96])  # D, H, W
+    model_depth: int = 10
+    model_width: float = 0.25
+    # Original model (and retrain reference) training
+    baseline_epochs: int = 60
+    baseline_lr: float = 3e-3
+    batch_size: int = 2
+    # The search
+    strategies: list[str] = field(default_factory=lambda: ["noisy_label", "max_loss"])
+    num_samples: int = 4
+    max_epochs: int = 20
+    horizons: list[int] = field(default_factory=lambda: [10, 20])
+    sampler: str = "tpe"
+    score_weight: float = 0.5
+    seed: int = 0
+    # Ray
+    address: str = ""  # empty: start a local Ray; "auto" or host:port joins a cluster
+    cpus_per_trial: int = 1
+    gpus_per_trial: float = 0.0
+    checkpoint_every: int = 1  # epochs; 0: only at horizons and the last epoch
+    max_failures: int = 2
+    dashboard: bool = True
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir)
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else default_cache_dir()
+
+    def validate(self, known_strategies: tuple[str, ...]) -> StudyConfig:
+        """Returns ``self`` after checking every field; raises ``StudyError`` naming the first bad one."""
+        unknown = [s for s in self.strategies if s not in known_strategies]
+        if unknown or not self.strategies:
+            raise StudyError(
+                f"strategies: unknown {', '.join(unknown) or '(none given)'}; "
+                f"choose from {', '.join(known_strategies)}"
+            )
+        for name in ("num_samples", "max_epochs", "baseline_epochs", "batch_size", "cpus_per_trial"):
+            if getattr(self, name) < 1:
+                raise StudyError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if bad := [h for h in self.horizons if not 1 <= h <= self.max_epochs]:
+            raise StudyError(
+                f"horizons {bad} lie outside 1..max_epochs ({self.max_epochs}); "
+                "lower them or raise --max-epochs"
+            )
+        if len(self.input_size) != 3 or min(self.input_size) < 8:
+            raise StudyError(f"input_size must be three sizes (D, H, W) of at least 8, got {self.input_size}")
+        checks = {
+            "label_mode": (self.label_mode, LABEL_MODES),
+            "sampler": (self.sampler, SAMPLERS),
+            "model_depth": (self.model_depth, (10, 18, 34, 50)),
+        }
+        for name, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise StudyError(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+        if self.model_width <= 0 or self.baseline_lr <= 0:
+            raise StudyError("model_width and baseline_lr must be positive")
+        if self.gpus_per_trial < 0 or self.checkpoint_every < 0 or self.max_failures < 0:
+            raise StudyError("gpus_per_trial, checkpoint_every and max_failures must not be negative")
+        if not 0 <= self.score_weight <= 1:
+            raise StudyError(f"score_weight must lie in [0, 1], got {self.score_weight}")
+        if not self.data and not self.allow_synthetic:
+            raise StudyError(
+                f"preset {self.preset!r} needs real data: pass --data with the MRBrainS18 "
+                "training folder (holding 1/, 4/, 5/, 7/, 14/, 070/, 148/)"
+            )
+        return self
+
+    def to_toml(self) -> str:
+        """The configuration as TOML (``None`` fields, meaning 'default', are left out)."""
+        lines = []
+        for key, value in dataclasses.asdict(self).items():
+            if value is not None:
+                lines.append(f"{key} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise StudyError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise StudyError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _apply(config: StudyConfig, values: dict[str, Any], source: str) -> None:
+    types = {f.name: f.type for f in dataclasses.fields(StudyConfig)}
+    for key, value in values.items():
+        if key not in types:
+            raise StudyError(f"{source}: unknown setting {key!r}; see README.md for the settings")
+        expected = type(getattr(StudyConfig(), key))
+        if key in ("retain", "holdout"):
+            expected = list
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise StudyError(f"{source}: {key} must be a {expected.__name__}, got {value!r}")
+        if expected is list:
+            value = [str(v) if key in ("forget", "retain", "holdout", "strategies") else v for v in value]
+        setattr(config, key, value)
+
+
+def load_config(
+    preset: str = "demo",
+    config_file: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> StudyConfig:
+    """The merged configuration (not yet validated against the strategy registry)."""
+    if preset not in PRESETS:
+        raise StudyError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    config = StudyConfig(preset=preset)
+    _apply(config, _read_toml(PRESETS_DIR / f"{preset}.toml"), f"preset {preset}")
+    if config_file is not None:
+        _apply(config, _read_toml(Path(config_file)), str(config_file))
+    _apply(config, {k: v for k, v in (overrides or {}).items() if v is not None}, "command line")
+    if not config.run_dir:
+        config.run_dir = str(Path("runs") / f"{preset}-{datetime.now():%Y%m%d-%H%M%S}")
+    return config
+
+
+def read_run_config(run_dir: Path) -> StudyConfig:
+    """The resolved configuration saved in a run directory (for ``--resume`` and reports)."""
+    path = Path(run_dir) / "config.toml"
+    if not path.is_file():
+        raise StudyError(f"{run_dir} is not a study run directory (no config.toml)")
+    config = StudyConfig()
+    _apply(config, _read_toml(path), str(path))
+    return config

@@ -1,0 +1,8 @@
+"""The one exception type for problems a user can cause and fix."""
+
+
+class StudyError(Exception):
+    """Bad input, configuration or files: the message names the culprit and what to do.
+
+    The command-line entry points print the message on one line and exit with code 2.
+    """

@@ -1,0 +1,94 @@
+"""Dice, MAE, the unlearning objectives derived from them, and model evaluation on a cohort.
+
+Per subject, on the softmax output at the input resolution:
+  Dice = mean over foreground classes (MONAI ``DiceMetric``, background excluded);
+  MAE  = mean over voxels and classes of ``|softmax - one_hot|``.
+A subject set's figure is the mean over its subjects. With ``0`` the original model:
+  ``dice_gap = retain_dice - forget_dice``, ``mae_gap = forget_mae - retain_mae``,
+  ``forget_drop = (forget_dice0 - forget_dice) / forget_dice0``,
+  ``retain_kept = retain_dice / retain_dice0``,
+  ``score = w * forget_drop + (1 - w) * retain_kept``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from monai.metrics import DiceMetric
+from torch import nn
+
+from study.data import Cohort
+
+SUBJECT_SETS = ("retain", "forget", "holdout")
+SET_METRICS = tuple(f"{s}_{m}" for m in ("dice", "mae") for s in SUBJECT_SETS)
+DERIVED_METRICS = ("dice_gap", "mae_gap", "forget_drop", "retain_kept", "score")
+METRICS = SET_METRICS + DERIVED_METRICS
+
+
+def dice_per_subject(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Foreground-mean Dice ``(B,)`` of class maps ``pred``, ``target`` ``(B, D, H, W)``.
+
+    A class absent from a subject's ground truth is left out of that subject's mean.
+    """
+    metric = DiceMetric(include_background=False, reduction="mean_channel", ignore_empty=True)
+    pred_onehot = F.one_hot(pred.long(), n_classes).movedim(-1, 1)
+    target_onehot = F.one_hot(target.long(), n_classes).movedim(-1, 1)
+    return metric(pred_onehot, target_onehot).reshape(-1)
+
+
+def mae_per_subject(probabilities: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MAE ``(B,)``: mean of ``|softmax - one_hot|`` over classes and voxels.
+
+    ``probabilities``: ``(B, C, D, H, W)`` softmax output; ``target``: ``(B, D, H, W)``.
+    """
+    onehot = F.one_hot(target.long(), probabilities.shape[1]).movedim(-1, 1).float()
+    return (probabilities - onehot).abs().flatten(1).mean(dim=1)
+
+
+@torch.no_grad()
+def evaluate_subjects(
+    model: nn.Module, cohort: Cohort, subjects: tuple[str, ...], device: torch.device
+) -> dict[str, tuple[float, float]]:
+    """``{subject: (dice, mae)}`` of ``model`` in eval mode, one subject at a time."""
+    was_training = model.training
+    model.eval()
+    figures = {}
+    for subject in subjects:
+        image = torch.from_numpy(cohort.images[subject])[None].to(device)
+        target = torch.from_numpy(cohort.labels[subject])[None].to(device)
+        probabilities = torch.softmax(model(image).float(), dim=1)
+        dice = dice_per_subject(probabilities.argmax(dim=1), target, cohort.n_classes)
+        mae = mae_per_subject(probabilities, target)
+        figures[subject] = (float(dice[0]), float(mae[0]))
+    model.train(was_training)
+    return figures
+
+
+def set_metrics(model: nn.Module, cohort: Cohort, device: torch.device) -> dict[str, float]:
+    """``retain_dice``, ``forget_dice``, ``holdout_dice`` and the three MAEs; NaN for an empty set."""
+    split = cohort.split
+    per_subject = evaluate_subjects(model, cohort, split.training + split.holdout, device)
+    metrics = {}
+    for set_name in SUBJECT_SETS:
+        subjects = getattr(split, set_name)
+        for index, metric in enumerate(("dice", "mae")):
+            values = [per_subject[s][index] for s in subjects]
+            metrics[f"{set_name}_{metric}"] = sum(values) / len(values) if values else math.nan
+    return metrics
+
+
+def derived_metrics(
+    metrics: dict[str, float], original: dict[str, float], score_weight: float = 0.5
+) -> dict[str, float]:
+    """Gaps and objectives of ``metrics`` relative to the original model's ``original``."""
+    forget_drop = (original["forget_dice"] - metrics["forget_dice"]) / original["forget_dice"]
+    retain_kept = metrics["retain_dice"] / original["retain_dice"]
+    return {
+        "dice_gap": metrics["retain_dice"] - metrics["forget_dice"],
+        "mae_gap": metrics["forget_mae"] - metrics["retain_mae"],
+        "forget_drop": forget_drop,
+        "retain_kept": retain_kept,
+        "score": score_weight * forget_drop + (1 - score_weight) * retain_kept,
+    }

@@ -1,0 +1,69 @@
+"""The results table: one row per trial per epoch (DESIGN 10), written atomically as Parquet."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from study.metrics import METRICS
+
+TRIALS_FILE = "trials.parquet"
+STATUSES = ("running", "terminated", "diverged", "error")
+KEY_COLUMNS = ("strategy", "trial_id", "epoch", "status")
+
+
+def trial_rows(
+    strategy: str,
+    trial_id: str,
+    params: Mapping[str, Any],
+    history: Iterable[Mapping[str, Any]],
+    status: str,
+) -> pd.DataFrame:
+    """The rows of one trial: one per reported epoch, the last report of an epoch winning.
+
+    ``history`` holds the trial's reports in order (each with ``epoch`` and the metrics);
+    an epoch reported twice (a trial restarted from an older checkpoint) keeps its last row.
+    """
+    if status not in STATUSES:
+        raise ValueError(f"unknown trial status {status!r}")
+    by_epoch: dict[int, Mapping[str, Any]] = {}
+    for report in history:
+        by_epoch[int(report["epoch"])] = report
+    rows = []
+    for epoch in sorted(by_epoch):
+        row: dict[str, Any] = {"strategy": strategy, "trial_id": trial_id, "epoch": epoch, "status": status}
+        row |= {f"param_{k}": v for k, v in params.items()}
+        row |= {m: float(by_epoch[epoch].get(m, math.nan)) for m in METRICS}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def combine(tables: Iterable[pd.DataFrame]) -> pd.DataFrame:
+    """All trials' rows in one table, key columns first, ordered by strategy, trial, epoch."""
+    tables = [t for t in tables if len(t)]
+    if not tables:
+        return pd.DataFrame(columns=[*KEY_COLUMNS, *METRICS])
+    table = pd.concat(tables, ignore_index=True)
+    params = sorted(c for c in table.columns if c.startswith("param_"))
+    table = table[[*KEY_COLUMNS, *params, *METRICS]]
+    return table.sort_values(["strategy", "trial_id", "epoch"], ignore_index=True)
+
+
+def write_table(table: pd.DataFrame, path: Path) -> Path:
+    """Writes ``table`` to ``path`` via a temporary file and a rename: never half-written."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    table.to_parquet(partial, index=False)
+    os.replace(partial, path)
+    return path
+
+
+def final_rows(trials: pd.DataFrame) -> pd.DataFrame:
+    """Each trial's last reported epoch."""
+    last = trials.groupby(["strategy", "trial_id"])["epoch"].transform("max")
+    return trials[trials["epoch"] == last].reset_index(drop=True)

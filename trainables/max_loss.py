@@ -1,0 +1,36 @@
+"""Retain Label / Max Loss: gradient ascent on the forget subjects' loss, bounded.
+
+Loss = ``retain_weight`` x segmentation loss on retain subjects
+       - ``forget_weight`` x min(cross-entropy on forget subjects, ``loss_ceiling``).
+Past the ceiling the forget term is constant, so its gradient vanishes and ascent stops
+instead of driving the logits to infinity.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainables.strategy import Batch, Strategy
+
+
+class MaxLoss(Strategy):
+    name = "max_loss"
+
+    def __init__(self, params, n_classes, original_model):
+        super().__init__(params, n_classes, original_model)
+        self.forget_weight = float(params["forget_weight"])
+        self.loss_ceiling = float(params["loss_ceiling"])
+
+    def forget_term(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """min(mean cross-entropy, ``loss_ceiling``) of forget logits ``(B, C, D, H, W)``."""
+        return torch.clamp(F.cross_entropy(logits, labels), max=self.loss_ceiling)
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        logits = model(batch.images)
+        loss = self.retain_loss(logits, batch)
+        if batch.forget.any():
+            forget = self.forget_term(logits[batch.forget], batch.labels[batch.forget])
+            loss = loss - self.forget_weight * forget
+        return loss
