@@ -1,21 +1,13 @@
-"""One Optuna define-by-run search space per strategy.
+"""One Optuna define-by-run search space per strategy (``search_spaces/spaces.py``)."""
 
-Each function takes an ``optuna.Trial``, calls ``suggest_*`` and returns nothing; the
-ranges are those a practitioner would defend, checkable against DESIGN section 7 at a glance.
-"""
+from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 
-from search_spaces.spaces import common, max_loss, noisy_label
-
-#: Strategy name -> define-by-run function.
-SEARCH_SPACES: dict[str, Callable[[optuna.Trial], None]] = {
-    "noisy_label": noisy_label,
-    "max_loss": max_loss,
-}
+from search_spaces.spaces import SEARCH_SPACES
 
 
 @dataclass(frozen=True)
@@ -29,8 +21,14 @@ class DefineByRun:
     strategy: str
 
     def __call__(self, trial: optuna.Trial) -> dict[str, int]:
-        SEARCH_SPACES[self.strategy](trial)
+        space, _ = SEARCH_SPACES[self.strategy]
+        space(trial)
         return {"trial_number": trial.number}
 
 
-__all__ = ["SEARCH_SPACES", "DefineByRun", "common"]
+def starting_point(strategy: str) -> dict[str, Any]:
+    """The hand-picked configuration ``strategy``'s search evaluates first."""
+    return dict(SEARCH_SPACES[strategy][1])
+
+
+__all__ = ["SEARCH_SPACES", "DefineByRun", "starting_point"]

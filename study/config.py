@@ -45,19 +45,20 @@ class StudyConfig:
     retain: list[str] | None = None  # None: every subject not in forget or holdout
     holdout: list[str] | None = None  # None: the synthetic extras, or none for real data
     label_mode: str = "4class"
-    input_size: list[int] = field(default_factory=lambda: [24, 96, 96])  # D, H, W
+    input_size: list[int] = field(default_factory=lambda: [16, 64, 64])  # D, H, W
     model_depth: int = 10
     model_width: float = 0.25
     # Original model (and retrain reference) training
-    baseline_epochs: int = 60
+    baseline_epochs: int = 100
     baseline_lr: float = 3e-3
     batch_size: int = 2
     # The search
     strategies: list[str] = field(default_factory=lambda: ["noisy_label", "max_loss"])
     num_samples: int = 4
-    max_epochs: int = 20
-    horizons: list[int] = field(default_factory=lambda: [10, 20])
+    max_epochs: int = 30
+    horizons: list[int] = field(default_factory=lambda: [15, 30])
     sampler: str = "tpe"
+    warm_start: bool = True  # first trial of each search = the strategy's hand-picked start
     score_weight: float = 0.5
     seed: int = 0
     # Ray

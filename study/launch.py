@@ -6,6 +6,7 @@ module of ``study/`` that imports ``trainables/``, ``search_spaces/`` and ``anal
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pandas as pd
 import torch
 
 from analysis.pareto import OBJECTIVES, pareto_front
-from search_spaces import DefineByRun
+from search_spaces import DefineByRun, starting_point
 from study.cli import config_from_args, run_cli
 from study.cluster import connect
 from study.config import StudyConfig
@@ -108,6 +109,10 @@ def run_experiment(
     """One Tune experiment: ``num_samples`` Optuna-suggested trials of ``strategy``; returns its rows."""
     import optuna
     from ray import tune
+
+    # Keeping only the last checkpoint forces an experiment snapshot at every checkpoint;
+    # for small trials that is cheap, so Tune's warning about it is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     from ray.tune.search.optuna import OptunaSearch
 
     samplers = {"tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers.NSGAIISampler}
@@ -119,6 +124,7 @@ def run_experiment(
         study_name=strategy,
         storage=optuna.storages.RDBStorage(f"sqlite:///{(run_dir / 'optuna.db').resolve()}"),
         seed=config.seed,
+        points_to_evaluate=[starting_point(strategy)] if config.warm_start else None,
     )
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -137,12 +143,15 @@ def run_experiment(
     else:
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=config.num_samples),
+            tune_config=tune.TuneConfig(
+                search_alg=searcher, num_samples=config.num_samples, trial_dirname_creator=_trial_dirname
+            ),
             run_config=tune.RunConfig(
                 name=strategy,
                 storage_path=str(storage),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=config.max_failures),
+                verbose=1,  # status tables and trial summaries, not every epoch's result
             ),
         )
     print(f"\n=== {strategy}: {config.num_samples} trials x {config.max_epochs} epochs ===")
@@ -157,6 +166,11 @@ def run_experiment(
         trial_id = last.get("trial_id") or Path(result.path).name
         tables.append(trial_rows(strategy, trial_id, params, history, status))
     return combine(tables)
+
+
+def _trial_dirname(trial) -> str:
+    """A trial's folder is named by its id alone: short paths, no hyperparameter soup."""
+    return f"trial_{trial.trial_id}"
 
 
 def print_front(trials: pd.DataFrame) -> None:

@@ -35,7 +35,8 @@ def dice_per_subject(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -
     metric = DiceMetric(include_background=False, reduction="mean_channel", ignore_empty=True)
     pred_onehot = F.one_hot(pred.long(), n_classes).movedim(-1, 1)
     target_onehot = F.one_hot(target.long(), n_classes).movedim(-1, 1)
-    return metric(pred_onehot, target_onehot).reshape(-1)
+    metric(y_pred=pred_onehot, y=target_onehot)
+    return metric.aggregate()  # per-subject mean over the classes present (NaN ones left out)
 
 
 def mae_per_subject(probabilities: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -56,8 +57,10 @@ def evaluate_subjects(
     model.eval()
     figures = {}
     for subject in subjects:
-        image = torch.from_numpy(cohort.images[subject])[None].to(device)
-        target = torch.from_numpy(cohort.labels[subject])[None].to(device)
+        image = torch.tensor(cohort.images[subject], device=device)[
+            None
+        ]  # a copy: Ray's arrays are read-only
+        target = torch.tensor(cohort.labels[subject], device=device)[None]
         probabilities = torch.softmax(model(image).float(), dim=1)
         dice = dice_per_subject(probabilities.argmax(dim=1), target, cohort.n_classes)
         mae = mae_per_subject(probabilities, target)

@@ -34,7 +34,7 @@ HOLDOUT_IDS = ("101", "102", "103")
 SHAPE = (240, 240, 48)
 VOXEL_MM = (0.958, 0.958, 3.0)
 #: Bumped whenever the generator changes, so that cached cohorts are rewritten.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 # Mean intensity of each tissue in (T1, IR, FLAIR), before a subject's own contrast:
 # T1: WM > GM > CSF; IR: strong GM/WM contrast; FLAIR: CSF dark, lesions bright.
@@ -72,20 +72,29 @@ def _smooth_field(rng: np.random.Generator, coarse: tuple[int, int, int]) -> np.
     return (field - field.mean()) / (field.std() + 1e-6)
 
 
-def _ellipsoid(mm: np.ndarray, centre, radii) -> np.ndarray:
-    """Mask of voxels inside an axis-aligned ellipsoid; ``mm`` is (3, X, Y, Z)."""
-    offsets = [(mm[i] - centre[i]) / radii[i] for i in range(3)]
-    return sum(o * o for o in offsets) <= 1.0
+def _axes() -> list[np.ndarray]:
+    """Voxel-centre coordinates in mm along x, y, z, centred on the volume."""
+    return [
+        ((np.arange(n) - (n - 1) / 2) * v).astype(np.float32) for n, v in zip(SHAPE, VOXEL_MM, strict=True)
+    ]
+
+
+def _ellipsoid(centre, radii) -> np.ndarray:
+    """Mask ``SHAPE`` of the voxels inside an axis-aligned ellipsoid (mm), computed on its box."""
+    mask = np.zeros(SHAPE, dtype=bool)
+    box, terms = [], []
+    for axis, c, r in zip(_axes(), centre, radii, strict=True):
+        lo, hi = np.searchsorted(axis, c - r), np.searchsorted(axis, c + r, side="right")
+        box.append(slice(lo, hi))
+        terms.append(((axis[lo:hi] - c) / r) ** 2)
+    mask[tuple(box)] = terms[0][:, None, None] + terms[1][None, :, None] + terms[2][None, None, :] <= 1.0
+    return mask
 
 
 def make_subject(subject: str, cohort_seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """One synthetic subject: ``({"T1"|"IR"|"FLAIR": (240, 240, 48) int16}, labels uint8)``."""
     rng = np.random.default_rng(_subject_seed(cohort_seed, subject))
-    mm = np.stack(
-        np.meshgrid(
-            *[(np.arange(n) - (n - 1) / 2) * v for n, v in zip(SHAPE, VOXEL_MM, strict=False)], indexing="ij"
-        )
-    ).astype(np.float32)
+    mm = np.stack(np.meshgrid(*_axes(), indexing="ij"))  # (3, X, Y, Z) voxel centres in mm
 
     # Head: a perturbed ellipsoid; s is the normalised radius (1 = outside of the scalp).
     radii = np.array([rng.uniform(64, 76), rng.uniform(82, 96), rng.uniform(60, 68)])
@@ -114,27 +123,25 @@ def make_subject(subject: str, cohort_seed: int = 0) -> tuple[dict[str, np.ndarr
     vent_scale = rng.uniform(0.7, 1.7)
     for side in (-1, 1):
         vent = _ellipsoid(
-            mm,
             centre + np.array([side * 7 * vent_scale, 4, 8]),
             np.array([5, 22, 10]) * np.array([vent_scale, 1, 0.9 + 0.2 * vent_scale]),
         )
-        basal = _ellipsoid(mm, centre + np.array([side * 23, 2, 0]), (8, 12, 9))
+        basal = _ellipsoid(centre + np.array([side * 23, 2, 0]), (8, 12, 9))
         labels[basal & brain] = 2
         labels[vent & brain] = 6
 
     cerebellum = _ellipsoid(
-        mm, centre + np.array([0, -0.6 * radii[1], -0.62 * radii[2]]), (0.55 * radii[0], 22, 16)
+        centre + np.array([0, -0.6 * radii[1], -0.62 * radii[2]]), (0.55 * radii[0], 22, 16)
     )
-    stem = _ellipsoid(mm, centre + np.array([0, -12, -0.6 * radii[2]]), (10, 11, 0.5 * radii[2]))
+    stem = _ellipsoid(centre + np.array([0, -12, -0.6 * radii[2]]), (10, 11, 0.5 * radii[2]))
     labels[cerebellum & (s < 0.88)] = 7
     labels[stem & (s < 0.88)] = 8
 
     white_matter = labels == 3
+    candidates = np.flatnonzero(white_matter)
     for _ in range(rng.poisson(rng.uniform(1, 8))):
-        candidates = np.flatnonzero(white_matter)
         at = np.unravel_index(candidates[rng.integers(len(candidates))], SHAPE)
         lesion = _ellipsoid(
-            mm,
             mm[(slice(None), *at)],
             (rng.uniform(3, 8), rng.uniform(3, 8), rng.uniform(4, 9)),
         )
@@ -143,12 +150,13 @@ def make_subject(subject: str, cohort_seed: int = 0) -> tuple[dict[str, np.ndarr
 
     # Contrast, bias field and noise: the subject's scanner session.
     bias = np.exp(rng.uniform(0.05, 0.3) * _smooth_field(rng, (3, 3, 2)))
-    noise_sigma = rng.uniform(0.01, 0.06)
+    noise_sigma = rng.uniform(0.01, 0.15)
     images = {}
     for channel, modality in enumerate(("T1", "IR", "FLAIR")):
         lookup = np.zeros(256, dtype=np.float32)
         for value, means in _TISSUE_MEANS.items():
-            lookup[value] = means[channel] * np.exp(rng.normal(0.0, 0.12))
+            # Clipped so that the tissue order of each modality (T1: WM > GM > CSF, ...) holds.
+            lookup[value] = means[channel] * np.exp(np.clip(rng.normal(0.0, 0.25), -0.22, 0.22))
         volume = lookup[tissue] * bias
         volume += noise_sigma * rng.standard_normal(SHAPE).astype(np.float32)
         gain = rng.uniform(600, 1400)

@@ -55,7 +55,7 @@ def baseline_key(config: StudyConfig, cohort: Cohort, kind: str = "original") ->
         "lr": config.baseline_lr,
         "batch_size": config.batch_size,
         "seed": config.seed,
-        "loop_version": 1,
+        "loop_version": 2,
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -117,6 +117,7 @@ def train_original(
         batch_size=config.batch_size,
         seed=config.seed,
         checkpoint_every=0,
+        cosine_decay=True,
         eval_every=max(1, config.baseline_epochs // 5),
     )
     started = time.monotonic()

@@ -7,6 +7,7 @@ The Tune trainable, the original model and the retrain reference all train throu
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ class LoopSettings:
     optimizer: str = "adam"
     weight_decay: float = 0.0
     warmup_epochs: int = 0
+    cosine_decay: bool = False  # anneal the LR to 0 by the last epoch (the original model's recipe)
     bn_mode: str = "train"
     seed: int = 0
     checkpoint_every: int = 1
@@ -129,13 +131,21 @@ def run_epochs(
     subjects = [(s, False) for s in split.retain]
     if strategy.uses_forget:
         subjects += [(s, True) for s in split.forget]
-    images = {s: torch.from_numpy(cohort.images[s]).to(device) for s, _ in subjects}
-    labels = {s: torch.from_numpy(cohort.labels[s]).long().to(device) for s, _ in subjects}
+    # Copies: arrays from Ray's object store are read-only.
+    images = {s: torch.tensor(cohort.images[s], device=device) for s, _ in subjects}
+    labels = {s: torch.tensor(cohort.labels[s], dtype=torch.long, device=device) for s, _ in subjects}
     steps_per_epoch = math.ceil(len(subjects) / settings.batch_size)
     warmup_steps = settings.warmup_epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
-    )
+    total_steps = settings.max_epochs * steps_per_epoch
+
+    def lr_factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if settings.cosine_decay:
+            return 0.5 * (1 + math.cos(math.pi * step / total_steps))
+        return 1.0
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
 
     first_epoch, metrics = 1, {}
     if resume_state is not None:
@@ -174,12 +184,15 @@ def run_epochs(
         )
         state = None
         if checkpoint_now:
-            state = {
-                "epoch": epoch,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "metrics": metrics,
-            }
+            # A snapshot: the live tensors keep changing after the report returns.
+            state = copy.deepcopy(
+                {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "metrics": metrics,
+                }
+            )
         report({**metrics, "epoch": epoch, "diverged": 0.0}, state)
     return metrics

@@ -48,7 +48,7 @@ class Strategy:
     #: Whether forget subjects are fed to ``loss`` at all.
     uses_forget = True
 
-    def __init__(self, params: dict[str, Any], n_classes: int, original_model: nn.Module) -> None:
+    def __init__(self, params: dict[str, Any], n_classes: int, original_model: nn.Module | None) -> None:
         self.params = params
         self.n_classes = n_classes
         self.original_model = original_model

@@ -1,0 +1,41 @@
+"""Shared fixtures: a synthetic cohort written once per session, and a real local Ray."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Token authentication is for real clusters; a test's throwaway local Ray runs without it.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+@pytest.fixture(scope="session")
+def cache_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ``XDG_CACHE_HOME`` holding the default synthetic cohort, as ``study.launch`` lays it out."""
+    from study import synthetic
+
+    home = tmp_path_factory.mktemp("cache")
+    synthetic.write_cohort(home / "mri-unlearning-study" / f"synthetic-v{synthetic.GENERATOR_VERSION}")
+    return home
+
+
+@pytest.fixture(scope="session")
+def cohort_root(cache_home: Path) -> Path:
+    """The folder of the synthetic cohort, in MRBrainS18's layout (10 subjects)."""
+    from study import synthetic
+
+    return cache_home / "mri-unlearning-study" / f"synthetic-v{synthetic.GENERATOR_VERSION}"
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray with 2 CPUs, temporary files in a short folder (Unix socket limit)."""
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix="ray-")
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,120 @@
+"""The synthetic writer and the MRBrainS18 reader, through real NIfTI files on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from study import synthetic
+from study.data import find_subjects, load_cohort, preprocess, read_subject, resolve_split
+from study.errors import StudyError
+
+
+def test_synthetic_cohort_has_mrbrains18_layout_geometry_and_labels(cohort_root: Path):
+    assert find_subjects(cohort_root) == sorted(synthetic.TRAINING_IDS + synthetic.HOLDOUT_IDS)
+    for name in ("pre/reg_T1.nii.gz", "pre/reg_IR.nii.gz", "pre/FLAIR.nii.gz", "segm.nii.gz"):
+        image = nib.load(cohort_root / "070" / name)
+        assert image.shape == (240, 240, 48)
+        np.testing.assert_allclose(image.header.get_zooms(), (0.958, 0.958, 3.0), rtol=1e-5)
+        np.testing.assert_allclose(image.affine, synthetic.affine())
+    labels = np.asarray(nib.load(cohort_root / "070" / "segm.nii.gz").dataobj)
+    assert set(np.unique(labels)) <= set(range(9))
+    assert {1, 2, 3, 5, 6} <= set(np.unique(labels))  # GM, basal ganglia, WM, both CSFs
+
+
+def test_reader_returns_what_the_writer_wrote(cohort_root: Path):
+    images, labels = synthetic.make_subject("148")
+    image, read_labels = read_subject(cohort_root, "148")
+    assert image.shape == (3, 240, 240, 48) and image.dtype == np.float32
+    np.testing.assert_array_equal(image[0], images["T1"])
+    np.testing.assert_array_equal(image[2], images["FLAIR"])
+    np.testing.assert_array_equal(read_labels, labels)
+
+
+def test_subjects_are_deterministic_and_distinct():
+    first, first_labels = synthetic.make_subject("4")
+    again, again_labels = synthetic.make_subject("4")
+    other, other_labels = synthetic.make_subject("5")
+    np.testing.assert_array_equal(first["IR"], again["IR"])
+    np.testing.assert_array_equal(first_labels, again_labels)
+    assert (first_labels != other_labels).mean() > 0.02
+
+
+def test_tissue_contrast_is_plausible():
+    images, labels = synthetic.make_subject("7")
+    t1, flair = images["T1"].astype(float), images["FLAIR"].astype(float)
+    wm, gm, csf, lesion = (labels == 3), (labels == 1), (labels == 5), (labels == 4)
+    assert t1[wm].mean() > t1[gm].mean() > t1[csf].mean()
+    assert flair[csf].mean() < flair[gm].mean()
+    if lesion.any():
+        assert flair[lesion].mean() > flair[wm].mean()
+
+
+def test_rewrite_is_skipped_when_the_cohort_is_complete(tmp_path: Path):
+    root = synthetic.write_cohort(tmp_path / "cohort", subjects=("1",))
+    stamp = (root / "1" / "segm.nii.gz").stat().st_mtime_ns
+    synthetic.write_cohort(tmp_path / "cohort", subjects=("1",))
+    assert (root / "1" / "segm.nii.gz").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize(
+    ("label_mode", "expected"),
+    [
+        ("4class", [0, 1, 1, 2, 2, 3, 3, 0, 0, 0, 0]),
+        ("8class", [0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0]),
+    ],
+)
+def test_label_merge(label_mode: str, expected: list[int]):
+    labels = np.arange(11, dtype=np.uint8).reshape(11, 1, 1)  # (X, Y, Z): one voxel per label
+    image = np.ones((3, 11, 1, 1), dtype=np.float32)
+    _, merged = preprocess(image, labels, (1, 1, 11), label_mode)
+    assert merged.shape == (1, 1, 11)  # (D, H, W) = (Z, Y, X)
+    assert merged[0, 0].tolist() == expected
+
+
+def test_preprocess_zscores_nonzero_voxels_and_resizes():
+    rng = np.random.default_rng(0)
+    image = np.zeros((3, 40, 40, 10), dtype=np.float32)
+    image[:, 10:30, 10:30, 2:8] = rng.uniform(100, 200, size=(3, 20, 20, 6))
+    labels = np.zeros((40, 40, 10), dtype=np.uint8)
+    labels[10:30, 10:30, 2:8] = 3
+    out, merged = preprocess(image, labels, (10, 40, 40), "4class")
+    inside = out[:, 2:8, 10:30, 10:30]
+    np.testing.assert_allclose(inside.reshape(3, -1).mean(axis=1), 0, atol=1e-4)
+    np.testing.assert_allclose(inside.reshape(3, -1).std(axis=1), 1, atol=1e-2)
+    small, small_labels = preprocess(image, labels, (5, 20, 20), "4class")
+    assert small.shape == (3, 5, 20, 20) and small_labels.shape == (5, 20, 20)
+    assert set(np.unique(small_labels)) == {0, 2}
+
+
+def test_cohort_split_and_digest(cohort_root: Path):
+    split = resolve_split(find_subjects(cohort_root), ["070"], ["1", "4"], ["101"], "test")
+    cohort = load_cohort(cohort_root, split, (8, 32, 32), "4class")
+    assert set(cohort.images) == {"070", "1", "4", "101"}
+    assert cohort.images["1"].shape == (3, 8, 32, 32) and cohort.labels["1"].shape == (8, 32, 32)
+    assert cohort.n_classes == 4
+    again = load_cohort(cohort_root, split, (8, 32, 32), "4class")
+    assert again.digest == cohort.digest
+    assert load_cohort(cohort_root, split, (8, 32, 32), "8class").digest != cohort.digest
+
+
+@pytest.mark.parametrize(
+    ("forget", "retain", "holdout", "message"),
+    [
+        ([], None, [], "forget set is empty"),
+        (["070"], ["070", "1"], [], "both --forget and --retain"),
+        (["999"], None, [], "unknown subject"),
+        (["070"], None, ["070"], "both --forget and --holdout"),
+    ],
+)
+def test_bad_splits_are_refused(forget, retain, holdout, message):
+    with pytest.raises(StudyError, match=message):
+        resolve_split(["1", "4", "070", "148"], forget, retain, holdout, "test")
+
+
+def test_default_retain_is_everyone_else():
+    split = resolve_split(["1", "4", "070", "148", "101"], ["070", "148"], None, ["101"], "test")
+    assert split.retain == ("1", "4") and split.training == ("1", "4", "070", "148")

@@ -1,0 +1,46 @@
+"""Dice, MAE and the derived objectives against values computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from study.metrics import derived_metrics, dice_per_subject, mae_per_subject
+
+
+def test_dice_is_the_foreground_mean_over_classes():
+    # One subject, 1 x 2 x 3 voxels, 3 classes.
+    target = torch.tensor([[[[0, 1, 1], [2, 2, 2]]]])
+    pred = torch.tensor([[[[1, 1, 0], [2, 2, 0]]]])
+    # class 1: |T|=2, |P|=2, overlap 1 -> 0.5; class 2: |T|=3, |P|=2, overlap 2 -> 0.8
+    dice = dice_per_subject(pred, target, n_classes=3)
+    assert dice.shape == (1,)
+    assert dice.item() == pytest.approx((0.5 + 0.8) / 2)
+
+
+def test_dice_leaves_out_classes_absent_from_the_ground_truth():
+    target = torch.tensor([[[[0, 1], [1, 1]]]])
+    pred = torch.tensor([[[[2, 1], [1, 0]]]])  # class 2 predicted but absent in truth
+    # class 1: |T|=3, |P|=2, overlap 2 -> 0.8; class 2 ignored
+    assert dice_per_subject(pred, target, n_classes=3).item() == pytest.approx(0.8)
+
+
+def test_mae_is_the_mean_absolute_error_over_classes_and_voxels():
+    target = torch.tensor([[[[0, 1]]]])  # (B=1, D=1, H=1, W=2)
+    probabilities = torch.tensor([[0.9, 0.4], [0.1, 0.6]]).reshape(1, 2, 1, 1, 2)
+    # voxel 0: |0.9-1| + |0.1-0| = 0.2 ; voxel 1: |0.4-0| + |0.6-1| = 0.8 -> (0.2+0.8)/4
+    assert mae_per_subject(probabilities, target).item() == pytest.approx(0.25)
+
+
+def test_derived_metrics_match_the_reference_noisy_label_row():
+    original = {"retain_dice": 0.9019, "forget_dice": 0.9226}
+    after = {"retain_dice": 0.7576, "forget_dice": 0.0613, "retain_mae": 0.02, "forget_mae": 0.111}
+    derived = derived_metrics(after, original, score_weight=0.5)
+    assert derived["dice_gap"] == pytest.approx(0.6963)
+    assert derived["mae_gap"] == pytest.approx(0.091)
+    assert derived["forget_drop"] == pytest.approx((0.9226 - 0.0613) / 0.9226)  # about 0.934
+    assert derived["retain_kept"] == pytest.approx(0.7576 / 0.9019)  # about 0.84
+    assert derived["score"] == pytest.approx(0.5 * derived["forget_drop"] + 0.5 * derived["retain_kept"])
+    assert math.isclose(derived["score"], 0.887, abs_tol=0.005)
