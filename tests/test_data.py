@@ -41,6 +41,7 @@ def test_subjects_are_deterministic_and_distinct():
     np.testing.assert_array_equal(first["IR"], again["IR"])
     np.testing.assert_array_equal(first_labels, again_labels)
     assert (first_labels != other_labels).mean() > 0.02
+    assert not np.array_equal(first["T1"], other["T1"])
 
 
 def test_tissue_contrast_is_plausible():
@@ -81,7 +82,7 @@ def test_preprocess_zscores_nonzero_voxels_and_resizes():
     image[:, 10:30, 10:30, 2:8] = rng.uniform(100, 200, size=(3, 20, 20, 6))
     labels = np.zeros((40, 40, 10), dtype=np.uint8)
     labels[10:30, 10:30, 2:8] = 3
-    out, merged = preprocess(image, labels, (10, 40, 40), "4class")
+    out, _ = preprocess(image, labels, (10, 40, 40), "4class")
     inside = out[:, 2:8, 10:30, 10:30]
     np.testing.assert_allclose(inside.reshape(3, -1).mean(axis=1), 0, atol=1e-4)
     np.testing.assert_allclose(inside.reshape(3, -1).std(axis=1), 1, atol=1e-2)
