@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from study.results import final_rows
+
 OBJECTIVES = ("forget_drop", "retain_kept")
 
 
@@ -29,3 +31,13 @@ def pareto_front(rows: pd.DataFrame, objectives: tuple[str, ...] = OBJECTIVES) -
     """The non-dominated rows of ``rows``, best first objective first."""
     mask = non_dominated_mask(rows[list(objectives)].to_numpy())
     return rows[mask].sort_values(list(objectives), ascending=False).reset_index(drop=True)
+
+
+def front_table(trials: pd.DataFrame) -> str:
+    """The non-dominated trials (final epochs) as a short text table."""
+    finals = final_rows(trials)
+    front = pareto_front(finals)
+    columns = ["strategy", "trial_id", "epoch", *OBJECTIVES, "forget_dice", "retain_dice", "score"]
+    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
+        table = front[columns].to_string(index=False)
+    return f"\nnon-dominated trials ({len(front)} of {len(finals)}), final epoch:\n{table}"

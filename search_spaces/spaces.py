@@ -61,3 +61,38 @@ def max_loss(trial: optuna.Trial) -> None:
     common(trial)
     trial.suggest_float("forget_weight", 0.01, 1.0, log=True)
     trial.suggest_float("loss_ceiling", 1.0, 10.0, log=True)
+
+
+@search_space("random_encoder", start={"feature_weight": 1.0})
+def random_encoder(trial: optuna.Trial) -> None:
+    """Random Encoder: weight of the pull toward a random encoder's features."""
+    common(trial)
+    trial.suggest_float("feature_weight", 0.01, 10.0, log=True)
+
+
+@search_space("learn_others", start={"target": "others"})
+def learn_others(trial: optuna.Trial) -> None:
+    """LearnOthers / LearnNoise: whose labels the forget subjects learn."""
+    common(trial)
+    trial.suggest_categorical("target", ["others", "noise"])
+
+
+@search_space("fix_decoder", start={"noise_level": 1.0})
+def fix_decoder(trial: optuna.Trial) -> None:
+    """Fix Decoder: Noisy Label's noise level; the decoder stays frozen."""
+    common(trial)
+    trial.suggest_float("noise_level", 0.1, 1.0)
+
+
+@search_space("finetune", start={})
+def finetune(trial: optuna.Trial) -> None:
+    """Finetune on retain subjects only: the common hyperparameters alone."""
+    common(trial)
+
+
+@search_space("salun", start={"noise_level": 1.0, "mask_ratio": 0.5})
+def salun(trial: optuna.Trial) -> None:
+    """SalUn: Noisy Label's noise level and the fraction of most salient weights trained."""
+    common(trial)
+    trial.suggest_float("noise_level", 0.1, 1.0)
+    trial.suggest_float("mask_ratio", 0.05, 0.9)

@@ -53,12 +53,24 @@ class StudyConfig:
     baseline_lr: float = 3e-3
     batch_size: int = 2
     # The search
-    strategies: list[str] = field(default_factory=lambda: ["noisy_label", "max_loss"])
+    strategies: list[str] = field(
+        default_factory=lambda: [
+            "noisy_label",
+            "max_loss",
+            "random_encoder",
+            "learn_others",
+            "fix_decoder",
+            "finetune",
+            "salun",
+        ]
+    )
     num_samples: int = 4
     max_epochs: int = 30
     horizons: list[int] = field(default_factory=lambda: [15, 30])
     sampler: str = "tpe"
     warm_start: bool = True  # first trial of each search = the strategy's hand-picked start
+    # Narrower or wider ranges for numeric hyperparameters, e.g. {"lr": [1e-4, 1e-3]}
+    search_bounds: dict[str, list[float]] = field(default_factory=dict)
     score_weight: float = 0.5
     seed: int = 0
     # Ray
@@ -77,8 +89,16 @@ class StudyConfig:
     def cache_path(self) -> Path:
         return Path(self.cache_dir) if self.cache_dir else default_cache_dir()
 
-    def validate(self, known_strategies: tuple[str, ...]) -> StudyConfig:
-        """Returns ``self`` after checking every field; raises ``StudyError`` naming the first bad one."""
+    def validate(
+        self,
+        known_strategies: tuple[str, ...],
+        numeric_bounds: dict[str, tuple[float, float, bool]] | None = None,
+    ) -> StudyConfig:
+        """Returns ``self`` after checking every field; raises ``StudyError`` naming the first bad one.
+
+        ``numeric_bounds``: ``{name: (low, high, log)}`` of the searchable numeric
+        hyperparameters, against which ``search_bounds`` is checked.
+        """
         unknown = [s for s in self.strategies if s not in known_strategies]
         if unknown or not self.strategies:
             raise StudyError(
@@ -109,6 +129,16 @@ class StudyConfig:
             raise StudyError("gpus_per_trial, checkpoint_every and max_failures must not be negative")
         if not 0 <= self.score_weight <= 1:
             raise StudyError(f"score_weight must lie in [0, 1], got {self.score_weight}")
+        for name, bounds in self.search_bounds.items():
+            if numeric_bounds is not None and name not in numeric_bounds:
+                raise StudyError(
+                    f"search_bounds: {name!r} is not a numeric hyperparameter; "
+                    f"choose from {', '.join(sorted(numeric_bounds))}"
+                )
+            if len(bounds) != 2 or not bounds[0] < bounds[1]:
+                raise StudyError(f"search_bounds.{name} must be [low, high] with low < high, got {bounds}")
+            if numeric_bounds is not None and numeric_bounds[name][2] and bounds[0] <= 0:
+                raise StudyError(f"search_bounds.{name} is searched on a log scale: low must be > 0")
         if not self.data and not self.allow_synthetic:
             raise StudyError(
                 f"preset {self.preset!r} needs real data: pass --data with the MRBrainS18 "
@@ -118,11 +148,13 @@ class StudyConfig:
 
     def to_toml(self) -> str:
         """The configuration as TOML (``None`` fields, meaning 'default', are left out)."""
-        lines = []
+        lines, tables = [], []
         for key, value in dataclasses.asdict(self).items():
-            if value is not None:
+            if isinstance(value, dict):
+                tables += [f"\n[{key}]"] + [f"{k} = {_toml_value(v)}" for k, v in value.items()]
+            elif value is not None:
                 lines.append(f"{key} = {_toml_value(value)}")
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + tables) + "\n"
 
 
 def _toml_value(value: Any) -> str:
@@ -133,6 +165,10 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -159,6 +195,10 @@ def _apply(config: StudyConfig, values: dict[str, Any], source: str) -> None:
             raise StudyError(f"{source}: {key} must be a {expected.__name__}, got {value!r}")
         if expected is list:
             value = [str(v) if key in ("forget", "retain", "holdout", "strategies") else v for v in value]
+        if expected is dict:  # search_bounds: name -> [low, high]
+            if not all(isinstance(v, list) and all(_is_number(x) for x in v) for v in value.values()):
+                raise StudyError(f"{source}: {key} must map names to [low, high] number pairs")
+            value = {k: [float(x) for x in v] for k, v in value.items()}
         setattr(config, key, value)
 
 

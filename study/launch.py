@@ -13,30 +13,31 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from analysis.pareto import OBJECTIVES, pareto_front
-from search_spaces import DefineByRun, starting_point
+from analysis.pareto import OBJECTIVES, front_table
+from search_spaces import DefineByRun, numeric_bounds, starting_point
 from study.cli import config_from_args, run_cli
 from study.cluster import connect
 from study.config import StudyConfig
 from study.data import Cohort, open_cohort
 from study.errors import StudyError
 from study.model import load_medicalnet_weights
-from study.results import TRIALS_FILE, combine, final_rows, trial_rows, write_table
+from study.results import TRIALS_FILE, combine, rows_from_results, write_table
 from trainables import STRATEGIES
 from trainables.baseline import (
+    BASELINES,
     baseline_key,
     build_model,
     load_cached,
     record_baseline,
     store_cached,
-    train_original,
+    train_baseline,
 )
 from trainables.tune_trainable import unlearning_trial
 
 
 def run_study(config: StudyConfig, resuming: bool = False) -> Path:
     """Runs (or resumes) the study ``config`` describes; returns its run directory."""
-    config.validate(tuple(STRATEGIES))
+    config.validate(tuple(STRATEGIES), numeric_bounds())
     cohort = open_cohort(config)
     if config.weights:  # refuse a bad weights file before any compute is spent
         load_medicalnet_weights(build_model(config, cohort.n_classes), Path(config.weights))
@@ -47,8 +48,10 @@ def run_study(config: StudyConfig, resuming: bool = False) -> Path:
     dashboard, local = connect(config, run_dir)
     if dashboard:
         print(f"Ray dashboard: {dashboard}")
-    original_state, original_metrics = original_model(config, cohort, run_dir, local)
-    print("original model: " + "  ".join(f"{k} {v:.3f}" for k, v in original_metrics.items()))
+    baselines = train_baselines(config, cohort, run_dir, local)
+    for name, (_, metrics) in baselines.items():
+        print(f"{name} model: " + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    original_state, original_metrics = baselines["original"]
 
     tables = [
         run_experiment(strategy, config, cohort, original_state, original_metrics, run_dir, resuming)
@@ -56,7 +59,7 @@ def run_study(config: StudyConfig, resuming: bool = False) -> Path:
     ]
     trials = combine(tables)
     write_table(trials, run_dir / TRIALS_FILE)
-    print_front(trials)
+    print(front_table(trials))
     print(f"\nrun directory: {run_dir}")
     return run_dir
 
@@ -76,25 +79,30 @@ def prepare_run_dir(config: StudyConfig, resuming: bool) -> Path:
     return run_dir
 
 
-def original_model(
+def train_baselines(
     config: StudyConfig, cohort: Cohort, run_dir: Path, local: bool
-) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """The original model's weights and metrics: from the cache, else trained on Ray."""
+) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, float]]]:
+    """Every baseline's weights and metrics: from the cache, else trained side by side on Ray."""
     import ray
 
-    key = baseline_key(config, cohort)
-    cached = load_cached(config.cache_path, key)
-    if cached is None:
-        print(f"training the original model ({config.baseline_epochs} epochs on retain + forget)")
-        # A local Ray is ours alone: the one serial step may use every core.
-        cpus = int(ray.cluster_resources().get("CPU", 1)) if local else config.cpus_per_trial
-        train = ray.remote(num_cpus=cpus, num_gpus=config.gpus_per_trial)(train_original)
-        cached = ray.get(train.remote(config, cohort, cpus))
-        store_cached(config.cache_path, key, *cached)
-    else:
-        print(f"original model: cached ({config.cache_path / 'models' / key})")
-    record_baseline(run_dir, "original", *cached)
-    return cached
+    keys = {name: baseline_key(config, cohort, name) for name in BASELINES}
+    found = {name: load_cached(config.cache_path, key) for name, key in keys.items()}
+    missing = [name for name, cached in found.items() if cached is None]
+    for name in found.keys() - set(missing):
+        print(f"{name} model: cached ({config.cache_path / 'models' / keys[name]})")
+    if missing:
+        print(f"training {', '.join(missing)} ({config.baseline_epochs} epochs each)")
+        # A local Ray is ours alone: the baselines may share every core.
+        total = int(ray.cluster_resources().get("CPU", 1))
+        cpus = max(1, total // len(missing)) if local else config.cpus_per_trial
+        train = ray.remote(num_cpus=cpus, num_gpus=config.gpus_per_trial)(train_baseline)
+        pending = {name: train.remote(name, config, cohort, cpus) for name in missing}
+        for name, ref in pending.items():
+            found[name] = ray.get(ref)
+            store_cached(config.cache_path, keys[name], *found[name])
+    for name, (state, metrics) in found.items():
+        record_baseline(run_dir, name, state, metrics)
+    return found
 
 
 def run_experiment(
@@ -117,14 +125,14 @@ def run_experiment(
 
     samplers = {"tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers.NSGAIISampler}
     searcher = OptunaSearch(
-        space=DefineByRun(strategy),
+        space=DefineByRun(strategy, tuple((k, *v) for k, v in config.search_bounds.items())),
         metric=list(OBJECTIVES),
         mode=["max", "max"],
         sampler=samplers[config.sampler](seed=config.seed),
         study_name=strategy,
         storage=optuna.storages.RDBStorage(f"sqlite:///{(run_dir / 'optuna.db').resolve()}"),
         seed=config.seed,
-        points_to_evaluate=[starting_point(strategy)] if config.warm_start else None,
+        points_to_evaluate=[starting_point(strategy, config.search_bounds)] if config.warm_start else None,
     )
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -155,32 +163,12 @@ def run_experiment(
             ),
         )
     print(f"\n=== {strategy}: {config.num_samples} trials x {config.max_epochs} epochs ===")
-    grid = tuner.fit()
-
-    tables = []
-    for result in grid:
-        history = [] if result.metrics_dataframe is None else result.metrics_dataframe.to_dict("records")
-        last = result.metrics or {}
-        status = "error" if result.error else "diverged" if last.get("diverged") else "terminated"
-        params = {k: v for k, v in result.config.items() if k != "trial_number"}
-        trial_id = last.get("trial_id") or Path(result.path).name
-        tables.append(trial_rows(strategy, trial_id, params, history, status))
-    return combine(tables)
+    return rows_from_results(strategy, tuner.fit())
 
 
 def _trial_dirname(trial) -> str:
     """A trial's folder is named by its id alone: short paths, no hyperparameter soup."""
     return f"trial_{trial.trial_id}"
-
-
-def print_front(trials: pd.DataFrame) -> None:
-    """Prints the non-dominated trials (final epochs) on (forget_drop, retain_kept)."""
-    finals = final_rows(trials)
-    front = pareto_front(finals)
-    print(f"\nnon-dominated trials ({len(front)} of {len(finals)}), final epoch:")
-    columns = ["strategy", "trial_id", "epoch", *OBJECTIVES, "forget_dice", "retain_dice", "score"]
-    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
-        print(front[columns].to_string(index=False))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,6 +43,19 @@ def trial_rows(
     return pd.DataFrame(rows)
 
 
+def rows_from_results(strategy: str, results: Iterable[Any]) -> pd.DataFrame:
+    """The rows of every trial in a Tune ``ResultGrid`` (or any iterable of its ``Result``)."""
+    tables = []
+    for result in results:
+        history = [] if result.metrics_dataframe is None else result.metrics_dataframe.to_dict("records")
+        last = result.metrics or {}
+        status = "error" if result.error else "diverged" if last.get("diverged") else "terminated"
+        params = {k: v for k, v in result.config.items() if k != "trial_number"}
+        trial_id = last.get("trial_id") or Path(result.path).name
+        tables.append(trial_rows(strategy, trial_id, params, history, status))
+    return combine(tables)
+
+
 def combine(tables: Iterable[pd.DataFrame]) -> pd.DataFrame:
     """All trials' rows in one table, key columns first, ordered by strategy, trial, epoch."""
     tables = [t for t in tables if len(t)]

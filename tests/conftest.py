@@ -39,3 +39,12 @@ def ray_local():
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort(cohort_root: Path):
+    """Forget 070, retain 1 and 4, holdout 101, preprocessed to 8 x 32 x 32."""
+    from study.data import find_subjects, load_cohort, resolve_split
+
+    split = resolve_split(find_subjects(cohort_root), ["070"], ["1", "4"], ["101"], "test")
+    return load_cohort(cohort_root, split, (8, 32, 32), "4class")

@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-from study.data import find_subjects, load_cohort, resolve_split
 from study.metrics import set_metrics
 from study.model import MedicalNetSegmentation
 from trainables.loop import LoopSettings, run_epochs
 from trainables.max_loss import MaxLoss
 from trainables.noisy_label import NoisyLabel, corrupt_labels
 from trainables.strategy import Batch
-
-
-@pytest.fixture(scope="module")
-def tiny_cohort(cohort_root: Path):
-    split = resolve_split(find_subjects(cohort_root), ["070"], ["1", "4"], ["101"], "test")
-    return load_cohort(cohort_root, split, (8, 32, 32), "4class")
 
 
 def _model() -> MedicalNetSegmentation:

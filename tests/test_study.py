@@ -53,7 +53,10 @@ def test_smoke_study_writes_one_row_per_trial_and_epoch(ray_local, cache_env, tm
         "forget_mae",
         "holdout_mae",
     }
-    assert (run_dir / "baseline" / "original.pt").is_file()
+    assert set(baseline["retrain"]) == set(baseline["original"])
+    assert (run_dir / "baseline" / "original.pt").is_file() and (
+        run_dir / "baseline" / "retrain.pt"
+    ).is_file()
     assert "forget_dice = " not in (run_dir / "config.toml").read_text()
     assert 'preset = "smoke"' in (run_dir / "config.toml").read_text()
 
@@ -77,6 +80,37 @@ def test_existing_run_directory_is_refused(ray_local, cache_env, tmp_path: Path,
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: run directory") and "--resume" in err and "\n" not in err
     assert (run_dir / "trials.parquet").read_bytes() == b"earlier results"
+
+
+def test_every_strategy_runs_as_a_tune_trial(ray_local, cache_env, tmp_path: Path):
+    strategies = ",".join(STRATEGIES)
+    run_dir = tmp_path / "all"
+    argv = ["--preset", "smoke", "--strategies", strategies, "--num-samples", "1", "--max-epochs", "1"]
+    assert main([*argv, "--horizons", "1", "--run-dir", str(run_dir)]) == 0
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    assert sorted(trials["strategy"]) == sorted(STRATEGIES)  # one trial, one epoch each
+    assert set(trials["status"]) == {"terminated"}
+    assert trials["forget_dice"].between(0, 1).all() and trials["retain_dice"].between(0, 1).all()
+    learn_others = trials[trials["strategy"] == "learn_others"]
+    assert learn_others["param_target"].iloc[0] == "others"  # the hand-picked start
+    assert trials[trials["strategy"] == "finetune"].filter(like="param_noise_level").isna().all().all()
+
+
+def test_an_exploding_learning_rate_ends_trials_as_diverged_and_the_study_completes(
+    ray_local, cache_env, tmp_path: Path
+):
+    config = tmp_path / "explode.toml"
+    config.write_text('strategies = ["noisy_label"]\nnum_samples = 2\n\n[search_bounds]\nlr = [1e20, 1e21]\n')
+    run_dir = tmp_path / "explode"
+    assert main(["--preset", "smoke", "--config", str(config), "--run-dir", str(run_dir)]) == 0
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    assert trials["trial_id"].nunique() == 2
+    assert set(trials["status"]) == {"diverged"}
+    assert (trials["param_lr"] >= 1e20).all()
+    # The last finite metrics: the original model's, so nothing forgotten and all retained.
+    assert trials["forget_drop"].tolist() == pytest.approx([0.0] * len(trials))
+    assert trials["retain_kept"].tolist() == pytest.approx([1.0] * len(trials))
+    assert "search_bounds" in (run_dir / "config.toml").read_text()
 
 
 @pytest.mark.parametrize(
@@ -106,3 +140,36 @@ def test_presets_validate():
     assert paper.model_depth == 50 and paper.max_epochs == 50 and paper.horizons == [20, 50]
     with pytest.raises(StudyError, match="unknown setting"):
         load_config("demo", overrides={"learning_rate": 1})
+
+
+@pytest.mark.parametrize(
+    ("bounds", "message"),
+    [
+        ("lr = [1e-2, 1e-5]", "low < high"),
+        ("learning_rate = [1e-4, 1e-3]", "not a numeric hyperparameter"),
+        ("lr = [0.0, 1e-3]", "log scale"),
+        ('lr = ["a", "b"]', "number pairs"),
+    ],
+)
+def test_bad_search_bounds_are_refused(cache_env, tmp_path: Path, capsys, bounds: str, message: str):
+    config = tmp_path / "bounds.toml"
+    config.write_text(f"[search_bounds]\n{bounds}\n")
+    assert main(["--preset", "smoke", "--config", str(config), "--run-dir", str(tmp_path / "run")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_search_bounds_narrow_the_space_and_clip_the_start():
+    import optuna
+
+    from search_spaces import DefineByRun, starting_point
+
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    space = DefineByRun("noisy_label", (("lr", 1e-4, 2e-4), ("noise_level", 0.9, 1.0)))
+    for _ in range(5):
+        trial = study.ask()
+        space(trial)
+        assert 1e-4 <= trial.params["lr"] <= 2e-4 and 0.9 <= trial.params["noise_level"] <= 1.0
+        study.tell(trial, [0.0, 0.0])
+    start = starting_point("noisy_label", {"lr": [1e-3, 1e-2]})
+    assert start["lr"] == 1e-3 and start["noise_level"] == 1.0

@@ -1,7 +1,9 @@
-"""The original model (trained on retain + forget subjects), cached across studies.
+"""The baselines of every table: the original model and the retrain reference.
 
-Trained with the shared epoch loop and cached under a key of everything that determines it:
-the cohort's content, the network, the initial weights and the training recipe.
+``original``: trained on retain + forget subjects; every strategy starts from it.
+``retrain``: the same recipe on retain subjects only: exact unlearning, the gold standard.
+Both train with the shared epoch loop and are cached under a key of everything that
+determines them: the cohort's content, the network, the initial weights and the recipe.
 """
 
 from __future__ import annotations
@@ -28,10 +30,18 @@ MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.json"
 
 
-class Supervised(Strategy):
-    """True labels on every subject fed: how the original model is trained."""
+#: Baseline name -> whether its training set includes the forget subjects.
+BASELINES = {"original": True, "retrain": False}
 
-    name = "original"
+
+class Supervised(Strategy):
+    """True labels on every subject fed: how the baselines are trained."""
+
+    name = "supervised"
+
+    def __init__(self, uses_forget: bool) -> None:
+        super().__init__({}, n_classes=0, original_model=None)
+        self.uses_forget = uses_forget
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return segmentation_loss(model(batch.images), batch.labels)
@@ -43,10 +53,10 @@ def build_model(config: StudyConfig, n_classes: int) -> MedicalNetSegmentation:
     return MedicalNetSegmentation(depth=config.model_depth, n_classes=n_classes, width=config.model_width)
 
 
-def baseline_key(config: StudyConfig, cohort: Cohort, kind: str = "original") -> str:
-    """Cache key of a baseline model: changes whenever anything that shapes it changes."""
+def baseline_key(config: StudyConfig, cohort: Cohort, name: str) -> str:
+    """Cache key of baseline ``name``: changes whenever anything that shapes it changes."""
     recipe = {
-        "kind": kind,
+        "kind": name,
         "cohort": cohort.digest,
         "depth": config.model_depth,
         "width": config.model_width,
@@ -98,19 +108,19 @@ def record_baseline(
     _atomic_write(path, lambda p: p.write_text(json.dumps(table, indent=1)))
 
 
-def train_original(
-    config: StudyConfig, cohort: Cohort, threads: int = 1
+def train_baseline(
+    name: str, config: StudyConfig, cohort: Cohort, threads: int = 1
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """Trains the original model; returns its CPU ``state_dict`` and set metrics.
+    """Trains baseline ``name`` (see ``BASELINES``); returns its CPU ``state_dict`` and set metrics.
 
     Starts from the MedicalNet weights in ``config.weights`` when given, else from a random
-    initialisation; every training subject (retain and forget) is seen with true labels.
+    initialisation; every subject of its training set is seen with true labels.
     """
     torch.set_num_threads(threads)
     model = build_model(config, cohort.n_classes)
     if config.weights:
         load_medicalnet_weights(model, Path(config.weights))
-    strategy = Supervised({}, cohort.n_classes, original_model=model)
+    strategy = Supervised(uses_forget=BASELINES[name])
     settings = LoopSettings(
         max_epochs=config.baseline_epochs,
         lr=config.baseline_lr,
@@ -125,7 +135,7 @@ def train_original(
     def progress(metrics: dict[str, Any], state: Any) -> None:
         if metrics["epoch"] % settings.eval_every == 0:
             print(
-                f"original model: epoch {metrics['epoch']}/{settings.max_epochs}  "
+                f"{name} model: epoch {metrics['epoch']}/{settings.max_epochs}  "
                 f"retain Dice {metrics['retain_dice']:.3f}  forget Dice {metrics['forget_dice']:.3f}  "
                 f"({time.monotonic() - started:.0f} s)",
                 flush=True,

@@ -59,9 +59,11 @@ def _optimizer(params: list[nn.Parameter], settings: LoopSettings) -> torch.opti
     return torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
 
 
-def _set_bn_mode(model: nn.Module, bn_mode: str) -> None:
-    """Train mode, except BatchNorm layers in eval mode when ``bn_mode == 'frozen'``."""
+def _set_train_mode(model: nn.Module, bn_mode: str, frozen: list[nn.Module]) -> None:
+    """Train mode, except frozen modules, and BatchNorm layers when ``bn_mode == 'frozen'``."""
     model.train()
+    for module in frozen:
+        module.eval()
     if bn_mode == "frozen":
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -121,11 +123,12 @@ def run_epochs(
     """
     device = device_for_training()
     model.to(device)
-    trainable = strategy.trainable_parameters(model)
-    trainable_ids = {id(p) for p in trainable}
+    strategy.prepare(model, cohort, device)
+    frozen = strategy.frozen_modules(model)
+    frozen_ids = {id(p) for module in frozen for p in module.parameters()}
     for param in model.parameters():
-        param.requires_grad_(id(param) in trainable_ids)
-    optimizer = _optimizer(trainable, settings)
+        param.requires_grad_(id(param) not in frozen_ids)
+    optimizer = _optimizer([p for p in model.parameters() if p.requires_grad], settings)
 
     split = cohort.split
     subjects = [(s, False) for s in split.retain]
@@ -157,7 +160,7 @@ def run_epochs(
 
     for epoch in range(first_epoch, settings.max_epochs + 1):
         generator = torch.Generator().manual_seed(settings.seed * 100_003 + epoch)
-        _set_bn_mode(model, settings.bn_mode)
+        _set_train_mode(model, settings.bn_mode, frozen)
         diverged = False
         for batch in _batches(subjects, images, labels, settings.batch_size, generator):
             loss = strategy.loss(model, batch)
@@ -168,6 +171,7 @@ def run_epochs(
             loss.backward()
             optimizer.step()
             scheduler.step()
+            strategy.after_step(model)
 
         last = epoch == settings.max_epochs
         if diverged or last or epoch % settings.eval_every == 0:
@@ -175,6 +179,11 @@ def run_epochs(
             if not diverged or _finite(evaluated):
                 metrics = evaluated
         if diverged:
+            if not metrics and settings.original_metrics is not None:
+                # Nothing finite since the start: the last finite model is the original one.
+                metrics = settings.original_metrics | derived_metrics(
+                    settings.original_metrics, settings.original_metrics, settings.score_weight
+                )
             report({**metrics, "epoch": epoch, "diverged": 1.0}, None)
             return metrics
         checkpoint_now = (

@@ -8,6 +8,8 @@ instead of driving the logits to infinity.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,7 +20,7 @@ from trainables.strategy import Batch, Strategy
 class MaxLoss(Strategy):
     name = "max_loss"
 
-    def __init__(self, params, n_classes, original_model):
+    def __init__(self, params: dict[str, Any], n_classes: int, original_model: nn.Module | None) -> None:
         super().__init__(params, n_classes, original_model)
         self.forget_weight = float(params["forget_weight"])
         self.loss_ceiling = float(params["loss_ceiling"])

@@ -7,6 +7,8 @@ while ``noise_level < (C - 1) / C``; above it, the model is taught to avoid the 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -29,7 +31,7 @@ def corrupt_labels(
 class NoisyLabel(Strategy):
     name = "noisy_label"
 
-    def __init__(self, params, n_classes, original_model):
+    def __init__(self, params: dict[str, Any], n_classes: int, original_model: nn.Module | None) -> None:
         super().__init__(params, n_classes, original_model)
         self.noise_level = float(params["noise_level"])
 

@@ -1,7 +1,9 @@
 """What an unlearning strategy is: a loss on a batch of retain and forget subjects.
 
 A strategy file subclasses ``Strategy``, names itself, reads its hyperparameters in
-``__init__`` and writes ``loss``. The epoch loop (``trainables/loop.py``) does the rest.
+``__init__`` and writes ``loss``; a few strategies also use the hooks ``prepare`` (once
+before training), ``frozen_modules`` (what is not trained) and ``after_step``. The epoch
+loop (``trainables/loop.py``) does the rest.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import Any
 import torch
 from monai.losses import DiceCELoss
 from torch import nn
+
+from study.data import Cohort
 
 
 @dataclass
@@ -54,9 +58,15 @@ class Strategy:
         self.original_model = original_model
         self.retain_weight = float(params.get("retain_weight", 1.0))
 
-    def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        """The parameters the optimiser may change (all by default)."""
-        return list(model.parameters())
+    def prepare(self, model: nn.Module, cohort: Cohort, device: torch.device) -> None:
+        """Called once before the first epoch with the model to unlearn (default: nothing)."""
+
+    def frozen_modules(self, model: nn.Module) -> list[nn.Module]:
+        """Modules kept exactly as in the original model: no training, BatchNorm in eval mode."""
+        return []
+
+    def after_step(self, model: nn.Module) -> None:
+        """Called after every optimiser step (default: nothing)."""
 
     def retain_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         """``retain_weight`` x segmentation loss on the batch's retain rows (0 if none)."""

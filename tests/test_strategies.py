@@ -1,0 +1,171 @@
+"""Each strategy does what DESIGN 7 defines, on a tiny network and real tensors."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from study.metrics import set_metrics
+from study.model import MedicalNetSegmentation
+from trainables import STRATEGIES
+from trainables.finetune import Finetune
+from trainables.learn_others import LearnOthers
+from trainables.loop import LoopSettings, run_epochs
+from trainables.max_loss import MaxLoss
+from trainables.random_encoder import RandomEncoder
+from trainables.salun import SalUn
+from trainables.strategy import Batch
+
+COMMON = {"retain_weight": 1.0, "trial_number": 0}
+
+
+def _model() -> MedicalNetSegmentation:
+    torch.manual_seed(0)
+    return MedicalNetSegmentation(depth=10, n_classes=4, width=0.125)
+
+
+def _unlearn(strategy_name: str, params: dict, cohort, epochs: int = 1, lr: float = 1e-3, **settings):
+    """(original, unlearned, strategy) after ``epochs`` of ``strategy_name`` from a fixed model."""
+    original = _model()
+    model = copy.deepcopy(original)
+    strategy = STRATEGIES[strategy_name]({**COMMON, **params}, 4, copy.deepcopy(original).eval())
+    metrics = set_metrics(original, cohort, torch.device("cpu"))
+    loop = LoopSettings(max_epochs=epochs, lr=lr, batch_size=2, original_metrics=metrics, **settings)
+    run_epochs(model, strategy, cohort, loop, lambda m, s: None)
+    return original, model, strategy
+
+
+def test_every_strategy_of_the_design_is_registered():
+    assert set(STRATEGIES) == {
+        "noisy_label",
+        "max_loss",
+        "random_encoder",
+        "learn_others",
+        "fix_decoder",
+        "finetune",
+        "salun",
+    }
+
+
+def test_fix_decoder_changes_the_encoder_and_not_one_bit_of_the_decoder(tiny_cohort):
+    original, model, _ = _unlearn("fix_decoder", {"noise_level": 1.0}, tiny_cohort)
+    before, after = original.state_dict(), model.state_dict()
+    decoder = [k for k in before if k.startswith("conv_seg.")]
+    encoder = [k for k in before if k.endswith("weight") and not k.startswith("conv_seg.")]
+    assert decoder and all(torch.equal(before[k], after[k]) for k in decoder)  # incl. BN statistics
+    assert all(not torch.equal(before[k], after[k]) for k in encoder)
+
+
+def test_salun_changes_only_masked_weights_and_masks_mask_ratio_of_them(tiny_cohort):
+    original, model, strategy = _unlearn(
+        "salun", {"noise_level": 1.0, "mask_ratio": 0.3}, tiny_cohort, optimizer="adam", weight_decay=1e-3
+    )
+    total = sum(m.numel() for m in strategy.masks.values())
+    masked = sum(int(m.sum()) for m in strategy.masks.values())
+    assert masked / total == pytest.approx(0.3, abs=0.01)
+    before = dict(original.named_parameters())
+    changed = 0
+    for name, param in model.named_parameters():
+        mask = strategy.masks[name]
+        assert torch.equal(param[~mask], before[name][~mask])  # outside the mask: bitwise equal
+        changed += int((param[mask] != before[name][mask]).sum())
+    assert changed > 0.5 * masked
+
+
+def test_max_loss_stays_below_the_ceiling_and_finite_at_a_large_learning_rate(tiny_cohort):
+    seen = []
+
+    class Recording(MaxLoss):
+        def forget_term(self, logits, labels):
+            value = super().forget_term(logits, labels)
+            seen.append(value.item())
+            return value
+
+    model = _model()
+    strategy = Recording({**COMMON, "forget_weight": 1.0, "loss_ceiling": 2.5}, 4, None)
+    reports = []
+    settings = LoopSettings(max_epochs=3, lr=1.0, optimizer="sgd", batch_size=3)
+    run_epochs(model, strategy, tiny_cohort, settings, lambda m, s: reports.append(m))
+    assert seen and all(math.isfinite(v) and v <= 2.5 for v in seen)
+    assert max(seen) == pytest.approx(2.5)  # the ascent reached the ceiling and stopped there
+    assert all(r["diverged"] == 0.0 for r in reports)
+
+
+def _forget_batch(cohort) -> Batch:
+    subjects = [*cohort.split.retain, *cohort.split.forget]
+    return Batch(
+        images=torch.stack([torch.tensor(cohort.images[s]) for s in subjects]),
+        labels=torch.stack([torch.tensor(cohort.labels[s], dtype=torch.long) for s in subjects]),
+        forget=torch.tensor([s in cohort.split.forget for s in subjects]),
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+def test_learn_others_targets_are_another_subjects_label_map(tiny_cohort):
+    strategy = LearnOthers({**COMMON, "target": "others"}, 4, None)
+    strategy.prepare(_model(), tiny_cohort, torch.device("cpu"))
+    batch = _forget_batch(tiny_cohort)
+    retain_maps = [torch.tensor(tiny_cohort.labels[s], dtype=torch.long) for s in tiny_cohort.split.retain]
+    for _ in range(5):
+        (target,) = strategy.forget_targets(batch)
+        assert any(torch.equal(target, m) for m in retain_maps)
+        assert not torch.equal(target, batch.labels[batch.forget][0])
+
+
+def test_learn_noise_targets_are_a_smooth_random_field(tiny_cohort):
+    strategy = LearnOthers({**COMMON, "target": "noise"}, 4, None)
+    batch = _forget_batch(tiny_cohort)
+    (target,) = strategy.forget_targets(batch)
+    (again,) = strategy.forget_targets(batch)
+    true = batch.labels[batch.forget][0]
+    assert target.shape == true.shape and set(target.unique().tolist()) == {0, 1, 2, 3}
+    neighbours_agree = (target[:, :, 1:] == target[:, :, :-1]).float().mean().item()
+    assert neighbours_agree > 0.8  # smooth: i.i.d. noise would agree about 25% of the time
+    assert (target == true).float().mean() < 0.5 and not torch.equal(target, again)
+
+
+def test_random_encoder_pulls_forget_features_toward_the_random_encoder(tiny_cohort):
+    forget_images = torch.stack([torch.tensor(tiny_cohort.images[s]) for s in tiny_cohort.split.forget])
+
+    def distance(model, strategy):
+        model.eval()
+        with torch.no_grad():
+            return F.mse_loss(model.encode(forget_images), strategy.random_features(forget_images)).item()
+
+    original, model, strategy = _unlearn(
+        "random_encoder", {"feature_weight": 10.0}, tiny_cohort, epochs=3, lr=3e-3, bn_mode="frozen"
+    )
+    assert distance(model, strategy) < 0.5 * distance(original, strategy)
+
+
+def test_finetune_never_feeds_forget_subjects(tiny_cohort):
+    fed = []
+
+    class Recording(Finetune):
+        def loss(self, model, batch):
+            fed.append(batch.forget.clone())
+            return super().loss(model, batch)
+
+    settings = LoopSettings(max_epochs=2, lr=1e-3, batch_size=1)
+    run_epochs(_model(), Recording(COMMON, 4, None), tiny_cohort, settings, lambda m, s: None)
+    assert len(fed) == 2 * len(tiny_cohort.split.retain)
+    assert not any(f.any() for f in fed)
+
+
+def test_salun_mask_prefers_high_saliency(tiny_cohort):
+    strategy = SalUn({**COMMON, "noise_level": 1.0, "mask_ratio": 0.1}, 4, _model().eval())
+    strategy.prepare(_model(), tiny_cohort, torch.device("cpu"))
+    assert sum(int(m.sum()) for m in strategy.masks.values()) > 0
+
+
+def test_random_encoder_is_reproducible(tiny_cohort):
+    a = RandomEncoder({**COMMON, "feature_weight": 1.0}, 4, None)
+    b = RandomEncoder({**COMMON, "feature_weight": 1.0}, 4, None)
+    a.prepare(_model(), tiny_cohort, torch.device("cpu"))
+    b.prepare(_model(), tiny_cohort, torch.device("cpu"))
+    for p, q in zip(a.random_model.parameters(), b.random_model.parameters(), strict=True):
+        assert torch.equal(p, q)

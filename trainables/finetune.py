@@ -1,0 +1,13 @@
+"""Finetune (reference): keep training on the retain subjects only; forget subjects are never fed.
+
+Forgetting here is only what the model loses by not seeing the forget subjects again.
+"""
+
+from __future__ import annotations
+
+from trainables.strategy import Strategy
+
+
+class Finetune(Strategy):
+    name = "finetune"
+    uses_forget = False
