@@ -53,17 +53,7 @@ class StudyConfig:
     baseline_lr: float = 3e-3
     batch_size: int = 2
     # The search
-    strategies: list[str] = field(
-        default_factory=lambda: [
-            "noisy_label",
-            "max_loss",
-            "random_encoder",
-            "learn_others",
-            "fix_decoder",
-            "finetune",
-            "salun",
-        ]
-    )
+    strategies: list[str] = field(default_factory=list)  # empty: every registered strategy
     num_samples: int = 4
     max_epochs: int = 30
     horizons: list[int] = field(default_factory=lambda: [15, 30])
@@ -96,14 +86,15 @@ class StudyConfig:
     ) -> StudyConfig:
         """Returns ``self`` after checking every field; raises ``StudyError`` naming the first bad one.
 
+        An empty ``strategies`` list becomes every strategy in ``known_strategies``.
+
         ``numeric_bounds``: ``{name: (low, high, log)}`` of the searchable numeric
         hyperparameters, against which ``search_bounds`` is checked.
         """
-        unknown = [s for s in self.strategies if s not in known_strategies]
-        if unknown or not self.strategies:
+        self.strategies = self.strategies or list(known_strategies)
+        if unknown := [s for s in self.strategies if s not in known_strategies]:
             raise StudyError(
-                f"strategies: unknown {', '.join(unknown) or '(none given)'}; "
-                f"choose from {', '.join(known_strategies)}"
+                f"strategies: unknown {', '.join(unknown)}; choose from {', '.join(known_strategies)}"
             )
         for name in ("num_samples", "max_epochs", "baseline_epochs", "batch_size", "cpus_per_trial"):
             if getattr(self, name) < 1:
