@@ -14,7 +14,7 @@ from study.metrics import METRICS
 
 TRIALS_FILE = "trials.parquet"
 STATUSES = ("running", "terminated", "diverged", "error")
-KEY_COLUMNS = ("strategy", "trial_id", "epoch", "status")
+KEY_COLUMNS = ("strategy", "trial_id", "trial_number", "epoch", "status")
 
 
 def trial_rows(
@@ -26,6 +26,8 @@ def trial_rows(
 ) -> pd.DataFrame:
     """The rows of one trial: one per reported epoch, the last report of an epoch winning.
 
+    ``params`` is the trial's config: searched hyperparameters become ``param_<name>``
+    columns, and ``trial_number`` (the Optuna trial number, which seeds the trial) its own.
     ``history`` holds the trial's reports in order (each with ``epoch`` and the metrics);
     an epoch reported twice (a trial restarted from an older checkpoint) keeps its last row.
     """
@@ -36,8 +38,14 @@ def trial_rows(
         by_epoch[int(report["epoch"])] = report
     rows = []
     for epoch in sorted(by_epoch):
-        row: dict[str, Any] = {"strategy": strategy, "trial_id": trial_id, "epoch": epoch, "status": status}
-        row |= {f"param_{k}": v for k, v in params.items()}
+        row: dict[str, Any] = {
+            "strategy": strategy,
+            "trial_id": trial_id,
+            "trial_number": int(params.get("trial_number", -1)),
+            "epoch": epoch,
+            "status": status,
+        }
+        row |= {f"param_{k}": v for k, v in params.items() if k != "trial_number"}
         row |= {m: float(by_epoch[epoch].get(m, math.nan)) for m in METRICS}
         rows.append(row)
     return pd.DataFrame(rows)
@@ -50,9 +58,8 @@ def rows_from_results(strategy: str, results: Iterable[Any]) -> pd.DataFrame:
         history = [] if result.metrics_dataframe is None else result.metrics_dataframe.to_dict("records")
         last = result.metrics or {}
         status = "error" if result.error else "diverged" if last.get("diverged") else "terminated"
-        params = {k: v for k, v in result.config.items() if k != "trial_number"}
         trial_id = last.get("trial_id") or Path(result.path).name
-        tables.append(trial_rows(strategy, trial_id, params, history, status))
+        tables.append(trial_rows(strategy, trial_id, result.config, history, status))
     return combine(tables)
 
 

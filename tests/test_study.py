@@ -14,6 +14,7 @@ from study.config import load_config
 from study.errors import StudyError
 from study.launch import main
 from trainables import STRATEGIES
+from trainables.replay import replay_trial
 
 
 @pytest.fixture
@@ -70,6 +71,13 @@ def test_smoke_study_writes_one_row_per_trial_and_epoch(ray_local, cache_env, tm
     assert "non-dominated trials" in out and f"run directory: {run_dir}" in out
     finals = trials[trials["epoch"] == 2]
     assert all(math.isfinite(v) for v in finals["forget_drop"])
+    assert trials.groupby("strategy")["trial_number"].apply(lambda n: sorted(set(n))).tolist() == [[0, 1]] * 2
+
+    # One trial rerun without Ray, from what the run directory holds, lands on its figures.
+    trial = finals[finals["strategy"] == "noisy_label"].iloc[1]
+    _, replayed = replay_trial(run_dir, trial["trial_id"], quiet=True)
+    for metric in ("forget_dice", "retain_dice", "forget_drop"):
+        assert replayed[metric] == pytest.approx(trial[metric], abs=1e-4)
 
 
 def test_existing_run_directory_is_refused(ray_local, cache_env, tmp_path: Path, capsys):

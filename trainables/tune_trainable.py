@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from study.config import StudyConfig
 from study.data import Cohort
 from trainables import STRATEGIES
 from trainables.baseline import build_model
 from trainables.loop import LoopSettings, run_epochs
+from trainables.strategy import Strategy
 
 STATE_FILE = "state.pt"
 
@@ -31,7 +33,7 @@ def loop_settings(
         batch_size=study.batch_size,
         optimizer=params["optimizer"],
         weight_decay=params["weight_decay"],
-        warmup_epochs=params["warmup_epochs"],
+        warmup_epochs=int(params["warmup_epochs"]),
         bn_mode=params["bn_mode"],
         seed=study.seed * 10_007 + int(params.get("trial_number", 0)),
         checkpoint_every=study.checkpoint_every,
@@ -39,6 +41,20 @@ def loop_settings(
         original_metrics=original_metrics,
         score_weight=study.score_weight,
     )
+
+
+def build_trial(
+    strategy_name: str,
+    params: dict[str, Any],
+    study: StudyConfig,
+    cohort: Cohort,
+    original_state: dict[str, torch.Tensor],
+) -> tuple[nn.Module, Strategy]:
+    """The model to unlearn (a copy of the original) and the trial's strategy."""
+    model = build_model(study, cohort.n_classes)
+    model.load_state_dict(original_state)
+    original_model = copy.deepcopy(model).eval().requires_grad_(False)
+    return model, STRATEGIES[strategy_name](params, cohort.n_classes, original_model)
 
 
 def unlearning_trial(
@@ -54,10 +70,7 @@ def unlearning_trial(
     from ray import tune
 
     torch.set_num_threads(study.cpus_per_trial)
-    model = build_model(study, cohort.n_classes)
-    model.load_state_dict(original_state)
-    original_model = copy.deepcopy(model).eval().requires_grad_(False)
-    strategy = STRATEGIES[strategy_name](params, cohort.n_classes, original_model)
+    model, strategy = build_trial(strategy_name, params, study, cohort, original_state)
 
     resume_state = None
     checkpoint = tune.get_checkpoint()
