@@ -62,23 +62,13 @@ def hypervolume(points: np.ndarray, reference: tuple[float, float] = (0.0, 0.0))
 
 
 KNEE_RULE = (
-    "the knee is the front point farthest from the straight line joining the front's two "
-    "extreme points, with both objectives rescaled to [0, 1] over the front; on a front of "
-    "one or two points, the point with the higher score"
+    "the knee is the front point closest (Euclidean distance) to the ideal point "
+    "forget_drop = 1, retain_kept = 1: everything forgotten, every retain Dice kept; "
+    "both objectives are ratios of the original model's Dice, so they share one scale"
 )
 
 
 def knee_index(front: pd.DataFrame, objectives: tuple[str, ...] = OBJECTIVES) -> int:
     """Row position in ``front`` of its knee (``KNEE_RULE``)."""
-    if len(front) < 3:
-        return int(np.argmax(front["score"].to_numpy()))
     points = front[list(objectives)].to_numpy(dtype=float)
-    span = points.max(axis=0) - points.min(axis=0)
-    scaled = (points - points.min(axis=0)) / np.where(span > 0, span, 1.0)
-    a, b = scaled[np.argmax(scaled[:, 0])], scaled[np.argmax(scaled[:, 1])]
-    chord = b - a
-    norm = np.hypot(*chord)
-    if norm == 0:
-        return int(np.argmax(front["score"].to_numpy()))
-    distance = np.abs(chord[0] * (scaled[:, 1] - a[1]) - chord[1] * (scaled[:, 0] - a[0])) / norm
-    return int(np.argmax(distance))
+    return int(np.argmin(np.linalg.norm(points - 1.0, axis=1)))

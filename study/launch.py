@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from analysis.pareto import OBJECTIVES, front_table
+from analysis.report import RECOMMENDED_MODEL, build_report, missing_recommended_model
 from search_spaces import DefineByRun, numeric_bounds, starting_point
 from study.cli import config_from_args, run_cli
 from study.cluster import connect
@@ -32,6 +33,7 @@ from trainables.baseline import (
     store_cached,
     train_baseline,
 )
+from trainables.replay import replayed_weights
 from trainables.tune_trainable import unlearning_trial
 
 
@@ -60,6 +62,9 @@ def run_study(config: StudyConfig, resuming: bool = False) -> Path:
     trials = combine(tables)
     write_table(trials, run_dir / TRIALS_FILE)
     print(front_table(trials))
+
+    save_recommended_model(config, run_dir)
+    print("\n" + build_report(run_dir).text)
     print(f"\nrun directory: {run_dir}")
     return run_dir
 
@@ -103,6 +108,20 @@ def train_baselines(
     for name, (state, metrics) in found.items():
         record_baseline(run_dir, name, state, metrics)
     return found
+
+
+def save_recommended_model(config: StudyConfig, run_dir: Path) -> None:
+    """Replays the recommended trial to its horizon when Tune kept no checkpoint of that epoch."""
+    import ray
+
+    missing = missing_recommended_model(run_dir)
+    if missing is None:
+        return
+    trial_id, epoch = missing
+    print(f"replaying trial {trial_id} to epoch {epoch} for the report's overlays")
+    replay = ray.remote(num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial)(replayed_weights)
+    payload = ray.get(replay.remote(run_dir.resolve(), trial_id, epoch, config.cpus_per_trial))
+    torch.save(payload, run_dir / RECOMMENDED_MODEL)
 
 
 def run_experiment(

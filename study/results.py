@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -60,6 +61,42 @@ def rows_from_results(strategy: str, results: Iterable[Any]) -> pd.DataFrame:
         status = "error" if result.error else "diverged" if last.get("diverged") else "terminated"
         trial_id = last.get("trial_id") or Path(result.path).name
         tables.append(trial_rows(strategy, trial_id, result.config, history, status))
+    return combine(tables)
+
+
+def rows_from_experiment_dirs(results_dir: Path, max_epochs: int) -> pd.DataFrame:
+    """The rows of every trial found in Tune's experiment folders, finished or not.
+
+    For a study still running or interrupted, where ``trials.parquet`` is not written yet:
+    reads ``<results_dir>/<strategy>/trial_*/result.json`` (one JSON report per line) and
+    ``params.json``. A trial with an ``error.txt`` is ``error``; one that reported a
+    divergence is ``diverged``; one that reached ``max_epochs`` is ``terminated``; any
+    other is ``running`` (it may also have been interrupted).
+    """
+    tables = []
+    for trial_dir in sorted(Path(results_dir).glob("*/trial_*")):
+        history = []
+        if (trial_dir / "result.json").is_file():
+            lines = (trial_dir / "result.json").read_text().splitlines()
+            history = [json.loads(line) for line in lines if line.strip()]
+        if not history:
+            continue
+        params = (
+            json.loads((trial_dir / "params.json").read_text())
+            if (trial_dir / "params.json").is_file()
+            else {}
+        )
+        last = history[-1]
+        if (trial_dir / "error.txt").is_file():
+            status = "error"
+        elif last.get("diverged"):
+            status = "diverged"
+        elif int(last["epoch"]) >= max_epochs:
+            status = "terminated"
+        else:
+            status = "running"
+        trial_id = last.get("trial_id") or trial_dir.name.removeprefix("trial_")
+        tables.append(trial_rows(trial_dir.parent.name, trial_id, params, history, status))
     return combine(tables)
 
 

@@ -3,7 +3,8 @@
 Reads the study's configuration, the trial's hyperparameters and seed from
 ``trials.parquet`` and the original model from ``baseline/``, then runs the same epoch
 loop in this process and prints each epoch's figures beside the recorded ones. With
-``--out`` the unlearned model's weights are saved (a plain state dict).
+``--out`` the unlearned model is saved as ``{"trial_id", "epoch", "model": state_dict}``,
+the format of ``<run_dir>/recommended.pt`` that the report reads.
 """
 
 from __future__ import annotations
@@ -78,6 +79,14 @@ def replay_trial(
     return model, metrics
 
 
+def replayed_weights(run_dir: Path, trial_id: str, epochs: int, threads: int = 1) -> dict:
+    """``{"trial_id", "epoch", "model"}`` after replaying ``trial_id`` for ``epochs`` (CPU tensors)."""
+    torch.set_num_threads(threads)
+    model, _ = replay_trial(run_dir, trial_id, epochs, quiet=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return {"trial_id": trial_id, "epoch": epochs, "model": state}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     parser = argparse.ArgumentParser(prog="python -m trainables.replay", description=__doc__.splitlines()[0])
@@ -88,9 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def replay() -> None:
-        model, _ = replay_trial(args.run_dir, args.trial_id, args.epochs)
+        model, metrics = replay_trial(args.run_dir, args.trial_id, args.epochs)
         if args.out:
-            torch.save({k: v.cpu() for k, v in model.state_dict().items()}, args.out)
+            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            payload = {"trial_id": args.trial_id, "epoch": int(metrics["epoch"]), "model": state}
+            torch.save(payload, args.out)
             print(f"saved {args.out}")
 
     return run_cli(replay)
