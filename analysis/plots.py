@@ -53,7 +53,13 @@ def pareto_plot(rows: pd.DataFrame, horizons: list[str], knee: pd.Series | None)
         axis.set_xlabel("forget_drop (higher: more forgotten)")
         axis.set_ylabel("retain_kept (higher: retain Dice kept)")
         axis.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    labelled = {}
+    for axis in axes[0]:
+        labelled |= dict(zip(*reversed(axis.get_legend_handles_labels()), strict=True))
+    if labelled:
+        axes[0][-1].legend(
+            labelled.values(), labelled.keys(), fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1)
+        )
     return _png(figure)
 
 

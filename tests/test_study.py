@@ -69,6 +69,11 @@ def test_smoke_study_writes_one_row_per_trial_and_epoch(ray_local, cache_env, tm
 
     out = capsys.readouterr().out
     assert "non-dominated trials" in out and f"run directory: {run_dir}" in out
+    assert f"report: {run_dir / 'report.html'}" in out and "recommended: " in out
+    assert (run_dir / "pareto.parquet").is_file() and (run_dir / "report.md").is_file()
+    page = (run_dir / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3  # front, curves, overlays
+    assert "is not saved" not in page  # the recommended model's overlay is there
     finals = trials[trials["epoch"] == 2]
     assert all(math.isfinite(v) for v in finals["forget_drop"])
     assert trials.groupby("strategy")["trial_number"].apply(lambda n: sorted(set(n))).tolist() == [[0, 1]] * 2

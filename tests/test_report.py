@@ -1,0 +1,166 @@
+"""The report's figures on hand-made points, and whole reports from hand-made run directories."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.pareto import hypervolume, knee_index
+from analysis.report import build_report, main
+from analysis.summary import horizon_rows, recommend
+from study.config import StudyConfig
+from study.results import combine, trial_rows, write_table
+
+
+def test_hypervolume_on_cases_computed_by_hand():
+    assert hypervolume(np.array([[0.5, 0.5]])) == pytest.approx(0.25)
+    # Two staircase steps: 0.8 x 0.2 + 0.2 x (0.8 - 0.2)
+    assert hypervolume(np.array([[0.8, 0.2], [0.2, 0.8]])) == pytest.approx(0.28)
+    # Dominated points, duplicates and NaN rows add nothing.
+    more = np.array([[0.8, 0.2], [0.2, 0.8], [0.1, 0.1], [0.8, 0.2], [math.nan, 5.0]])
+    assert hypervolume(more) == pytest.approx(0.28)
+    # Below the reference point (0, 0) in one objective: clipped to zero area.
+    assert hypervolume(np.array([[-0.3, 0.9]])) == 0.0
+    assert hypervolume(np.array([[0.5, 1.0]]), reference=(0.5, 0.0)) == 0.0
+
+
+def test_knee_is_the_front_point_closest_to_perfect_unlearning():
+    front = pd.DataFrame(
+        {"forget_drop": [0.95, 0.8, 0.1], "retain_kept": [0.3, 0.85, 1.0], "score": [0, 0, 0]}
+    )
+    # distances to (1, 1): 0.70, 0.25, 0.90
+    assert knee_index(front) == 1
+
+
+def _rows(strategy, trial_id, number, epochs, status="terminated", **params):
+    """A trial's rows whose figures rise with the epoch (forget_drop 0.2 / epoch)."""
+    history, drop = [], params.pop("drop", 0.2)
+    for epoch in range(1, epochs + 1):
+        history.append(
+            {
+                "epoch": epoch,
+                "retain_dice": 0.8,
+                "forget_dice": 0.8 - 0.1 * epoch,
+                "holdout_dice": math.nan,
+                "retain_mae": 0.02,
+                "forget_mae": 0.02 + 0.01 * epoch,
+                "holdout_mae": math.nan,
+                "dice_gap": 0.1 * epoch,
+                "mae_gap": 0.01 * epoch,
+                "forget_drop": drop * epoch,
+                "retain_kept": 1.0 - 0.1 * epoch,
+                "score": 0.5,
+            }
+        )
+    return trial_rows(strategy, trial_id, {"trial_number": number, "lr": 1e-3, **params}, history, status)
+
+
+def test_horizon_rows_keep_diverged_trials_and_drop_unfinished_ones():
+    trials = combine(
+        [
+            _rows("noisy_label", "done", 0, 4),
+            _rows("noisy_label", "blew", 1, 1, status="diverged"),
+            _rows("max_loss", "half", 0, 2, status="running"),
+        ]
+    )
+    rows = horizon_rows(trials, [2, 4])
+    at_4 = rows[rows["horizon"] == "4"]
+    assert sorted(at_4["trial_id"]) == ["blew", "done"]  # the diverged one with its last row
+    assert at_4.set_index("trial_id").loc["blew", "epoch"] == 1
+    assert sorted(rows[rows["horizon"] == "2"]["trial_id"]) == ["blew", "done", "half"]
+    assert recommend(rows, [2, 4]) is not None
+
+
+def _run_dir(tmp_path: Path, trials: pd.DataFrame | None, **config) -> Path:
+    run_dir = tmp_path / "run"
+    (run_dir / "baseline").mkdir(parents=True)
+    study = StudyConfig(run_dir=str(run_dir), max_epochs=4, horizons=[2, 4], num_samples=2, **config)
+    (run_dir / "config.toml").write_text(study.to_toml())
+    baseline = {
+        "retain_dice": 0.8,
+        "forget_dice": 0.8,
+        "holdout_dice": 0.6,
+        "retain_mae": 0.02,
+        "forget_mae": 0.02,
+    }
+    baseline["holdout_mae"] = 0.05
+    retrain = {**baseline, "forget_dice": 0.7}
+    (run_dir / "baseline" / "metrics.json").write_text(json.dumps({"original": baseline, "retrain": retrain}))
+    if trials is not None:
+        write_table(trials, run_dir / "trials.parquet")
+    return run_dir
+
+
+def test_report_from_a_small_trials_table(tmp_path: Path, capsys):
+    trials = combine(
+        [
+            _rows("noisy_label", "aaaa1111", 0, 4, noise_level=1.0, optimizer="<b>adam</b>"),
+            _rows("noisy_label", "bbbb2222", 1, 4, noise_level=0.3, drop=0.05, optimizer="sgd"),
+            _rows("max_loss", "cccc3333", 0, 4, forget_weight=0.1, drop=0.1, optimizer="adam"),
+            _rows("max_loss", "dddd4444", 1, 4, forget_weight=0.5, drop=0.15, optimizer="adam"),
+        ]
+    )
+    run_dir = _run_dir(
+        tmp_path, trials, strategies=["noisy_label", "max_loss"], forget=["<script>x</script>"]
+    )
+    report = build_report(run_dir)
+
+    # Pooled front over horizons 2 and 4: aaaa1111 at epoch 2 (0.4, 0.8) and epoch 4
+    # (0.8, 0.6); the latter is closer to (1, 1): 0.447 against 0.632.
+    assert report.recommendation["trial_id"] == "aaaa1111"
+    assert int(report.recommendation["epoch"]) == 4
+    page = report.html.read_text()
+    assert "python -m trainables.replay" in page and "aaaa1111 --epochs 4" in page
+    for text in ("original model (before unlearning)", "retrain reference (exact)", "noisy_label @ 4 epochs"):
+        assert text in page
+    assert "published: reference paper, Noisy Label, 50 epochs" in page and "0.6963" in page
+    # User-provided strings are escaped; nothing is fetched from the network.
+    assert "<script>x</script>" not in page and "&lt;script&gt;x&lt;/script&gt;" in page
+    assert "<b>adam</b>" not in page
+    assert not re.search(r'(src|href)="https?:', page)
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == 2  # front and curves; no overlays without a saved original model
+    assert all(base64.b64decode(i).startswith(b"\x89PNG\r\n\x1a\n") for i in images)
+    assert "no overlays" in page
+
+    pareto = pd.read_parquet(run_dir / "pareto.parquet")
+    assert set(pareto["horizon"]) == {"2", "4", "final"}
+    at_4 = pareto[pareto["horizon"] == "4"]
+    assert set(at_4["trial_id"]) == {"aaaa1111"}  # it dominates the others at epoch 4
+    markdown = report.markdown.read_text()
+    assert "## Recommended configuration" in markdown and "report_files/pareto.png" in markdown
+    assert (run_dir / "report_files" / "pareto.png").is_file()
+
+    assert main([str(run_dir), "--no-overlays"]) == 0
+    assert "recommended: noisy_label trial aaaa1111 at 4 epochs" in capsys.readouterr().out
+
+
+def test_report_of_an_interrupted_study_says_what_is_missing(tmp_path: Path):
+    run_dir = _run_dir(tmp_path, None, strategies=["noisy_label", "max_loss"])
+    trial_dir = run_dir / "ray_results" / "noisy_label" / "trial_eeee5555"
+    trial_dir.mkdir(parents=True)
+    rows = _rows("noisy_label", "eeee5555", 0, 3, noise_level=0.9)
+    lines = [json.dumps({**r, "trial_id": "eeee5555"}) for r in rows.to_dict("records")]
+    (trial_dir / "result.json").write_text("\n".join(lines) + "\n")
+    (trial_dir / "params.json").write_text(json.dumps({"trial_number": 0, "noise_level": 0.9, "lr": 1e-3}))
+
+    report = build_report(run_dir)
+    page = report.html.read_text()
+    assert "trials.parquet is not written yet" in page
+    assert "strategy max_loss: no trial has reported yet" in page
+    assert "trial eeee5555: running or interrupted at epoch 3 of 4" in page
+    assert "strategy noisy_label: 1 of 2 trials" in page
+    assert report.recommendation["trial_id"] == "eeee5555"  # it reached horizon 2
+
+
+def test_report_of_a_directory_that_is_no_study_is_one_line_and_exit_2(tmp_path: Path, capsys):
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "not a study run directory" in err and err.count("\n") == 1
