@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from study.config import PRESETS, StudyConfig, load_config, read_run_config
-from study.errors import StudyError
+from study.errors import StudyError, StudyInterrupted
 
 
 def _ids(text: str) -> list[str]:
@@ -63,12 +63,18 @@ def config_from_args(argv: list[str] | None = None) -> tuple[StudyConfig, bool]:
 
 
 def run_cli(main: Callable[[], Any]) -> int:
-    """Runs ``main``; a ``StudyError`` becomes one line on stderr and exit code 2."""
+    """Runs ``main``; a ``StudyError`` becomes one line on stderr and exit code 2.
+
+    An interrupted study exits with 130 after saying how to resume it.
+    """
     try:
         main()
     except StudyError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except StudyInterrupted as interrupted:
+        print(f"interrupted: {interrupted}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

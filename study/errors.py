@@ -6,3 +6,7 @@ class StudyError(Exception):
 
     The command-line entry points print the message on one line and exit with code 2.
     """
+
+
+class StudyInterrupted(Exception):  # noqa: N818 (an interruption, not an error)
+    """The study stopped before its trials finished (Ctrl-C, a stop signal); it can be resumed."""

@@ -20,7 +20,7 @@ from study.cli import config_from_args, run_cli
 from study.cluster import connect
 from study.config import StudyConfig
 from study.data import Cohort, open_cohort
-from study.errors import StudyError
+from study.errors import StudyError, StudyInterrupted
 from study.model import load_medicalnet_weights
 from study.results import TRIALS_FILE, combine, rows_from_results, write_table
 from trainables import STRATEGIES
@@ -182,7 +182,12 @@ def run_experiment(
             ),
         )
     print(f"\n=== {strategy}: {config.num_samples} trials x {config.max_epochs} epochs ===")
-    return rows_from_results(strategy, tuner.fit())
+    grid = tuner.fit()
+    rows = rows_from_results(strategy, grid, config.max_epochs)
+    # Tune returns normally when Ctrl-C stops it; the study must stop too, not go on.
+    if len(grid) < config.num_samples or (rows["status"] == "running").any():
+        raise StudyInterrupted(f"resume with: python -m study.launch --resume {run_dir}")
+    return rows
 
 
 def _trial_dirname(trial) -> str:

@@ -52,13 +52,22 @@ def trial_rows(
     return pd.DataFrame(rows)
 
 
-def rows_from_results(strategy: str, results: Iterable[Any]) -> pd.DataFrame:
+def trial_status(last_report: Mapping[str, Any], max_epochs: int, failed: bool) -> str:
+    """``error``, ``diverged``, ``terminated`` (all epochs run) or ``running`` (not finished yet)."""
+    if failed:
+        return "error"
+    if last_report.get("diverged"):
+        return "diverged"
+    return "terminated" if int(last_report.get("epoch", 0)) >= max_epochs else "running"
+
+
+def rows_from_results(strategy: str, results: Iterable[Any], max_epochs: int) -> pd.DataFrame:
     """The rows of every trial in a Tune ``ResultGrid`` (or any iterable of its ``Result``)."""
     tables = []
     for result in results:
         history = [] if result.metrics_dataframe is None else result.metrics_dataframe.to_dict("records")
         last = result.metrics or {}
-        status = "error" if result.error else "diverged" if last.get("diverged") else "terminated"
+        status = trial_status(last, max_epochs, failed=result.error is not None)
         trial_id = last.get("trial_id") or Path(result.path).name
         tables.append(trial_rows(strategy, trial_id, result.config, history, status))
     return combine(tables)
@@ -87,14 +96,7 @@ def rows_from_experiment_dirs(results_dir: Path, max_epochs: int) -> pd.DataFram
             else {}
         )
         last = history[-1]
-        if (trial_dir / "error.txt").is_file():
-            status = "error"
-        elif last.get("diverged"):
-            status = "diverged"
-        elif int(last["epoch"]) >= max_epochs:
-            status = "terminated"
-        else:
-            status = "running"
+        status = trial_status(last, max_epochs, failed=(trial_dir / "error.txt").is_file())
         trial_id = last.get("trial_id") or trial_dir.name.removeprefix("trial_")
         tables.append(trial_rows(trial_dir.parent.name, trial_id, params, history, status))
     return combine(tables)
