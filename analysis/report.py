@@ -12,7 +12,6 @@ import argparse
 import base64
 import html
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ from study.config import StudyConfig, read_run_config
 from study.data import CLASS_NAMES, open_cohort
 from study.errors import StudyError
 from study.model import MedicalNetSegmentation
-from study.results import TRIALS_FILE, rows_from_experiment_dirs, write_table
+from study.results import TRIALS_FILE, atomic_write, rows_from_experiment_dirs, write_table
 
 PARETO_FILE = "pareto.parquet"
 RECOMMENDED_MODEL = "recommended.pt"  # {"trial_id", "epoch", "model"}: trainables.replay --out
@@ -196,12 +195,6 @@ def _md_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
-
-
 def build_report(run_dir: Path, overlays: bool = True) -> Report:
     """Builds every output of the report from ``run_dir``; returns their paths."""
     study = load_study(run_dir)
@@ -259,7 +252,7 @@ def build_report(run_dir: Path, overlays: bool = True) -> Report:
     files_dir = study.run_dir / "report_files"
     files_dir.mkdir(exist_ok=True)
     for name, png in figures.items():
-        _atomic_write(files_dir / f"{name}.png", png)
+        atomic_write(files_dir / f"{name}.png", lambda p, png=png: p.write_bytes(png))
 
     def img(name: str) -> str:
         data = base64.b64encode(figures[name]).decode()
@@ -303,7 +296,7 @@ paper's published figure, not ours.</p>
 </body></html>
 """
     html_path = study.run_dir / "report.html"
-    _atomic_write(html_path, page.encode())
+    atomic_write(html_path, lambda p: p.write_text(page))
 
     md = [
         f"# Unlearning study `{study.run_dir}`",
@@ -344,7 +337,7 @@ paper's published figure, not ours.</p>
         "",
     ]
     md_path = study.run_dir / "report.md"
-    _atomic_write(md_path, "\n".join(md).encode())
+    atomic_write(md_path, lambda p: p.write_text("\n".join(md)))
     text = f"report: {html_path}\n"
     if knee is not None:
         text += f"recommended: {knee['strategy']} trial {knee['trial_id']} at {int(knee['epoch'])} epochs "

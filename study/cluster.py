@@ -26,7 +26,8 @@ def connect(config: StudyConfig, run_dir: Path) -> tuple[str | None, bool]:
 
     An already initialised Ray (a test's, a notebook's) is used as it is. ``config.address``
     (or ``RAY_ADDRESS``) joins a running cluster; otherwise a local Ray starts with its
-    temporary files under the run directory and the dashboard bound to 127.0.0.1 only.
+    temporary files under the run directory and the dashboard bound to
+    ``config.dashboard_host`` (127.0.0.1, this machine only, unless the user sets another).
     """
     import ray
 
@@ -38,7 +39,7 @@ def connect(config: StudyConfig, run_dir: Path) -> tuple[str | None, bool]:
         return context.dashboard_url or None, False
     context = ray.init(
         include_dashboard=config.dashboard,
-        dashboard_host="127.0.0.1",
+        dashboard_host=config.dashboard_host,
         _temp_dir=str(_temp_dir(run_dir)),
     )
     url = context.dashboard_url

@@ -70,6 +70,7 @@ class StudyConfig:
     checkpoint_every: int = 1  # epochs; 0: only at horizons and the last epoch
     max_failures: int = 2
     dashboard: bool = True
+    dashboard_host: str = "127.0.0.1"  # "0.0.0.0" exposes the dashboard to the network
 
     @property
     def run_path(self) -> Path:

@@ -22,7 +22,7 @@ from study.config import StudyConfig
 from study.data import Cohort, open_cohort
 from study.errors import StudyError, StudyInterrupted
 from study.model import load_medicalnet_weights
-from study.results import TRIALS_FILE, combine, rows_from_results, write_table
+from study.results import TRIALS_FILE, atomic_write, combine, rows_from_results, write_table
 from trainables import STRATEGIES
 from trainables.baseline import (
     BASELINES,
@@ -34,7 +34,7 @@ from trainables.baseline import (
     train_baseline,
 )
 from trainables.replay import replayed_weights
-from trainables.tune_trainable import unlearning_trial
+from trainables.tune_trainable import trial_dirname, unlearning_trial
 
 
 def run_study(config: StudyConfig, resuming: bool = False) -> Path:
@@ -80,7 +80,7 @@ def prepare_run_dir(config: StudyConfig, resuming: bool) -> Path:
             "that study, or choose another --run-dir"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.toml").write_text(config.to_toml())
+    atomic_write(run_dir / "config.toml", lambda path: path.write_text(config.to_toml()))
     return run_dir
 
 
@@ -121,7 +121,7 @@ def save_recommended_model(config: StudyConfig, run_dir: Path) -> None:
     print(f"replaying trial {trial_id} to epoch {epoch} for the report's overlays")
     replay = ray.remote(num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial)(replayed_weights)
     payload = ray.get(replay.remote(run_dir.resolve(), trial_id, epoch, config.cpus_per_trial))
-    torch.save(payload, run_dir / RECOMMENDED_MODEL)
+    atomic_write(run_dir / RECOMMENDED_MODEL, lambda path: torch.save(payload, path))
 
 
 def run_experiment(
@@ -171,7 +171,7 @@ def run_experiment(
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=searcher, num_samples=config.num_samples, trial_dirname_creator=_trial_dirname
+                search_alg=searcher, num_samples=config.num_samples, trial_dirname_creator=trial_dirname
             ),
             run_config=tune.RunConfig(
                 name=strategy,
@@ -188,11 +188,6 @@ def run_experiment(
     if len(grid) < config.num_samples or (rows["status"] == "running").any():
         raise StudyInterrupted(f"resume with: python -m study.launch --resume {run_dir}")
     return rows
-
-
-def _trial_dirname(trial) -> str:
-    """A trial's folder is named by its id alone: short paths, no hyperparameter soup."""
-    return f"trial_{trial.trial_id}"
 
 
 def main(argv: list[str] | None = None) -> int:

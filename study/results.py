@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -113,13 +113,22 @@ def combine(tables: Iterable[pd.DataFrame]) -> pd.DataFrame:
     return table.sort_values(["strategy", "trial_id", "epoch"], ignore_index=True)
 
 
-def write_table(table: pd.DataFrame, path: Path) -> Path:
-    """Writes ``table`` to ``path`` via a temporary file and a rename: never half-written."""
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> Path:
+    """Calls ``write(temporary_path)``, then renames it to ``path``: a crash never leaves a
+    truncated ``path``, and a failed write leaves the previous file as it was."""
     path = Path(path)
     partial = path.with_name(f".{path.name}.partial")
-    table.to_parquet(partial, index=False)
-    os.replace(partial, path)
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path
+
+
+def write_table(table: pd.DataFrame, path: Path) -> Path:
+    """Writes ``table`` to ``path`` as Parquet, atomically."""
+    return atomic_write(path, lambda partial: table.to_parquet(partial, index=False))
 
 
 def final_rows(trials: pd.DataFrame) -> pd.DataFrame:

@@ -164,3 +164,26 @@ def test_report_of_a_directory_that_is_no_study_is_one_line_and_exit_2(tmp_path:
     assert main([str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "not a study run directory" in err and err.count("\n") == 1
+
+
+def test_report_counts_diverged_trials(tmp_path: Path):
+    trials = combine(
+        [_rows("noisy_label", "fine0000", 0, 4), _rows("noisy_label", "nan00000", 1, 1, status="diverged")]
+    )
+    report = build_report(_run_dir(tmp_path, trials, strategies=["noisy_label"]))
+    assert "2 trials of 1 strategies, 5 trial-epochs; 1 diverged, 0 failed" in report.html.read_text()
+
+
+def test_a_failed_write_leaves_the_previous_file_whole(tmp_path: Path):
+    from study.results import atomic_write
+
+    path = write_table(pd.DataFrame({"a": [1, 2, 3]}), tmp_path / "trials.parquet")
+
+    def crash(partial: Path) -> None:
+        partial.write_bytes(b"PAR1 half a table")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, crash)
+    assert pd.read_parquet(path)["a"].tolist() == [1, 2, 3]
+    assert [p.name for p in tmp_path.iterdir()] == ["trials.parquet"]  # no partial file left

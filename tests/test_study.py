@@ -186,3 +186,26 @@ def test_search_bounds_narrow_the_space_and_clip_the_start():
         study.tell(trial, [0.0, 0.0])
     start = starting_point("noisy_label", {"lr": [1e-3, 1e-2]})
     assert start["lr"] == 1e-3 and start["noise_level"] == 1.0
+
+
+def test_a_local_ray_binds_its_dashboard_to_this_machine_and_keeps_authentication(monkeypatch, tmp_path):
+    import ray
+
+    from study.cluster import connect
+
+    calls = []
+
+    class Context:
+        dashboard_url = "127.0.0.1:8265"
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs) or Context())
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    url, local = connect(load_config("demo", overrides={"run_dir": str(tmp_path)}), Path("/tmp/r"))
+    assert (url, local) == ("http://127.0.0.1:8265", True)
+    assert calls[0]["dashboard_host"] == "127.0.0.1"
+    assert calls[0]["_temp_dir"] == "/tmp/r/ray"  # inside the run directory: short enough
+    # Token authentication is left as Ray sets it: no module of the tool turns it off.
+    root = Path(__file__).parents[1]
+    for package in ("study", "trainables", "search_spaces", "analysis"):
+        assert all("RAY_AUTH_MODE" not in f.read_text() for f in (root / package).glob("*.py"))

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from study.config import StudyConfig
 from study.data import Cohort
 from study.metrics import set_metrics
 from study.model import MedicalNetSegmentation, file_digest, load_medicalnet_weights
+from study.results import atomic_write
 from trainables.loop import LoopSettings, device_for_training, run_epochs
 from trainables.strategy import Batch, Strategy, segmentation_loss
 
@@ -70,12 +69,6 @@ def baseline_key(config: StudyConfig, cohort: Cohort, name: str) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    write(partial)
-    os.replace(partial, path)
-
-
 def load_cached(cache_dir: Path, key: str) -> tuple[dict[str, torch.Tensor], dict[str, float]] | None:
     """``(state_dict, metrics)`` of the baseline cached under ``key``, or ``None``."""
     folder = cache_dir / "models" / key
@@ -91,8 +84,8 @@ def store_cached(
     """Caches a baseline under ``key``; the metrics file, written last, marks it complete."""
     folder = cache_dir / "models" / key
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write(folder / MODEL_FILE, lambda p: torch.save(state, p))
-    _atomic_write(folder / METRICS_FILE, lambda p: p.write_text(json.dumps(metrics, indent=1)))
+    atomic_write(folder / MODEL_FILE, lambda p: torch.save(state, p))
+    atomic_write(folder / METRICS_FILE, lambda p: p.write_text(json.dumps(metrics, indent=1)))
 
 
 def record_baseline(
@@ -101,11 +94,11 @@ def record_baseline(
     """Writes ``baseline/<name>.pt`` and adds ``name``'s metrics to ``baseline/metrics.json``."""
     folder = run_dir / "baseline"
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write(folder / f"{name}.pt", lambda p: torch.save(state, p))
+    atomic_write(folder / f"{name}.pt", lambda p: torch.save(state, p))
     path = folder / METRICS_FILE
     table = json.loads(path.read_text()) if path.is_file() else {}
     table[name] = metrics
-    _atomic_write(path, lambda p: p.write_text(json.dumps(table, indent=1)))
+    atomic_write(path, lambda p: p.write_text(json.dumps(table, indent=1)))
 
 
 def train_baseline(

@@ -87,3 +87,8 @@ def unlearning_trial(
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
     run_epochs(model, strategy, cohort, loop_settings(params, study, original_metrics), report, resume_state)
+
+
+def trial_dirname(trial: Any) -> str:
+    """A trial's folder is named by its id alone: short paths, no hyperparameter soup."""
+    return f"trial_{trial.trial_id}"

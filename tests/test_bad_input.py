@@ -1,0 +1,101 @@
+"""Bad data, weights and configuration: one line naming the culprit, exit code 2, nothing written."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from study.launch import main
+from study.model import MedicalNetSegmentation
+
+
+@pytest.fixture
+def data_dir(cohort_root: Path, tmp_path: Path) -> Path:
+    """A copy of four synthetic subjects, to break."""
+    root = tmp_path / "MRBrainS18"
+    for subject in ("1", "4", "070", "148"):
+        shutil.copytree(cohort_root / subject, root / subject)
+    return root
+
+
+def _rewrite(path: Path, change) -> None:
+    image = nib.load(path)
+    data = change(np.asarray(image.dataobj).astype(np.float32))
+    nib.save(nib.Nifti1Image(data, image.affine), path)
+
+
+FAULTS = {
+    "a missing modality": (
+        lambda r: (r / "070/pre/FLAIR.nii.gz").unlink(),
+        "070/pre/FLAIR.nii.gz is missing",
+    ),
+    "a truncated file": (
+        lambda r: (r / "070/pre/reg_T1.nii.gz").write_bytes(
+            (r / "070/pre/reg_T1.nii.gz").read_bytes()[:5000]
+        ),
+        "070/pre/reg_T1.nii.gz is not a readable NIfTI file",
+    ),
+    "a corrupt file": (
+        lambda r: (r / "148/segm.nii.gz").write_bytes(b"\x1f\x8b garbage"),
+        "148/segm.nii.gz is not a readable NIfTI file",
+    ),
+    "volumes of different shapes": (
+        lambda r: _rewrite(r / "4/pre/reg_IR.nii.gz", lambda a: a[:, :, :40]),
+        "subject 4",
+    ),
+    "label values outside 0..10": (
+        lambda r: _rewrite(r / "1/segm.nii.gz", lambda a: np.where(a == 3, 12, a)),
+        "1/segm.nii.gz holds label values outside",
+    ),
+    "NaN voxels": (
+        lambda r: _rewrite(r / "1/pre/FLAIR.nii.gz", lambda a: np.where(a > 500, np.nan, a)),
+        "1/pre/FLAIR.nii.gz contains NaN or infinite voxels",
+    ),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_bad_data_is_refused_before_anything_runs(data_dir: Path, tmp_path: Path, capsys, fault: str):
+    damage, message = FAULTS[fault]
+    damage(data_dir)
+    run_dir = tmp_path / "run"
+    argv = ["--preset", "smoke", "--data", str(data_dir), "--forget", "070", "--run-dir", str(run_dir)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert message in err
+    assert not run_dir.exists()
+
+
+def _checkpoint(path: Path, depth: int) -> Path:
+    model = MedicalNetSegmentation(depth=depth, n_classes=2, in_channels=1, width=0.125)
+    state = {f"module.{k}": v for k, v in model.state_dict().items() if not k.startswith("conv_seg.")}
+    torch.save({"state_dict": state}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p, "does not exist"),
+        (lambda p: p.write_bytes(b"not torch") and p, "cannot be loaded safely"),
+        (lambda p: _checkpoint(p, depth=34), "ResNet-34 checkpoint"),
+        (lambda p: torch.save({"weights": [1, 2]}, p) or p, "no state dict"),
+    ],
+)
+def test_bad_weights_are_refused_before_anything_runs(
+    cohort_root, tmp_path: Path, capsys, monkeypatch, make, message
+):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cohort_root.parent.parent))
+    weights = tmp_path / "resnet.pth"
+    make(weights)
+    run_dir = tmp_path / "run"
+    assert main(["--preset", "smoke", "--weights", str(weights), "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not run_dir.exists()
