@@ -120,10 +120,14 @@ def read_subject(root: Path, subject: str) -> tuple[np.ndarray, np.ndarray]:
         name: c.shape for name, c in zip((*MODALITY_FILES, LABEL_FILE), [*channels, labels], strict=False)
     }
     if len(set(shapes.values())) != 1:
-        raise StudyError(f"subject {subject} in {root}: volumes differ in shape {shapes}")
+        raise StudyError(
+            f"subject {subject} in {root}: volumes differ in shape {shapes}; the three modalities "
+            "and segm.nii.gz must share one grid (use the registered volumes under pre/)"
+        )
     if labels.min() < 0 or labels.max() > MAX_LABEL or not np.all(labels == np.round(labels)):
         raise StudyError(
-            f"{folder / LABEL_FILE} holds label values outside the integers 0..{MAX_LABEL} of MRBrainS18"
+            f"{folder / LABEL_FILE} holds label values outside the integers 0..{MAX_LABEL} of "
+            "MRBrainS18; check that it is the subject's segm.nii.gz and not an image"
         )
     return np.stack(channels), labels.astype(np.uint8)
 

@@ -135,6 +135,9 @@ def test_an_exploding_learning_rate_ends_trials_as_diverged_and_the_study_comple
         (["--max-epochs", "0"], "max_epochs must be a positive integer"),
         (["--forget", "999"], "unknown subject"),
         (["--data", "/nonexistent/MRBrainS18"], "does not exist"),
+        (["--forget", "070", "--retain", "070,1"], "in both --forget and --retain"),
+        (["--forget", ","], "forget set is empty"),
+        (["--resume", "/nonexistent/run"], "is not a study run directory"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(cache_env, tmp_path: Path, capsys, argv, message):
