@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from study.metrics import OBJECTIVES
 from study.results import final_rows
-
-OBJECTIVES = ("forget_drop", "retain_kept")
 
 
 def non_dominated_mask(points: np.ndarray) -> np.ndarray:

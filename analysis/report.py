@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,39 +32,47 @@ from analysis.summary import (
     recommend,
 )
 from study.cli import run_cli
-from study.config import StudyConfig, read_run_config
+from study.config import StudyConfig
 from study.data import CLASS_NAMES, open_cohort
 from study.errors import StudyError
 from study.model import MedicalNetSegmentation
-from study.results import TRIALS_FILE, atomic_write, rows_from_experiment_dirs, write_table
-
-PARETO_FILE = "pareto.parquet"
-RECOMMENDED_MODEL = "recommended.pt"  # {"trial_id", "epoch", "model"}: trainables.replay --out
+from study.results import atomic_write, combine, incomplete_trials, rows_from_experiment
+from study.run import RunDir
 
 
 @dataclass
 class Study:
     """What a run directory holds, complete or not."""
 
-    run_dir: Path
+    run: RunDir
     config: StudyConfig
     trials: pd.DataFrame
     baselines: dict[str, dict[str, float]]
     missing: list[str] = field(default_factory=list)
 
+    @property
+    def run_dir(self) -> Path:
+        return self.run.path
+
 
 def load_study(run_dir: Path) -> Study:
-    """The run directory's configuration, trial rows and baseline metrics, and what is missing."""
-    run_dir = Path(run_dir)
-    config = read_run_config(run_dir)
+    """The run directory's configuration, trial rows and baseline metrics, and what is missing.
+
+    Before the results table is written (a study running or interrupted) the rows are read
+    from the Tune experiment, wherever it is stored.
+    """
+    run, config = RunDir.open(Path(run_dir))
     missing = []
-    if (run_dir / TRIALS_FILE).is_file():
-        trials = pd.read_parquet(run_dir / TRIALS_FILE)
-    else:
-        trials = rows_from_experiment_dirs(run_dir / "ray_results", config.max_epochs)
-        missing.append(f"{TRIALS_FILE} is not written yet: the study is running or was interrupted")
-    metrics_path = run_dir / "baseline" / "metrics.json"
-    baselines = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    trials = run.read_trials()
+    if trials is None:
+        storage = run.storage
+        fs, _ = storage.filesystem()
+        try:
+            trials = rows_from_experiment(storage.experiment_path, fs, config.max_epochs)
+        except (ValueError, OSError):  # Tune has saved no experiment state yet
+            trials = combine([])
+        missing.append(f"{run.trials_file.name} is not written yet: the study is running or was interrupted")
+    baselines = run.baseline_metrics()
     missing += [
         f"baseline '{name}' has no metrics yet" for name in ("original", "retrain") if name not in baselines
     ]
@@ -83,30 +90,25 @@ def load_study(run_dir: Path) -> Study:
             f"trial {t}: running or interrupted at epoch {e} of {config.max_epochs}"
             for t, e in running.items()
         ]
-    return Study(run_dir, config, trials, baselines, missing)
+        missing += [
+            f"trial {t}: {what}"
+            for t, what in incomplete_trials(trials, config.max_epochs).items()
+            if t not in running.index
+        ]
+    return Study(run, config, trials, baselines, missing)
 
 
 def _find_recommended_model(study: Study, trial_id: str, epoch: int) -> dict[str, torch.Tensor] | None:
-    """Weights of ``trial_id`` after ``epoch``: from ``recommended.pt`` or a kept Tune checkpoint."""
-    saved = study.run_dir / RECOMMENDED_MODEL
-    if saved.is_file():
-        payload = torch.load(saved, map_location="cpu", weights_only=True)
-        if payload.get("trial_id") == trial_id and int(payload.get("epoch", -1)) == epoch:
-            return payload["model"]
-    for state_file in sorted(study.run_dir.glob(f"ray_results/*/trial_{trial_id}/checkpoint_*/state.pt")):
-        state = torch.load(state_file, map_location="cpu", weights_only=True)
-        if int(state["epoch"]) == epoch:
-            return state["model"]
-    return None
+    return study.run.load_model_of(trial_id, epoch)
 
 
 def _overlays(study: Study, knee: pd.Series | None) -> tuple[bytes | None, str]:
     """Overlay figure of one forget and one retain subject, and a note on what it shows."""
     config = study.config
-    original_path = study.run_dir / "baseline" / "original.pt"
-    if not original_path.is_file():
+    original = study.run.load_baseline("original")
+    if original is None:
         return None, "no overlays: the original model is not saved yet"
-    models = {"original model": torch.load(original_path, map_location="cpu", weights_only=True)}
+    models = {"original model": original}
     note = ""
     if knee is not None:
         recommended = _find_recommended_model(study, knee["trial_id"], int(knee["epoch"]))
@@ -136,7 +138,7 @@ def _overlays(study: Study, knee: pd.Series | None) -> tuple[bytes | None, str]:
 def reproduce_command(study: Study, knee: pd.Series, out: bool = False) -> str:
     """The command line that reruns the recommended trial (without Ray) to its horizon."""
     command = f"python -m trainables.replay {study.run_dir} {knee['trial_id']} --epochs {int(knee['epoch'])}"
-    return command + (f" --out {study.run_dir / RECOMMENDED_MODEL}" if out else "")
+    return command + (f" --out {study.run.recommended_model}" if out else "")
 
 
 def missing_recommended_model(run_dir: Path) -> tuple[str, int] | None:
@@ -204,7 +206,7 @@ def build_report(run_dir: Path, overlays: bool = True) -> Report:
     horizons = sorted(config.horizons)
     rows = horizon_rows(trials, horizons)
     knee = recommend(rows, horizons)
-    write_table(fronts(rows), study.run_dir / PARETO_FILE)
+    study.run.write_pareto(fronts(rows))
 
     shown = [str(h) for h in horizons]
     figures = {"pareto": pareto_plot(rows, shown, knee)}
@@ -249,7 +251,7 @@ def build_report(run_dir: Path, overlays: bool = True) -> Report:
         recommendation_rows = pd.DataFrame({"": list(facts), "value": list(facts.values())})
         command = reproduce_command(study, knee)
 
-    files_dir = study.run_dir / "report_files"
+    files_dir = study.run.report_files
     files_dir.mkdir(exist_ok=True)
     for name, png in figures.items():
         atomic_write(files_dir / f"{name}.png", lambda p, png=png: p.write_bytes(png))
@@ -295,7 +297,7 @@ paper's published figure, not ours.</p>
 <h2>Missing</h2><ul>{notes}</ul>
 </body></html>
 """
-    html_path = study.run_dir / "report.html"
+    html_path = study.run.report_html
     atomic_write(html_path, lambda p: p.write_text(page))
 
     md = [
@@ -313,7 +315,7 @@ paper's published figure, not ours.</p>
         *([f"Reproduce: `{command}`", ""] if command else []),
         "## Pareto front",
         "",
-        "![pareto](report_files/pareto.png)",
+        f"![pareto]({files_dir.name}/pareto.png)",
         "",
         _md_table(hv),
         "",
@@ -325,25 +327,25 @@ paper's published figure, not ours.</p>
         "",
         "## Per-epoch Dice of each strategy's best trial",
         "",
-        "![curves](report_files/curves.png)",
+        f"![curves]({files_dir.name}/curves.png)",
         "",
         "## Before and after unlearning",
         "",
-        *(["![overlays](report_files/overlays.png)", ""] if "overlays" in figures else []),
+        *([f"![overlays]({files_dir.name}/overlays.png)", ""] if "overlays" in figures else []),
         *([overlay_note, ""] if overlay_note else []),
         "## Missing",
         "",
         *([f"- {m}" for m in study.missing] or ["- nothing: the study is complete"]),
         "",
     ]
-    md_path = study.run_dir / "report.md"
+    md_path = study.run.report_markdown
     atomic_write(md_path, lambda p: p.write_text("\n".join(md)))
     text = f"report: {html_path}\n"
     if knee is not None:
         text += f"recommended: {knee['strategy']} trial {knee['trial_id']} at {int(knee['epoch'])} epochs "
         text += f"(forget_drop {knee['forget_drop']:.3f}, retain_kept {knee['retain_kept']:.3f})\n"
         text += f"  {_params(knee)}\n  reproduce: {command}"
-    return Report(html_path, md_path, study.run_dir / PARETO_FILE, knee, text)
+    return Report(html_path, md_path, study.run.pareto_file, knee, text)
 
 
 def main(argv: list[str] | None = None) -> int:

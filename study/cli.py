@@ -8,8 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from study.config import PRESETS, StudyConfig, load_config, read_run_config
-from study.errors import StudyError, StudyInterrupted
+from study.config import PRESETS, StudyConfig, load_config
+from study.errors import StudyError, StudyIncomplete, StudyInterrupted
+from study.run import RunDir
 
 
 def _ids(text: str) -> list[str]:
@@ -42,6 +43,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--retain", type=_ids, help="subject ids to retain (default: all others)")
     p.add_argument("--holdout", type=_ids, help="subject ids never trained on")
     p.add_argument("--address", help="Ray cluster to join ('auto' or host:port)")
+    p.add_argument(
+        "--storage",
+        help="where Tune keeps results and checkpoints: a folder every node mounts, or a URI "
+        "such as s3://bucket/prefix (default: RUN_DIR/ray_results)",
+    )
     p.add_argument("--cpus-per-trial", dest="cpus_per_trial", type=int)
     p.add_argument("--gpus-per-trial", dest="gpus_per_trial", type=float)
     p.add_argument("--seed", type=int)
@@ -53,7 +59,7 @@ def config_from_args(argv: list[str] | None = None) -> tuple[StudyConfig, bool]:
     """``(config, resuming)`` from the command line; flags override preset and ``--config``."""
     args = parser().parse_args(argv)
     if args.resume is not None:
-        return read_run_config(args.resume), True
+        return RunDir.open(args.resume)[1], True
     overrides = {
         key: value
         for key, value in vars(args).items()
@@ -65,13 +71,17 @@ def config_from_args(argv: list[str] | None = None) -> tuple[StudyConfig, bool]:
 def run_cli(main: Callable[[], Any]) -> int:
     """Runs ``main``; a ``StudyError`` becomes one line on stderr and exit code 2.
 
-    An interrupted study exits with 130 after saying how to resume it.
+    A study that ended with failed or unfinished trials exits with 3, an interrupted one
+    with 130, each after saying how to resume it.
     """
     try:
         main()
     except StudyError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except StudyIncomplete as incomplete:
+        print(f"incomplete: {incomplete}", file=sys.stderr)
+        return 3
     except StudyInterrupted as interrupted:
         print(f"interrupted: {interrupted}", file=sys.stderr)
         return 130

@@ -1,16 +1,39 @@
-"""Joining a Ray cluster, or starting a local one with its dashboard on 127.0.0.1."""
+"""Joining a Ray cluster (or starting a local one) and checking it can run the study.
+
+Joining ships this package to the workers (``runtime_env`` ``py_modules``), so a worker node
+needs only the dependencies. Every request is checked against the cluster's nodes before
+any compute: a trial no node can hold is a one-line error, never an endless wait.
+"""
 
 from __future__ import annotations
 
+import math
 import os
+import socket
+import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from study.config import StudyConfig
+from study.errors import StudyError
+from study.run import ExperimentStorage
 
 # Ray's Unix sockets live in <temp>/session_<date>_<time>_<usec>_<pid>/sockets/<name>, and a
 # socket path may not exceed 107 bytes; the session part takes about 64 of them.
 _MAX_TEMP_DIR_CHARS = 40
+_PROBE_TIMEOUT_S = 10.0
+#: The packages that trials import, shipped to every worker when joining a cluster.
+PACKAGES = ("study", "trainables", "search_spaces", "analysis")
+
+
+@dataclass(frozen=True)
+class Connection:
+    """The Ray this study runs on: its dashboard URL (if any), and whether we started it."""
+
+    dashboard: str | None
+    local: bool
 
 
 def _temp_dir(run_dir: Path) -> Path:
@@ -21,26 +44,150 @@ def _temp_dir(run_dir: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix="ray-"))
 
 
-def connect(config: StudyConfig, run_dir: Path) -> tuple[str | None, bool]:
-    """Connects to Ray; returns ``(dashboard URL or None, whether Ray was started locally)``.
+def _probe(address: str) -> None:
+    """Raises ``StudyError`` unless something listens at ``host:port`` (Ray itself would
+    retry an unreachable address for minutes)."""
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return  # not host:port ("auto" and the like): Ray resolves it and fails fast
+    try:
+        socket.create_connection((host, int(port)), timeout=_PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        raise StudyError(
+            f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); start one "
+            "with `ray start --head` or pass the head node's address"
+        ) from None
+
+
+def runtime_env() -> dict:
+    """The job's runtime environment: this package's modules, so workers need only the dependencies."""
+    modules = [sys.modules.get(name) or __import__(name) for name in PACKAGES]
+    return {"py_modules": modules}
+
+
+def connect(config: StudyConfig, run_dir: Path) -> Connection:
+    """Connects to Ray.
 
     An already initialised Ray (a test's, a notebook's) is used as it is. ``config.address``
-    (or ``RAY_ADDRESS``) joins a running cluster; otherwise a local Ray starts with its
-    temporary files under the run directory and the dashboard bound to
-    ``config.dashboard_host`` (127.0.0.1, this machine only, unless the user sets another).
+    (or ``RAY_ADDRESS``) joins a running cluster and ships this package to it; otherwise a
+    local Ray starts with its temporary files under the run directory and the dashboard
+    bound to ``config.dashboard_host`` (127.0.0.1, this machine only, unless set otherwise).
     """
     import ray
 
     if ray.is_initialized():
-        return None, False
+        return Connection(None, False)
     address = config.address or os.environ.get("RAY_ADDRESS", "")
     if address:
-        context = ray.init(address=address, log_to_driver=True)
-        return context.dashboard_url or None, False
+        _probe(address)
+        try:
+            context = ray.init(address=address, runtime_env=runtime_env(), log_to_driver=True)
+        except ConnectionError as exc:
+            raise StudyError(f"--address {address}: {exc}") from None
+        return Connection(context.dashboard_url or None, False)
     context = ray.init(
         include_dashboard=config.dashboard,
         dashboard_host=config.dashboard_host,
         _temp_dir=str(_temp_dir(run_dir)),
     )
     url = context.dashboard_url
-    return (f"http://{url}" if url and not url.startswith("http") else url) or None, True
+    return Connection((f"http://{url}" if url and not url.startswith("http") else url) or None, True)
+
+
+def trial_request(config: StudyConfig) -> dict[str, float]:
+    """The Ray resources one trial (and one baseline task) asks for."""
+    request = {"CPU": float(config.cpus_per_trial), "GPU": float(config.gpus_per_trial)}
+    return {k: v for k, v in (request | config.trial_resources).items() if v > 0}
+
+
+def task_options(config: StudyConfig, cpus: int) -> dict:
+    """``ray.remote`` options for a task that needs what a trial needs, with ``cpus`` CPUs."""
+    return {"num_cpus": cpus, "num_gpus": config.gpus_per_trial, "resources": dict(config.trial_resources)}
+
+
+def trial_device(config: StudyConfig) -> str:
+    """``"cuda"`` when trials ask for GPUs (the one Ray assigned), else ``"cpu"``.
+
+    Ray leaves every GPU of a node visible to a task that asked for none: naming the device
+    from the request keeps such trials off the GPUs others were given.
+    """
+    return "cuda" if config.gpus_per_trial > 0 else "cpu"
+
+
+def _fits(node: dict[str, float], request: dict[str, float]) -> int:
+    """How many requests ``node`` (its total resources) holds at once."""
+    return min(math.floor(node.get(k, 0.0) / v + 1e-9) for k, v in request.items())
+
+
+def _nodes() -> list[dict[str, float]]:
+    import ray
+
+    return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+
+
+def _why_not(request: dict[str, float], nodes: list[dict[str, float]]) -> str:
+    flags = {"CPU": "--cpus-per-trial", "GPU": "--gpus-per-trial"}
+    for key, amount in request.items():
+        most = max((n.get(key, 0.0) for n in nodes), default=0.0)
+        if most < amount:
+            flag = flags.get(key, f"trial_resources.{key}")
+            return (
+                f"{flag} {amount:g}: no node of the cluster has {amount:g} {key} "
+                f"({len(nodes)} nodes, at most {most:g} {key} on one); lower {flag} or add such nodes"
+            )
+    have = ", ".join(f"{k} {v:g}" for k, v in request.items())
+    return (
+        f"no single node of the cluster has {have} at once ({len(nodes)} nodes); lower the per-trial request"
+    )
+
+
+def check_resources(config: StudyConfig) -> int:
+    """How many trials the cluster runs at once; a ``StudyError`` if no node can hold one.
+
+    With ``config.resource_wait_s`` (an autoscaling cluster), asks the autoscaler for such a
+    node and waits for it up to that long, saying so, before giving up the same way.
+    """
+    request = trial_request(config)
+    deadline = time.monotonic() + config.resource_wait_s
+    asked = False
+    while True:
+        nodes = _nodes()
+        slots = sum(_fits(node, request) for node in nodes)
+        if slots:
+            return slots
+        if time.monotonic() >= deadline:
+            raise StudyError(_why_not(request, nodes))
+        if not asked:
+            from ray.autoscaler.sdk import request_resources
+
+            request_resources(bundles=[request])
+            print(
+                f"waiting up to {config.resource_wait_s} s for the autoscaler to add a node with "
+                + ", ".join(f"{k} {v:g}" for k, v in request.items()),
+                flush=True,
+            )
+            asked = True
+        time.sleep(5)
+
+
+def check_cluster(
+    config: StudyConfig, storage: ExperimentStorage, connection: Connection, resuming: bool
+) -> int:
+    """Trials the cluster runs at once, after refusing (``StudyError``) requests no node can
+    hold and storage that cannot take the experiment; shuts down a Ray it started on refusal."""
+    import ray
+
+    try:
+        slots = check_resources(config)
+        storage.check_writable()
+        if not resuming and storage.experiment_exists():
+            raise StudyError(
+                f"storage {storage.root} already holds an experiment named {storage.name}; "
+                "choose another --run-dir name or --storage"
+            )
+        return slots
+    except BaseException:
+        if connection.local:
+            ray.shutdown()
+        raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -65,8 +66,17 @@ class StudyConfig:
     seed: int = 0
     # Ray
     address: str = ""  # empty: start a local Ray; "auto" or host:port joins a cluster
+    # Where Tune keeps results and checkpoints: empty for <run_dir>/ray_results, a folder every
+    # node mounts, or a pyarrow URI such as s3://bucket/prefix (options as URI query parameters)
+    storage: str = ""
     cpus_per_trial: int = 1
     gpus_per_trial: float = 0.0
+    # Custom Ray resources each trial (and baseline) also asks for, e.g. {"accelerator_type:H100" = 0.001}
+    trial_resources: dict[str, float] = field(default_factory=dict)
+    # Trials of one strategy running at once (0: enough to fill the cluster, at least num_samples / 4)
+    concurrent_per_strategy: int = 0
+    # On an autoscaling cluster: how long to wait for a node that fits a trial (0: it must exist now)
+    resource_wait_s: int = 0
     checkpoint_every: int = 1  # epochs; 0: only at horizons and the last epoch
     max_failures: int = 2
     dashboard: bool = True
@@ -117,8 +127,23 @@ class StudyConfig:
                 raise StudyError(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
         if self.model_width <= 0 or self.baseline_lr <= 0:
             raise StudyError("model_width and baseline_lr must be positive")
-        if self.gpus_per_trial < 0 or self.checkpoint_every < 0 or self.max_failures < 0:
-            raise StudyError("gpus_per_trial, checkpoint_every and max_failures must not be negative")
+        for name in ("gpus_per_trial", "checkpoint_every", "max_failures", "concurrent_per_strategy"):
+            if getattr(self, name) < 0:
+                raise StudyError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.resource_wait_s < 0:
+            raise StudyError(f"resource_wait_s must not be negative, got {self.resource_wait_s}")
+        if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
+            raise StudyError(
+                f"gpus_per_trial {self.gpus_per_trial}: Ray shares a GPU (fractions up to 1) or gives "
+                "whole GPUs; use a fraction <= 1 or a whole number"
+            )
+        if bad := {k: v for k, v in self.trial_resources.items() if v <= 0}:
+            raise StudyError(f"trial_resources must be positive amounts, got {bad}")
+        if reserved := {"CPU", "GPU", "memory"} & {k for k in self.trial_resources}:
+            raise StudyError(
+                f"trial_resources names {', '.join(sorted(reserved))}; set those with "
+                "cpus_per_trial and gpus_per_trial, and keep trial_resources for custom resources"
+            )
         if not 0 <= self.score_weight <= 1:
             raise StudyError(f"score_weight must lie in [0, 1], got {self.score_weight}")
         for name, bounds in self.search_bounds.items():
@@ -143,10 +168,14 @@ class StudyConfig:
         lines, tables = [], []
         for key, value in dataclasses.asdict(self).items():
             if isinstance(value, dict):
-                tables += [f"\n[{key}]"] + [f"{k} = {_toml_value(v)}" for k, v in value.items()]
+                tables += [f"\n[{key}]"] + [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()]
             elif value is not None:
                 lines.append(f"{key} = {_toml_value(value)}")
         return "\n".join(lines + tables) + "\n"
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)
 
 
 def _toml_value(value: Any) -> str:
@@ -187,10 +216,16 @@ def _apply(config: StudyConfig, values: dict[str, Any], source: str) -> None:
             raise StudyError(f"{source}: {key} must be a {expected.__name__}, got {value!r}")
         if expected is list:
             value = [str(v) if key in ("forget", "retain", "holdout", "strategies") else v for v in value]
-        if expected is dict:  # search_bounds: name -> [low, high]
+        if key == "search_bounds":  # name -> [low, high]
             if not all(isinstance(v, list) and all(_is_number(x) for x in v) for v in value.values()):
                 raise StudyError(f"{source}: {key} must map names to [low, high] number pairs")
             value = {k: [float(x) for x in v] for k, v in value.items()}
+        elif expected is dict:  # trial_resources: name -> amount
+            if not all(_is_number(v) for v in value.values()):
+                raise StudyError(f"{source}: {key} must map resource names to numbers")
+            value = {k: float(v) for k, v in value.items()}
+        if key == "storage" and value and "://" not in value:
+            value = str(Path(value).expanduser().resolve())  # every node must see the same path
         setattr(config, key, value)
 
 
@@ -212,11 +247,8 @@ def load_config(
     return config
 
 
-def read_run_config(run_dir: Path) -> StudyConfig:
-    """The resolved configuration saved in a run directory (for ``--resume`` and reports)."""
-    path = Path(run_dir) / "config.toml"
-    if not path.is_file():
-        raise StudyError(f"{run_dir} is not a study run directory (no config.toml)")
+def config_from_toml(path: Path) -> StudyConfig:
+    """A configuration saved by ``StudyConfig.to_toml`` (a run directory's ``config.toml``)."""
     config = StudyConfig()
     _apply(config, _read_toml(path), str(path))
     return config

@@ -10,3 +10,10 @@ class StudyError(Exception):
 
 class StudyInterrupted(Exception):  # noqa: N818 (an interruption, not an error)
     """The study stopped before its trials finished (Ctrl-C, a stop signal); it can be resumed."""
+
+
+class StudyIncomplete(Exception):  # noqa: N818 (an outcome, not an error of the user's)
+    """The study ran to its end, but some trials failed or fell short of their epochs.
+
+    What exists is written (results, report); ``--resume`` reruns what is missing.
+    """

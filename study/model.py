@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -227,14 +228,17 @@ def _checkpoint_depth(keys: set[str]) -> int | None:
     return None
 
 
-def load_medicalnet_weights(model: MedicalNetSegmentation, path: Path) -> dict[str, list[str]]:
-    """Loads a MedicalNet checkpoint into ``model``'s encoder; returns missing/unexpected keys.
+def load_medicalnet_weights(model: MedicalNetSegmentation, path: Path) -> dict[str, Any]:
+    """Loads a MedicalNet checkpoint into ``model``; returns missing/unexpected keys and a note
+    on the segmentation head.
 
     Accepts MedicalNet's format (``{"state_dict": {"module.conv1.weight": ...}}``) or a bare
     state dict. A 1-channel ``conv1`` kernel is repeated over the input channels and divided
-    by their number, so the response to a constant image is unchanged. ``conv_seg`` keys are
-    expected to be absent (MedicalNet ships encoders); any encoder key that is missing,
-    unexpected or of another shape is an error, because it means another depth or width.
+    by their number, so the response to a constant image is unchanged. MedicalNet ships
+    encoders, so ``conv_seg`` is usually absent and trained afresh; a head that fits
+    ``model`` (same classes) is loaded, one that does not (a checkpoint fine-tuned for
+    another number of classes) is left out and trained afresh. Any encoder key that is
+    missing, unexpected or of another shape is an error: another depth or width.
     """
     path = Path(path)
     if not path.is_file():
@@ -275,10 +279,24 @@ def load_medicalnet_weights(model: MedicalNetSegmentation, path: Path) -> dict[s
             f"mismatched keys, e.g. {detail!r}); set model_depth to the checkpoint's depth "
             "and model_width to 1.0"
         )
+    head = {k: v for k, v in state.items() if k.startswith("conv_seg.")}
+    own_head = {k: v for k, v in own.items() if k.startswith("conv_seg.")}
+    if not head:
+        head_note = "segmentation head trained afresh (the checkpoint has none)"
+    elif head.keys() == own_head.keys() and all(head[k].shape == own_head[k].shape for k in head):
+        head_note = "segmentation head loaded from the checkpoint"
+    else:
+        classes = head.get("conv_seg.6.weight", next(iter(head.values()))).shape[0]
+        head_note = (
+            f"segmentation head trained afresh (the checkpoint's head has {classes} outputs, "
+            f"this study needs {own['conv_seg.6.weight'].shape[0]})"
+        )
+        state = {k: v for k, v in state.items() if not k.startswith("conv_seg.")}
     model.load_state_dict(state, strict=False)
     return {
         "missing": sorted(set(own) - set(state)),
         "unexpected": sorted(set(state) - set(own)),
+        "head": head_note,
     }
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -16,6 +15,8 @@ from study.metrics import METRICS
 TRIALS_FILE = "trials.parquet"
 STATUSES = ("running", "terminated", "diverged", "error")
 KEY_COLUMNS = ("strategy", "trial_id", "trial_number", "epoch", "status")
+#: Entries of a trial's config that are not searched hyperparameters.
+NOT_SEARCHED = ("strategy", "trial_number")
 
 
 def trial_rows(
@@ -46,7 +47,7 @@ def trial_rows(
             "epoch": epoch,
             "status": status,
         }
-        row |= {f"param_{k}": v for k, v in params.items() if k != "trial_number"}
+        row |= {f"param_{k}": v for k, v in params.items() if k not in NOT_SEARCHED}
         row |= {m: float(by_epoch[epoch].get(m, math.nan)) for m in METRICS}
         rows.append(row)
     return pd.DataFrame(rows)
@@ -61,50 +62,49 @@ def trial_status(last_report: Mapping[str, Any], max_epochs: int, failed: bool) 
     return "terminated" if int(last_report.get("epoch", 0)) >= max_epochs else "running"
 
 
-def rows_from_results(strategy: str, results: Iterable[Any], max_epochs: int) -> pd.DataFrame:
+def _rows_of(
+    config: Mapping[str, Any], history: list[dict[str, Any]], trial_id: str, failed: bool, max_epochs: int
+):
+    if not history:
+        return None
+    status = trial_status(history[-1], max_epochs, failed)
+    params = {k: v for k, v in config.items() if k != "strategy"}
+    return trial_rows(str(config.get("strategy", "")), trial_id, params, history, status)
+
+
+def rows_from_results(results: Iterable[Any], max_epochs: int) -> pd.DataFrame:
     """The rows of every trial in a Tune ``ResultGrid`` (or any iterable of its ``Result``)."""
     tables = []
     for result in results:
         history = [] if result.metrics_dataframe is None else result.metrics_dataframe.to_dict("records")
-        last = result.metrics or {}
-        status = trial_status(last, max_epochs, failed=result.error is not None)
-        trial_id = last.get("trial_id") or Path(result.path).name
-        tables.append(trial_rows(strategy, trial_id, result.config, history, status))
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        tables.append(_rows_of(result.config or {}, history, trial_id, result.error is not None, max_epochs))
     return combine(tables)
 
 
-def rows_from_experiment_dirs(results_dir: Path, max_epochs: int) -> pd.DataFrame:
-    """The rows of every trial found in Tune's experiment folders, finished or not.
+def rows_from_experiment(path: str, filesystem: Any, max_epochs: int) -> pd.DataFrame:
+    """The rows of every trial of the Tune experiment at ``path``, finished or not.
 
-    For a study still running or interrupted, where ``trials.parquet`` is not written yet:
-    reads ``<results_dir>/<strategy>/trial_*/result.json`` (one JSON report per line) and
-    ``params.json``. A trial with an ``error.txt`` is ``error``; one that reported a
-    divergence is ``diverged``; one that reached ``max_epochs`` is ``terminated``; any
-    other is ``running`` (it may also have been interrupted).
+    Read through Tune's ``ExperimentAnalysis`` from wherever the experiment is stored (a
+    local folder or a bucket), for a study still running or interrupted. A trial Tune
+    recorded as errored is ``error``; one that reported a divergence is ``diverged``; one
+    that reached ``max_epochs`` is ``terminated``; any other is ``running``.
     """
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(path, storage_filesystem=filesystem)
+    frames = analysis.trial_dataframes
     tables = []
-    for trial_dir in sorted(Path(results_dir).glob("*/trial_*")):
-        history = []
-        if (trial_dir / "result.json").is_file():
-            lines = (trial_dir / "result.json").read_text().splitlines()
-            history = [json.loads(line) for line in lines if line.strip()]
-        if not history:
-            continue
-        params = (
-            json.loads((trial_dir / "params.json").read_text())
-            if (trial_dir / "params.json").is_file()
-            else {}
-        )
-        last = history[-1]
-        status = trial_status(last, max_epochs, failed=(trial_dir / "error.txt").is_file())
-        trial_id = last.get("trial_id") or trial_dir.name.removeprefix("trial_")
-        tables.append(trial_rows(trial_dir.parent.name, trial_id, params, history, status))
+    for trial in analysis.trials:
+        frame = frames.get(trial.path)
+        history = [] if frame is None or frame.empty else frame.to_dict("records")
+        tables.append(_rows_of(trial.config, history, trial.trial_id, trial.status == "ERROR", max_epochs))
     return combine(tables)
 
 
 def combine(tables: Iterable[pd.DataFrame]) -> pd.DataFrame:
     """All trials' rows in one table, key columns first, ordered by strategy, trial, epoch."""
-    tables = [t for t in tables if len(t)]
+    tables = [t for t in tables if t is not None and len(t)]
     if not tables:
         return pd.DataFrame(columns=[*KEY_COLUMNS, *METRICS])
     table = pd.concat(tables, ignore_index=True)
@@ -135,3 +135,21 @@ def final_rows(trials: pd.DataFrame) -> pd.DataFrame:
     """Each trial's last reported epoch."""
     last = trials.groupby(["strategy", "trial_id"])["epoch"].transform("max")
     return trials[trials["epoch"] == last].reset_index(drop=True)
+
+
+def incomplete_trials(trials: pd.DataFrame, max_epochs: int) -> dict[str, str]:
+    """``{trial_id: what is wrong}`` for trials that failed, stopped early or miss an epoch.
+
+    A diverged trial is complete: it ended on purpose at its last finite epoch.
+    """
+    problems = {}
+    for trial_id, rows in trials.groupby("trial_id", sort=True):
+        strategy, status, last = rows["strategy"].iloc[0], rows["status"].iloc[0], int(rows["epoch"].max())
+        missing = sorted(set(range(1, last + 1)) - set(rows["epoch"].astype(int)))
+        if status == "error":
+            problems[trial_id] = f"{strategy}, failed after epoch {last} of {max_epochs}"
+        elif status == "running":
+            problems[trial_id] = f"{strategy}, stopped at epoch {last} of {max_epochs}"
+        elif missing:
+            problems[trial_id] = f"{strategy}, epochs {', '.join(map(str, missing))} missing"
+    return problems

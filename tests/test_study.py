@@ -194,7 +194,7 @@ def test_search_bounds_narrow_the_space_and_clip_the_start():
 def test_a_local_ray_binds_its_dashboard_to_this_machine_and_keeps_authentication(monkeypatch, tmp_path):
     import ray
 
-    from study.cluster import connect
+    from study.cluster import Connection, connect
 
     calls = []
 
@@ -204,8 +204,8 @@ def test_a_local_ray_binds_its_dashboard_to_this_machine_and_keeps_authenticatio
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs) or Context())
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    url, local = connect(load_config("demo", overrides={"run_dir": str(tmp_path)}), Path("/tmp/r"))
-    assert (url, local) == ("http://127.0.0.1:8265", True)
+    connection = connect(load_config("demo", overrides={"run_dir": str(tmp_path)}), Path("/tmp/r"))
+    assert connection == Connection("http://127.0.0.1:8265", local=True)
     assert calls[0]["dashboard_host"] == "127.0.0.1"
     assert calls[0]["_temp_dir"] == "/tmp/r/ray"  # inside the run directory: short enough
     # Token authentication is left as Ray sets it: no module of the tool turns it off.

@@ -17,11 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from study.cluster import task_options, trial_device
 from study.config import StudyConfig
 from study.data import Cohort
 from study.metrics import set_metrics
 from study.model import MedicalNetSegmentation, file_digest, load_medicalnet_weights
 from study.results import atomic_write
+from study.run import RunDir
 from trainables.loop import LoopSettings, device_for_training, run_epochs
 from trainables.strategy import Batch, Strategy, segmentation_loss
 
@@ -88,31 +90,34 @@ def store_cached(
     atomic_write(folder / METRICS_FILE, lambda p: p.write_text(json.dumps(metrics, indent=1)))
 
 
-def record_baseline(
-    run_dir: Path, name: str, state: dict[str, torch.Tensor], metrics: dict[str, float]
-) -> None:
-    """Writes ``baseline/<name>.pt`` and adds ``name``'s metrics to ``baseline/metrics.json``."""
-    folder = run_dir / "baseline"
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(folder / f"{name}.pt", lambda p: torch.save(state, p))
-    path = folder / METRICS_FILE
-    table = json.loads(path.read_text()) if path.is_file() else {}
-    table[name] = metrics
-    atomic_write(path, lambda p: p.write_text(json.dumps(table, indent=1)))
+def initial_state(config: StudyConfig, n_classes: int) -> tuple[dict[str, torch.Tensor], str]:
+    """The state both baselines start from, and a note on how it was made.
+
+    MedicalNet weights from ``config.weights`` (read here, on the driver, so that no task
+    opens the driver's files) or the network's own random initialisation.
+    """
+    model = build_model(config, n_classes)
+    note = "random initialisation"
+    if config.weights:
+        loaded = load_medicalnet_weights(model, Path(config.weights))
+        note = f"MedicalNet weights {config.weights}; {loaded['head']}"
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, note
 
 
 def train_baseline(
-    name: str, config: StudyConfig, cohort: Cohort, threads: int = 1
+    name: str,
+    config: StudyConfig,
+    cohort: Cohort,
+    start: dict[str, torch.Tensor],
+    threads: int = 1,
+    device: str = "",
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """Trains baseline ``name`` (see ``BASELINES``); returns its CPU ``state_dict`` and set metrics.
-
-    Starts from the MedicalNet weights in ``config.weights`` when given, else from a random
-    initialisation; every subject of its training set is seen with true labels.
+    """Trains baseline ``name`` (see ``BASELINES``) from the state ``start``; returns its CPU
+    ``state_dict`` and set metrics. Every subject of its training set is seen with true labels.
     """
     torch.set_num_threads(threads)
     model = build_model(config, cohort.n_classes)
-    if config.weights:
-        load_medicalnet_weights(model, Path(config.weights))
+    model.load_state_dict(start)
     strategy = Supervised(uses_forget=BASELINES[name])
     settings = LoopSettings(
         max_epochs=config.baseline_epochs,
@@ -122,6 +127,7 @@ def train_baseline(
         checkpoint_every=0,
         cosine_decay=True,
         eval_every=max(1, config.baseline_epochs // 5),
+        device=device,
     )
     started = time.monotonic()
 
@@ -135,6 +141,41 @@ def train_baseline(
             )
 
     run_epochs(model, strategy, cohort, settings, progress)
-    metrics = set_metrics(model, cohort, device_for_training())
+    metrics = set_metrics(model, cohort, device_for_training(device))
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return state, metrics
+
+
+def train_or_load_baselines(
+    config: StudyConfig,
+    cohort: Cohort,
+    cohort_ref: Any,
+    start: dict[str, torch.Tensor],
+    run: RunDir,
+    local: bool,
+) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, float]]]:
+    """Every baseline's weights and metrics, recorded in the run directory: from the cache,
+    else trained side by side as Ray tasks (``cohort_ref``: the cohort in the object store)."""
+    import ray
+
+    keys = {name: baseline_key(config, cohort, name) for name in BASELINES}
+    found = {name: load_cached(config.cache_path, key) for name, key in keys.items()}
+    missing = [name for name, cached in found.items() if cached is None]
+    for name in found.keys() - set(missing):
+        print(f"{name} model: cached ({config.cache_path / 'models' / keys[name]})")
+    if missing:
+        print(f"training {', '.join(missing)} ({config.baseline_epochs} epochs each)")
+        # A local Ray is ours alone: the baselines may share every core.
+        total = int(ray.cluster_resources().get("CPU", 1))
+        cpus = max(1, total // len(missing)) if local else config.cpus_per_trial
+        train = ray.remote(**task_options(config, cpus))(train_baseline)
+        start_ref = ray.put(start)
+        device = trial_device(config)
+        pending = {name: train.remote(name, config, cohort_ref, start_ref, cpus, device) for name in missing}
+        for name, ref in pending.items():
+            found[name] = ray.get(ref)
+            store_cached(config.cache_path, keys[name], *found[name])
+    for name, (state, metrics) in found.items():
+        run.record_baseline(name, state, metrics)
+        print(f"{name} model: " + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    return found

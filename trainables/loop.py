@@ -46,11 +46,19 @@ class LoopSettings:
     eval_every: int = 1
     original_metrics: dict[str, float] | None = None
     score_weight: float = 0.5
+    device: str = ""  # "cpu", "cuda" (the GPU Ray assigned), or empty: a GPU if torch sees one
 
 
-def device_for_training() -> torch.device:
-    """The GPU Ray (or the user) made visible, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def device_for_training(requested: str = "") -> torch.device:
+    """``requested`` ("cpu" or "cuda"), or when empty the GPU torch sees, else the CPU.
+
+    Under Ray a trial names its device from its request: one that asked for no GPU runs on
+    the CPU even on a GPU node (Ray leaves every GPU visible to it), and one that asked for
+    a GPU uses the one Ray made visible.
+    """
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("this trial asked for a GPU, but torch sees none on its node")
+    return torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _optimizer(params: list[nn.Parameter], settings: LoopSettings) -> torch.optim.Optimizer:
@@ -121,7 +129,7 @@ def run_epochs(
     ``strategy.uses_forget``. A non-finite loss ends the run: the last report then carries
     ``diverged = 1.0`` and the metrics of the last finite model.
     """
-    device = device_for_training()
+    device = device_for_training(settings.device)
     model.to(device)
     strategy.prepare(model, cohort, device)
     frozen = strategy.frozen_modules(model)

@@ -1,76 +1,51 @@
 """The Ray Tune function trainable: a thin wrapper that runs the epoch loop for one trial.
 
-Ray is imported here only; the loop itself runs without it.
+Ray is imported here only; the loop itself runs without it. What a trial needs from the
+driver arrives as a ``Handover`` of Ray object references, put once per study: no trial
+opens a file of the driver's.
 """
 
 from __future__ import annotations
 
-import copy
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
+from study.cluster import trial_device
 from study.config import StudyConfig
-from study.data import Cohort
-from trainables import STRATEGIES
-from trainables.baseline import build_model
-from trainables.loop import LoopSettings, run_epochs
-from trainables.strategy import Strategy
-
-STATE_FILE = "state.pt"
+from study.run import STATE_FILE, trial_dirname
+from trainables.loop import run_epochs
+from trainables.trial import build_trial, loop_settings
 
 
-def loop_settings(
-    params: dict[str, Any], study: StudyConfig, original_metrics: dict[str, float]
-) -> LoopSettings:
-    """The loop's settings for a trial with hyperparameters ``params``."""
-    return LoopSettings(
-        max_epochs=study.max_epochs,
-        lr=params["lr"],
-        batch_size=study.batch_size,
-        optimizer=params["optimizer"],
-        weight_decay=params["weight_decay"],
-        warmup_epochs=int(params["warmup_epochs"]),
-        bn_mode=params["bn_mode"],
-        seed=study.seed * 10_007 + int(params.get("trial_number", 0)),
-        checkpoint_every=study.checkpoint_every,
-        checkpoint_epochs=tuple(study.horizons),
-        original_metrics=original_metrics,
-        score_weight=study.score_weight,
-    )
+@dataclass(frozen=True)
+class Handover:
+    """What every trial and baseline task gets from the driver.
+
+    ``cohort``: a reference to the preprocessed ``Cohort``; ``original_state``: a reference to
+    the original model's state dict (``None`` while the baselines train);
+    ``original_metrics``: its set metrics; ``study``: the configuration.
+    """
+
+    study: StudyConfig
+    cohort: Any  # ray.ObjectRef[Cohort]
+    original_state: Any = None  # ray.ObjectRef[dict[str, torch.Tensor]]
+    original_metrics: dict[str, float] | None = None
 
 
-def build_trial(
-    strategy_name: str,
-    params: dict[str, Any],
-    study: StudyConfig,
-    cohort: Cohort,
-    original_state: dict[str, torch.Tensor],
-) -> tuple[nn.Module, Strategy]:
-    """The model to unlearn (a copy of the original) and the trial's strategy."""
-    model = build_model(study, cohort.n_classes)
-    model.load_state_dict(original_state)
-    original_model = copy.deepcopy(model).eval().requires_grad_(False)
-    return model, STRATEGIES[strategy_name](params, cohort.n_classes, original_model)
-
-
-def unlearning_trial(
-    params: dict[str, Any],
-    *,
-    strategy_name: str,
-    study: StudyConfig,
-    cohort: Cohort,
-    original_state: dict[str, torch.Tensor],
-    original_metrics: dict[str, float],
-) -> None:
-    """Runs one trial of ``strategy_name`` from the original model, resuming from Tune's checkpoint."""
+def unlearning_trial(params: dict[str, Any], *, handover: Handover) -> None:
+    """Runs one trial (strategy ``params["strategy"]``) from the original model, resuming from
+    Tune's checkpoint when it has one."""
+    import ray
     from ray import tune
 
+    study = handover.study
     torch.set_num_threads(study.cpus_per_trial)
-    model, strategy = build_trial(strategy_name, params, study, cohort, original_state)
+    cohort, original_state = ray.get([handover.cohort, handover.original_state])
+    model, strategy = build_trial(params, study, cohort, original_state)
 
     resume_state = None
     checkpoint = tune.get_checkpoint()
@@ -84,11 +59,14 @@ def unlearning_trial(
             return
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state, Path(folder) / STATE_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            saved = tune.Checkpoint.from_directory(folder)
+            saved.set_metadata({"epoch": int(state["epoch"])})
+            tune.report(metrics, checkpoint=saved)
 
-    run_epochs(model, strategy, cohort, loop_settings(params, study, original_metrics), report, resume_state)
+    settings = loop_settings(params, study, handover.original_metrics or {}, trial_device(study))
+    run_epochs(model, strategy, cohort, settings, report, resume_state)
 
 
-def trial_dirname(trial: Any) -> str:
-    """A trial's folder is named by its id alone: short paths, no hyperparameter soup."""
-    return f"trial_{trial.trial_id}"
+def trial_folder(trial: Any) -> str:
+    """``trial_dirname_creator`` for Tune: the run directory's name for a trial's folder."""
+    return trial_dirname(trial.trial_id)

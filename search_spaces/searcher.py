@@ -1,0 +1,130 @@
+"""One Tune searcher for a whole study: every strategy's own Optuna search, side by side.
+
+Ray runs one Tune experiment per cluster at a time, so a study is a single experiment whose
+searcher gives each strategy its own Optuna study (in the run directory's Optuna storage)
+and its share of the trials. Strategies take turns, so all of them have trials on the
+cluster at once and no GPU waits for one strategy's stragglers; a cap on each strategy's
+running trials keeps room for its searcher to learn from finished ones.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import optuna
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from search_spaces import DefineByRun, starting_point
+from study.config import StudyConfig
+from study.metrics import OBJECTIVES
+
+SAMPLERS = {"tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers.NSGAIISampler}
+
+
+class StrategySearcher(Searcher):
+    """Suggests the study's trials, ``num_samples`` per strategy, strategies taking turns.
+
+    A suggested config carries ``strategy`` (which objective the trial trains) and
+    ``trial_number`` (its Optuna trial number, which seeds it) beside the hyperparameters.
+    A trial that fails stays open in its Optuna study: ``--resume`` reruns it and its
+    result is told then.
+    """
+
+    def __init__(
+        self, searchers: dict[str, OptunaSearch], num_samples: int, max_concurrent: int, optuna_url: str
+    ) -> None:
+        super().__init__(metric=list(OBJECTIVES), mode=["max"] * len(OBJECTIVES))
+        self._searchers = searchers
+        self._num_samples = num_samples
+        self._max_concurrent = max_concurrent
+        self._optuna_url = optuna_url
+        self._strategy_of: dict[str, str] = {}  # Tune trial id -> strategy
+        self._number_of: dict[str, int] = {}  # Tune trial id -> Optuna trial number
+        self._running: dict[str, set[str]] = {s: set() for s in searchers}
+        self._started = dict.fromkeys(searchers, 0)
+        self._turn = 0
+
+    def set_search_properties(self, metric: Any, mode: Any, config: dict, **spec: Any) -> bool:
+        return True  # every strategy's search is set up already
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        strategies = list(self._searchers)
+        for offset in range(len(strategies)):
+            strategy = strategies[(self._turn + offset) % len(strategies)]
+            full = self._started[strategy] >= self._num_samples
+            if full or len(self._running[strategy]) >= self._max_concurrent:
+                continue
+            config = self._searchers[strategy].suggest(trial_id)
+            self._turn = (self._turn + offset + 1) % len(strategies)
+            self._started[strategy] += 1
+            self._running[strategy].add(trial_id)
+            self._strategy_of[trial_id] = strategy
+            self._number_of[trial_id] = int(config["trial_number"])
+            return {**config, "strategy": strategy}
+        if all(n >= self._num_samples for n in self._started.values()):
+            return Searcher.FINISHED
+        return None  # every strategy with trials left is at its cap: Tune asks again later
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._strategy_of:
+            self._searchers[self._strategy_of[trial_id]].on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        strategy = self._strategy_of.get(trial_id)
+        if strategy is None:
+            return
+        self._running[strategy].discard(trial_id)
+        if not error:
+            self._searchers[strategy].on_trial_complete(trial_id, result)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as handle:
+            pickle.dump(self.__dict__.copy(), handle)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as handle:
+            self.__dict__.update(pickle.load(handle))
+        self._close_lost_trials()
+
+    def _close_lost_trials(self) -> None:
+        """Fails Optuna trials asked for after the experiment state was last saved.
+
+        A study killed between a suggestion and the next save of Tune's experiment state
+        leaves an Optuna trial that no Tune trial will ever report on. It is marked failed;
+        a hand-picked starting point among them is queued again so that it still runs.
+        """
+        for strategy in self._searchers:
+            study = optuna.load_study(study_name=strategy, storage=self._optuna_url)
+            known = {n for t, n in self._number_of.items() if self._strategy_of[t] == strategy}
+            for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+                if trial.number in known:
+                    continue
+                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+                if "fixed_params" in trial.system_attrs:
+                    study.enqueue_trial(trial.system_attrs["fixed_params"])
+
+
+def build_searcher(config: StudyConfig, optuna_url: str, max_concurrent: int) -> StrategySearcher:
+    """A fresh searcher for ``config``'s strategies; earlier Optuna studies of the same names
+    in ``optuna_url`` (left by a study that was killed before Tune saved anything) are dropped."""
+    storage = optuna.storages.RDBStorage(optuna_url)
+    existing = {summary.study_name for summary in optuna.get_all_study_summaries(storage)}
+    searchers = {}
+    for strategy in config.strategies:
+        if strategy in existing:
+            optuna.delete_study(study_name=strategy, storage=storage)
+        bounds = tuple((name, *low_high) for name, low_high in config.search_bounds.items())
+        start = [starting_point(strategy, config.search_bounds)] if config.warm_start else None
+        searchers[strategy] = OptunaSearch(
+            space=DefineByRun(strategy, bounds),
+            metric=list(OBJECTIVES),
+            mode=["max"] * len(OBJECTIVES),
+            sampler=SAMPLERS[config.sampler](seed=config.seed),
+            study_name=strategy,
+            storage=storage,
+            seed=config.seed,
+            points_to_evaluate=start,
+        )
+    return StrategySearcher(searchers, config.num_samples, max_concurrent, optuna_url)

@@ -1,0 +1,302 @@
+"""The run directory and the experiment storage: every path and format a study writes.
+
+``RunDir`` is the one owner of the run directory's layout (what the driver writes:
+configuration, baselines, results table, report, Optuna storage). ``ExperimentStorage`` is
+the one owner of where Tune keeps the study's experiment (per-trial results and
+checkpoints): ``RUN/ray_results`` by default, or a shared path or ``s3://``/``gs://`` URI
+that every node of a cluster can reach. Launch, report, replay and resume open a run
+through these two; nothing else composes their paths.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow
+import pyarrow.fs
+
+from study.config import StudyConfig, config_from_toml
+from study.errors import StudyError
+from study.results import atomic_write
+
+TRIAL_PREFIX = "trial_"
+CHECKPOINT_PREFIX = "checkpoint_"
+STATE_FILE = "state.pt"  # inside a trial checkpoint: {"epoch", "model", "optimizer", "scheduler", "metrics"}
+
+
+@functools.lru_cache(maxsize=8)
+def _open_filesystem(root: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    if "://" not in root:
+        return pyarrow.fs.LocalFileSystem(), str(Path(root).resolve())
+    try:
+        fs, path = pyarrow.fs.FileSystem.from_uri(root)
+    except (pyarrow.ArrowException, ValueError, OSError) as exc:
+        raise StudyError(f"storage {root!r} cannot be opened: {exc}") from None
+    return fs, path.rstrip("/")
+
+
+@dataclass(frozen=True)
+class ExperimentStorage:
+    """Where Tune keeps the study's experiment, opened through ``pyarrow.fs``.
+
+    ``root``: a local (or mounted) folder, or a URI pyarrow understands, options included,
+    e.g. ``s3://bucket/studies?endpoint_override=minio:9000&scheme=http``. ``name``: the
+    experiment's folder under it (the run directory's name).
+    """
+
+    root: str
+    name: str
+
+    def filesystem(self) -> tuple[pyarrow.fs.FileSystem, str]:
+        """``(pyarrow FileSystem, path of root on it)``; a bad URI is a ``StudyError``."""
+        return _open_filesystem(self.root)
+
+    @property
+    def is_local(self) -> bool:
+        return "://" not in self.root or self.root.startswith("file://")
+
+    @property
+    def experiment_path(self) -> str:
+        """The experiment folder's path on ``filesystem()``."""
+        return f"{self.filesystem()[1]}/{self.name}"
+
+    def experiment_exists(self) -> bool:
+        fs, _ = self.filesystem()
+        return fs.get_file_info(self.experiment_path).type != pyarrow.fs.FileType.NotFound
+
+    def check_writable(self) -> None:
+        """Writes and deletes a probe file under ``root``; a ``StudyError`` says why it cannot."""
+        fs, root = self.filesystem()
+        probe = f"{root}/.write-probe-{uuid.uuid4().hex}"
+        try:
+            fs.create_dir(root, recursive=True)
+            with fs.open_output_stream(probe) as stream:
+                stream.write(b"ok")
+            fs.delete_file(probe)
+        except OSError as exc:
+            reason = str(exc).strip().splitlines()[0]
+            raise StudyError(
+                f"storage {self.root} is not writable ({reason}); pass --storage with a folder or "
+                "bucket every node of the cluster can write"
+            ) from None
+
+    def trial_path(self, trial_id: str) -> str:
+        return f"{self.experiment_path}/{trial_dirname(trial_id)}"
+
+    def checkpoints(self, trial_path: str) -> list[tuple[int, str]]:
+        """``(index, path)`` of every checkpoint folder under a trial's folder, oldest first."""
+        fs, _ = self.filesystem()
+        selector = pyarrow.fs.FileSelector(trial_path, allow_not_found=True)
+        found = [
+            (checkpoint_index(info.path), info.path)
+            for info in fs.get_file_info(selector)
+            if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith(CHECKPOINT_PREFIX)
+        ]
+        return sorted(found)
+
+    def delete(self, path: str) -> None:
+        fs, _ = self.filesystem()
+        fs.delete_dir(path)
+
+    def tune_checkpoint(self, path: str) -> Any:
+        """A ``ray.tune.Checkpoint`` of the folder at ``path`` on this storage."""
+        from ray import tune
+
+        return tune.Checkpoint(path, filesystem=self.filesystem()[0])
+
+
+def trial_dirname(trial_id: str) -> str:
+    """A trial's folder in the experiment: its id alone (short paths, no hyperparameter soup)."""
+    return f"{TRIAL_PREFIX}{trial_id}"
+
+
+def trial_id_of(trial_path: str) -> str:
+    """The trial id of a trial folder's path (``.../trial_1a2b3c4d`` -> ``1a2b3c4d``)."""
+    return Path(trial_path).name.removeprefix(TRIAL_PREFIX)
+
+
+def checkpoint_index(path: str) -> int:
+    """The index Tune gave the checkpoint folder at ``path`` (``.../checkpoint_000006`` -> 6)."""
+    return int(Path(path).name.removeprefix(CHECKPOINT_PREFIX))
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A study's run directory: paths and formats of everything the driver writes."""
+
+    path: Path
+    storage_root: str = ""  # empty: <path>/ray_results
+
+    @classmethod
+    def of(cls, config: StudyConfig) -> RunDir:
+        return cls(Path(config.run_dir), config.storage)
+
+    @classmethod
+    def open(cls, path: Path) -> tuple[RunDir, StudyConfig]:
+        """An existing run directory and its saved configuration (``run_dir`` set to ``path``)."""
+        config_file = Path(path) / "config.toml"
+        if not config_file.is_file():
+            raise StudyError(f"{path} is not a study run directory (no config.toml)")
+        config = config_from_toml(config_file)
+        config.run_dir = str(path)
+        return cls.of(config), config
+
+    # Paths ---------------------------------------------------------------------------
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.toml"
+
+    @property
+    def trials_file(self) -> Path:
+        return self.path / "trials.parquet"
+
+    @property
+    def pareto_file(self) -> Path:
+        return self.path / "pareto.parquet"
+
+    @property
+    def report_html(self) -> Path:
+        return self.path / "report.html"
+
+    @property
+    def report_markdown(self) -> Path:
+        return self.path / "report.md"
+
+    @property
+    def report_files(self) -> Path:
+        """Figures of ``report.md``; the Markdown links them by this folder's name."""
+        return self.path / "report_files"
+
+    @property
+    def recommended_model(self) -> Path:
+        """``{"trial_id", "epoch", "model": state_dict}``: the recommended trial's weights."""
+        return self.path / "recommended.pt"
+
+    @property
+    def baseline_dir(self) -> Path:
+        return self.path / "baseline"
+
+    def baseline_model(self, name: str) -> Path:
+        return self.baseline_dir / f"{name}.pt"
+
+    @property
+    def baseline_metrics_file(self) -> Path:
+        return self.baseline_dir / "metrics.json"
+
+    @property
+    def optuna_url(self) -> str:
+        """The Optuna storage (one study per strategy), for the searcher and ``optuna-dashboard``."""
+        return f"sqlite:///{(self.path / 'optuna.db').resolve()}"
+
+    @property
+    def ray_temp_dir(self) -> Path:
+        return self.path.resolve() / "ray"
+
+    @property
+    def storage(self) -> ExperimentStorage:
+        root = self.storage_root or str(self.path.resolve() / "ray_results")
+        return ExperimentStorage(root, self.path.resolve().name)
+
+    # Lifecycle -----------------------------------------------------------------------
+    @contextmanager
+    def creating(self, resuming: bool) -> Iterator[None]:
+        """Creates the directory for a new study; removes it again if setup fails inside.
+
+        An existing, non-empty directory is refused unless ``resuming``; one that cannot be
+        created (a read-only or impossible path) is a ``StudyError``.
+        """
+        if resuming:
+            yield
+            return
+        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+            raise StudyError(
+                f"run directory {self.path} already exists; pass --resume {self.path} to finish "
+                "that study, or choose another --run-dir"
+            )
+        existed = self.path.exists()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StudyError(
+                f"run directory {self.path} cannot be created ({exc.strerror}); choose another --run-dir"
+            ) from None
+        try:
+            yield
+        except BaseException:
+            if not existed:
+                shutil.rmtree(self.path, ignore_errors=True)
+            raise
+
+    def write_config(self, config: StudyConfig) -> None:
+        atomic_write(self.config_file, lambda path: path.write_text(config.to_toml()))
+
+    # Baselines ---------------------------------------------------------------------------
+    def record_baseline(self, name: str, state: dict[str, Any], metrics: dict[str, float]) -> None:
+        """Writes ``baseline/<name>.pt`` and adds ``name``'s metrics to ``baseline/metrics.json``."""
+        import torch
+
+        self.baseline_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.baseline_model(name), lambda p: torch.save(state, p))
+        table = self.baseline_metrics()
+        table[name] = metrics
+        atomic_write(self.baseline_metrics_file, lambda p: p.write_text(json.dumps(table, indent=1)))
+
+    def baseline_metrics(self) -> dict[str, dict[str, float]]:
+        """``{"original": {...}, "retrain": {...}}`` as far as written."""
+        path = self.baseline_metrics_file
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def load_baseline(self, name: str) -> dict[str, Any] | None:
+        """The state dict of baseline ``name``, or ``None`` when not saved yet."""
+        import torch
+
+        path = self.baseline_model(name)
+        return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+
+    # Results -----------------------------------------------------------------------------
+    def write_trials(self, table: pd.DataFrame) -> None:
+        atomic_write(self.trials_file, lambda p: table.to_parquet(p, index=False))
+
+    def read_trials(self) -> pd.DataFrame | None:
+        return pd.read_parquet(self.trials_file) if self.trials_file.is_file() else None
+
+    def write_pareto(self, table: pd.DataFrame) -> None:
+        atomic_write(self.pareto_file, lambda p: table.to_parquet(p, index=False))
+
+    # The recommended model ---------------------------------------------------------------------
+    def save_recommended(self, trial_id: str, epoch: int, state: dict[str, Any]) -> None:
+        import torch
+
+        payload = {"trial_id": trial_id, "epoch": int(epoch), "model": state}
+        atomic_write(self.recommended_model, lambda p: torch.save(payload, p))
+
+    def load_model_of(self, trial_id: str, epoch: int) -> dict[str, Any] | None:
+        """Weights of ``trial_id`` after ``epoch``: from ``recommended.pt`` or a kept checkpoint."""
+        import torch
+
+        if self.recommended_model.is_file():
+            saved = torch.load(self.recommended_model, map_location="cpu", weights_only=True)
+            if saved.get("trial_id") == trial_id and int(saved.get("epoch", -1)) == epoch:
+                return saved["model"]
+        storage = self.storage
+        try:
+            checkpoints = storage.checkpoints(storage.trial_path(trial_id))
+        except OSError:
+            return None
+        for _, path in reversed(checkpoints):
+            checkpoint = storage.tune_checkpoint(path)
+            if checkpoint.get_metadata().get("epoch") == epoch:
+                with checkpoint.as_directory() as folder:
+                    return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)[
+                        "model"
+                    ]
+        return None

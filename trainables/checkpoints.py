@@ -1,0 +1,69 @@
+"""Checkpoint retention that survives any kill: delete only what no saved state can name.
+
+Tune's own retention (``CheckpointConfig(num_to_keep=k)``) deletes a trial's oldest
+checkpoint the moment a newer one is registered, before the experiment state that names
+the newer one is saved (Ray 2.60, ``_ExperimentCheckpointManager``). A driver killed in
+between leaves a saved state that points at a deleted checkpoint: the trial can never be
+restored and its epochs are lost. So Tune keeps every checkpoint, and ``CheckpointPruner``
+deletes a checkpoint only once the experiment state *as saved in storage* names a newer
+one of the same trial: every state that ``--resume`` can ever read then finds its
+checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from ray.tune import Callback
+
+from study.run import ExperimentStorage, checkpoint_index
+
+logger = logging.getLogger(__name__)
+
+
+def named_checkpoints(storage: ExperimentStorage) -> dict[str, int]:
+    """``{trial folder: checkpoint index}`` that the saved experiment state names."""
+    from ray.tune import ExperimentAnalysis
+
+    fs, _ = storage.filesystem()
+    try:
+        analysis = ExperimentAnalysis(storage.experiment_path, storage_filesystem=fs)
+    except (ValueError, OSError):  # no state saved yet
+        return {}
+    named = {}
+    for trial in analysis.trials:
+        if trial.checkpoint is not None:
+            named[trial.path] = checkpoint_index(trial.checkpoint.path)
+    return named
+
+
+def prune_checkpoints(storage: ExperimentStorage) -> int:
+    """Deletes every checkpoint older than the one the saved state names for its trial;
+    returns how many were deleted."""
+    deleted = 0
+    for trial_path, keep_from in named_checkpoints(storage).items():
+        for index, path in storage.checkpoints(trial_path):
+            if index < keep_from:
+                storage.delete(path)
+                deleted += 1
+    return deleted
+
+
+class CheckpointPruner(Callback):
+    """Prunes checkpoints (``prune_checkpoints``) at most every ``every_s`` seconds, after a trial saves."""
+
+    def __init__(self, storage: ExperimentStorage, every_s: float = 20.0) -> None:
+        self.storage = storage
+        self.every_s = every_s
+        self._last = time.monotonic()
+
+    def on_trial_save(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        if time.monotonic() - self._last < self.every_s:
+            return
+        self._last = time.monotonic()
+        try:
+            prune_checkpoints(self.storage)
+        except OSError as exc:  # storage hiccup: try again next time, never stop the study
+            logger.warning("pruning old checkpoints failed, will retry: %s", exc)
