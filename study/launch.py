@@ -107,6 +107,8 @@ def run_experiment(config: StudyConfig, run: RunDir, handover: Handover, slots: 
             tune_config=tune.TuneConfig(
                 search_alg=build_searcher(config, run.optuna_url, cap),
                 num_samples=total,
+                # Also how many trials Tune starts at once: a custom searcher otherwise gets one.
+                max_concurrent_trials=slots,
                 trial_dirname_creator=trial_folder,
             ),
             run_config=tune.RunConfig(

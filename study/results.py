@@ -96,7 +96,7 @@ def rows_from_experiment(path: str, filesystem: Any, max_epochs: int) -> pd.Data
     frames = analysis.trial_dataframes
     tables = []
     for trial in analysis.trials:
-        frame = frames.get(trial.path)
+        frame = frames.get(trial.trial_id)
         history = [] if frame is None or frame.empty else frame.to_dict("records")
         tables.append(_rows_of(trial.config, history, trial.trial_id, trial.status == "ERROR", max_epochs))
     return combine(tables)

@@ -53,7 +53,10 @@ def unlearning_trial(params: dict[str, Any], *, handover: Handover) -> None:
         with checkpoint.as_directory() as folder:
             resume_state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
 
+    node = ray.get_runtime_context().get_node_id()  # which node ran it, in Tune's result files
+
     def report(metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        metrics = {**metrics, "node_id": node}
         if state is None:
             tune.report(metrics)
             return
