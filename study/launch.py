@@ -85,7 +85,7 @@ def run_experiment(config: StudyConfig, run: RunDir, handover: Handover, slots: 
     from ray import tune
 
     from search_spaces.searcher import build_searcher
-    from trainables.checkpoints import CheckpointPruner, prune_checkpoints
+    from trainables.checkpoints import CheckpointPruner, lost_checkpoints, prune_checkpoints
     from trainables.tune_trainable import trial_folder, unlearning_trial
 
     storage = run.storage

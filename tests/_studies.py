@@ -68,9 +68,12 @@ def assert_complete(run_dir: Path, strategies: tuple[str, ...] = ("noisy_label",
     assert set(trials["status"]) == {"terminated"}
     storage = f"sqlite:///{run_dir / 'optuna.db'}"
     for strategy in strategies:
-        states = [t.state for t in optuna.load_study(study_name=strategy, storage=storage).trials]
+        study = optuna.load_study(study_name=strategy, storage=storage)
+        states = [t.state for t in study.trials]
         assert states.count(optuna.trial.TrialState.COMPLETE) == 2
         # no trial queued or asked for and then forgotten
         assert optuna.trial.TrialState.WAITING not in states and optuna.trial.TrialState.RUNNING not in states
+        starts = [t for t in study.trials if t.state.name == "COMPLETE" and t.params.get("lr") == 3e-4]
+        assert len(starts) == 1  # the hand-picked start ran exactly once
     assert (run_dir / "report.html").is_file()
     return trials

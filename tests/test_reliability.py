@@ -1,109 +1,129 @@
-"""Interrupted drivers and killed workers: the study resumes and loses or repeats nothing."""
+"""Interrupted drivers, killed workers, lost checkpoints: the study resumes and loses or
+repeats nothing, or says which trial it could not finish."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import optuna
-import pandas as pd
-import pytest
+from _studies import EPOCHS, assert_complete, resume_study, start_study, study_env, wait_until
 
-EPOCHS = 12
-
-
-def _env(cache_home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    return env | {"XDG_CACHE_HOME": str(cache_home), "RAY_AUTH_MODE": "disabled"}
+from study.run import RunDir
+from trainables.checkpoints import lost_checkpoints
 
 
-def _start(run_dir: Path, env: dict[str, str], *extra: str) -> subprocess.Popen:
-    args = ["--preset", "smoke", "--max-epochs", str(EPOCHS), "--horizons", f"{EPOCHS // 2},{EPOCHS}"]
-    return subprocess.Popen(
-        [sys.executable, "-m", "study.launch", *args, "--run-dir", str(run_dir), *extra],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group: the driver and the Ray it starts
-    )
+def _checkpoints(run_dir: Path) -> dict[Path, int]:
+    """Each trial folder under the default storage, and the number of its newest checkpoint + 1
+    (the epochs it has saved: the smoke preset checkpoints every epoch)."""
+    found = {}
+    for trial in run_dir.glob("ray_results/*/trial_*"):
+        indices = [int(c.name.removeprefix("checkpoint_")) for c in trial.glob("checkpoint_*")]
+        found[trial] = max(indices, default=-1) + 1
+    return found
 
 
-def _wait_for_epochs(
-    run_dir: Path, epochs: int, process: subprocess.Popen, strategy: str = "*", timeout: float = 180
-) -> None:
-    """Waits until some trial (of ``strategy``) has reported ``epochs`` epochs."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        results = run_dir.glob(f"ray_results/{strategy}/trial_*/result.json")
-        counts = [len(p.read_text().splitlines()) for p in results]
-        if counts and max(counts) >= epochs:
-            return
-        assert process.poll() is None, process.stdout.read()
-        time.sleep(0.5)
-    raise AssertionError(f"no trial reached {epochs} epochs in {timeout} s")
+def _finished_and_running(run_dir: Path) -> bool:
+    saved = _checkpoints(run_dir).values()
+    return any(n == EPOCHS for n in saved) and any(2 <= n < EPOCHS for n in saved)
 
 
-def _assert_complete(run_dir: Path) -> None:
-    trials = pd.read_parquet(run_dir / "trials.parquet")
-    assert len(trials) == 2 * 2 * EPOCHS  # 2 strategies x 2 trials x every epoch, once each
-    assert not trials.duplicated(["trial_id", "epoch"]).any()
-    assert set(trials["status"]) == {"terminated"}
-    storage = f"sqlite:///{run_dir / 'optuna.db'}"
-    for strategy in ("noisy_label", "max_loss"):
-        study = optuna.load_study(study_name=strategy, storage=storage)
-        assert [t.state for t in study.trials].count(optuna.trial.TrialState.COMPLETE) == 2
-    assert (run_dir / "report.html").is_file()
-
-
-@pytest.mark.parametrize("how", ["SIGINT to the driver", "SIGKILL to driver and Ray"])
-def test_an_interrupted_study_resumes_without_losing_or_repeating_epochs(cache_home, tmp_path, how):
-    env, run_dir = _env(cache_home), tmp_path / "run"
-    driver = _start(run_dir, env)
-    _wait_for_epochs(run_dir, 3, driver, strategy="max_loss")  # noisy_label's trials are done
-    finished = {p: p.read_text() for p in run_dir.glob("ray_results/noisy_label/trial_*/result.json")}
-    if how.startswith("SIGINT"):
-        driver.send_signal(signal.SIGINT)
-        output, _ = driver.communicate(timeout=120)
-        assert driver.returncode == 130, output
-        assert f"resume with: python -m study.launch --resume {run_dir}" in output
-    else:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.communicate(timeout=60)
+def test_ctrl_c_stops_the_study_and_resume_finishes_it_without_rerunning_finished_trials(
+    cache_home, tmp_path
+):
+    env, run_dir = study_env(cache_home), tmp_path / "run"
+    driver = start_study(run_dir, env)
+    wait_until(lambda: _finished_and_running(run_dir), driver, "one trial finished and another under way")
+    driver.send_signal(signal.SIGINT)
+    output, _ = driver.communicate(timeout=120)
+    assert driver.returncode == 130, output[-3000:]
+    assert f"resume with: python -m study.launch --resume {run_dir}" in output
     assert not (run_dir / "trials.parquet").exists()
+    finished = {p: p.read_text() for p in run_dir.glob("ray_results/*/trial_*/result.json")}
+    finished = {p: text for p, text in finished.items() if len(text.splitlines()) == EPOCHS}
+    assert finished
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "study.launch", "--resume", str(run_dir)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        start_new_session=True,
-    )
+    resumed = resume_study(run_dir, env)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    _assert_complete(run_dir)
-    assert len(finished) == 2
+    assert_complete(run_dir)
     assert all(path.read_text() == text for path, text in finished.items())  # not rerun
 
 
+def test_sigkill_right_after_a_checkpoint_loses_nothing(cache_home, tmp_path):
+    """Killing driver and Ray in the instant a trial writes a new checkpoint folder: the
+    saved experiment state may still name the previous one, which must still exist."""
+    env, run_dir = study_env(cache_home), tmp_path / "run"
+    driver = start_study(run_dir, env)
+    wait_until(lambda: any(n >= 3 for n in _checkpoints(run_dir).values()), driver, "three epochs of a trial")
+    before = _checkpoints(run_dir)
+    deadline = time.monotonic() + 60
+    while _checkpoints(run_dir) == before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.communicate(timeout=60)
+    assert not (run_dir / "trials.parquet").exists()
+
+    resumed = resume_study(run_dir, env)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert_complete(run_dir)
+
+
+def _saved_state_names_an_unfinished_checkpoint(run_dir: Path) -> bool:
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        trials = ExperimentAnalysis(str(run_dir / "ray_results" / run_dir.name)).trials
+    except (ValueError, OSError):
+        return False
+    return any(t.checkpoint is not None and t.status != "TERMINATED" for t in trials)
+
+
+def test_a_trial_whose_checkpoints_were_deleted_is_rerun_on_resume(cache_home, tmp_path):
+    # Tune saves its experiment state every second, so one soon names a mid-trial checkpoint.
+    env, run_dir = study_env(cache_home, TUNE_GLOBAL_CHECKPOINT_S="1"), tmp_path / "run"
+    driver = start_study(run_dir, env)
+    wait_until(
+        lambda: _saved_state_names_an_unfinished_checkpoint(run_dir), driver, "a saved mid-trial state"
+    )
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.communicate(timeout=60)
+    unfinished = [trial for trial, n in _checkpoints(run_dir).items() if n < EPOCHS]
+    for trial in unfinished:
+        for checkpoint in trial.glob("checkpoint_*"):
+            shutil.rmtree(checkpoint)
+    assert lost_checkpoints(RunDir.open(run_dir)[0].storage)  # resuming from them is impossible now
+
+    resumed = resume_study(run_dir, env)
+    output = resumed.stdout + resumed.stderr
+    if resumed.returncode == 3:  # acceptable: it says which trial it could not finish
+        assert any(trial.name.removeprefix("trial_") in resumed.stderr for trial in unfinished), output[
+            -3000:
+        ]
+        return
+    assert resumed.returncode == 0, output[-3000:]
+    assert "restart from epoch 1" in output
+    assert_complete(run_dir)
+
+
 def test_a_killed_trial_worker_restarts_from_its_checkpoint(cache_home, tmp_path):
-    env, run_dir = _env(cache_home), tmp_path / "run"
-    driver = _start(run_dir, env)
-    _wait_for_epochs(run_dir, 5, driver)
+    env, run_dir = study_env(cache_home), tmp_path / "run"
+    driver = start_study(run_dir, env)
+    wait_until(
+        lambda: any(5 <= n < EPOCHS - 2 for n in _checkpoints(run_dir).values()), driver, "five epochs"
+    )
     # Trial workers run in sessions of their own, as children of this study's raylet.
     pgrep = lambda *args: subprocess.run(["pgrep", *args], capture_output=True, text=True).stdout.split()  # noqa: E731
     raylets = pgrep("-g", str(os.getpgid(driver.pid)), "-f", "raylet/raylet")
     workers = [w for raylet in raylets for w in pgrep("-P", raylet, "-f", "ImplicitFunc")]
     assert workers, "no trial worker process found"
     os.kill(int(workers[0]), signal.SIGKILL)
-    output, _ = driver.communicate(timeout=600)
+    output, _ = driver.communicate(timeout=400)
     assert driver.returncode == 0, output[-3000:]
-    _assert_complete(run_dir)
+    assert_complete(run_dir)
     # Restarted from its checkpoint, not from scratch: at most the epoch in flight is rerun.
     assert "from checkpoint" in output
     for result in run_dir.glob("ray_results/*/trial_*/result.json"):

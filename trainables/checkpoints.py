@@ -16,39 +16,56 @@ import logging
 import time
 from typing import Any
 
-from ray.tune import Callback
+from ray.tune import Callback, ExperimentAnalysis
 
 from study.run import ExperimentStorage, checkpoint_index
 
 logger = logging.getLogger(__name__)
 
 
-def named_checkpoints(storage: ExperimentStorage) -> dict[str, int]:
-    """``{trial folder: checkpoint index}`` that the saved experiment state names."""
-    from ray.tune import ExperimentAnalysis
+class _SavedState(ExperimentAnalysis):
+    """Tune's reader of a saved experiment state, without downloading every trial's results
+    (only the trials and their checkpoints are needed here)."""
 
+    def _fetch_trial_dataframes(self) -> dict:
+        return {}
+
+
+def _saved_trials(storage: ExperimentStorage) -> list[Any]:
+    """Tune's trials as the experiment state saved in storage records them (none before the first save)."""
     fs, _ = storage.filesystem()
     try:
-        analysis = ExperimentAnalysis(storage.experiment_path, storage_filesystem=fs)
-    except (ValueError, OSError):  # no state saved yet
-        return {}
-    named = {}
-    for trial in analysis.trials:
-        if trial.checkpoint is not None:
-            named[trial.path] = checkpoint_index(trial.checkpoint.path)
-    return named
+        return _SavedState(storage.experiment_path, storage_filesystem=fs).trials
+    except (ValueError, OSError):
+        return []
 
 
 def prune_checkpoints(storage: ExperimentStorage) -> int:
     """Deletes every checkpoint older than the one the saved state names for its trial;
     returns how many were deleted."""
     deleted = 0
-    for trial_path, keep_from in named_checkpoints(storage).items():
-        for index, path in storage.checkpoints(trial_path):
+    for trial in _saved_trials(storage):
+        if trial.checkpoint is None:
+            continue
+        keep_from = checkpoint_index(trial.checkpoint.path)
+        for index, path in storage.checkpoints(trial.path):
             if index < keep_from:
                 storage.delete(path)
                 deleted += 1
     return deleted
+
+
+def lost_checkpoints(storage: ExperimentStorage) -> list[str]:
+    """Ids of unfinished trials whose checkpoint, as the saved state names it, is gone from
+    storage (deleted by hand, a bucket lifecycle rule): they cannot resume, only restart."""
+    lost = []
+    for trial in _saved_trials(storage):
+        if trial.status == "TERMINATED" or trial.checkpoint is None:
+            continue
+        named = checkpoint_index(trial.checkpoint.path)
+        if named not in {index for index, _ in storage.checkpoints(trial.path)}:
+            lost.append(trial.trial_id)
+    return lost
 
 
 class CheckpointPruner(Callback):
