@@ -109,6 +109,7 @@ def run_experiment(config: StudyConfig, run: RunDir, handover: Handover, slots: 
                 num_samples=total,
                 # Also how many trials Tune starts at once: a custom searcher otherwise gets one.
                 max_concurrent_trials=slots,
+                reuse_actors=True,  # a finished trial's worker takes the next one: no new process, no re-import
                 trial_dirname_creator=trial_folder,
             ),
             run_config=tune.RunConfig(
