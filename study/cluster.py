@@ -76,11 +76,12 @@ def connect(config: StudyConfig, run_dir: Path) -> Connection:
     """
     import ray
 
-    if ray.is_initialized():
-        return Connection(None, False)
     address = config.address or os.environ.get("RAY_ADDRESS", "")
     if address:
         _probe(address)
+    if ray.is_initialized():
+        return Connection(None, False)
+    if address:
         try:
             context = ray.init(address=address, runtime_env=runtime_env(), log_to_driver=True)
         except ConnectionError as exc:

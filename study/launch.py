@@ -85,7 +85,7 @@ def run_experiment(config: StudyConfig, run: RunDir, handover: Handover, slots: 
     from ray import tune
 
     from search_spaces.searcher import build_searcher
-    from trainables.checkpoints import CheckpointPruner, lost_checkpoints, prune_checkpoints
+    from trainables.checkpoints import CheckpointPruner, prune_checkpoints, replace_lost_checkpoints
     from trainables.tune_trainable import trial_folder, unlearning_trial
 
     storage = run.storage
@@ -95,6 +95,10 @@ def run_experiment(config: StudyConfig, run: RunDir, handover: Handover, slots: 
     )
     total = len(config.strategies) * config.num_samples
     if resuming and tune.Tuner.can_restore(storage.experiment_path, storage_filesystem=fs):
+        # Unfinished and failed trials continue from their last checkpoint, or from epoch 1
+        # when that checkpoint is gone from storage.
+        if lost := replace_lost_checkpoints(storage):
+            print(f"the checkpoints of trial(s) {', '.join(lost)} are gone: they start again from epoch 1")
         tuner = tune.Tuner.restore(
             storage.experiment_path, trainable, resume_errored=True, storage_filesystem=fs
         )

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -99,3 +103,83 @@ def test_bad_weights_are_refused_before_anything_runs(
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not run_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--cpus-per-trial", "64"], "--cpus-per-trial 64: no node of the cluster has 64 CPU"),
+        (["--address", "127.0.0.1:1"], "--address 127.0.0.1:1: no Ray cluster answers there"),
+        (["--run-dir", "/proc/no-such-process/run"], "cannot be created"),
+    ],
+)
+def test_a_study_the_cluster_cannot_run_is_refused_at_once(
+    ray_local, cohort_root, tmp_path: Path, capsys, monkeypatch, argv, message
+):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cohort_root.parent.parent))
+    run_dir = tmp_path / "run"
+    started = time.monotonic()
+    assert main(["--preset", "smoke", "--run-dir", str(run_dir), *argv]) == 2
+    assert time.monotonic() - started < 60
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert not run_dir.exists()
+
+
+def test_asking_for_a_gpu_on_a_machine_without_one_is_refused_and_leaves_nothing(cohort_root, tmp_path: Path):
+    """Through the command line, with the local Ray it starts: refused in seconds, Ray shut
+    down, no run directory (Ray's own files would have gone inside it)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env |= {"XDG_CACHE_HOME": str(cohort_root.parent.parent), "RAY_AUTH_MODE": "disabled"}
+    run_dir = tmp_path / "run"
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "study.launch",
+            "--preset",
+            "smoke",
+            "--gpus-per-trial",
+            "1",
+            "--run-dir",
+            str(run_dir),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert time.monotonic() - started < 60
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: --gpus-per-trial 1: no node of the cluster has 1 GPU")
+    )
+    assert not run_dir.exists()
+
+
+def test_weights_fine_tuned_for_other_classes_load_the_encoder_and_train_the_head_afresh(tmp_path: Path):
+    from study.config import load_config
+    from trainables.baseline import initial_state
+
+    torch.manual_seed(1)
+    other = MedicalNetSegmentation(depth=10, n_classes=2, in_channels=1, width=0.125)
+    torch.save(
+        {"state_dict": {f"module.{k}": v for k, v in other.state_dict().items()}}, tmp_path / "two.pth"
+    )
+    config = load_config("smoke", overrides={"weights": str(tmp_path / "two.pth")})
+
+    state, note = initial_state(config, n_classes=4)
+    assert (
+        "segmentation head trained afresh (the checkpoint's head has 2 outputs, this study needs 4)" in note
+    )
+    assert torch.equal(state["layer4.0.conv1.weight"], other.state_dict()["layer4.0.conv1.weight"])
+    assert state["conv_seg.6.weight"].shape[0] == 4
+
+    same = MedicalNetSegmentation(depth=10, n_classes=4, in_channels=3, width=0.125)
+    torch.save({"state_dict": same.state_dict()}, tmp_path / "four.pth")
+    state, note = initial_state(load_config("smoke", overrides={"weights": str(tmp_path / "four.pth")}), 4)
+    assert "head loaded from the checkpoint" in note
+    assert torch.equal(state["conv_seg.6.weight"], same.state_dict()["conv_seg.6.weight"])

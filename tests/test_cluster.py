@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -59,17 +60,14 @@ def cluster(s3):
 
     # The head notes its address in /tmp/ray/ray_current_cluster and fails if the folder is missing.
     Path("/tmp/ray").mkdir(exist_ok=True)
+    temp_dir = tempfile.mkdtemp(prefix="rc-")
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={
-            "num_cpus": 0,
-            "temp_dir": tempfile.mkdtemp(prefix="rc-"),
-            "include_dashboard": False,
-        },
+        head_node_args={"num_cpus": 0, "temp_dir": temp_dir, "include_dashboard": False},
     )
     workers = [cluster.add_node(num_cpus=1, resources={"trial_slot": 1}) for _ in range(2)]
     cluster.wait_for_nodes()
-    yield cluster.address, {node.node_id for node in workers}
+    yield cluster.address, {node.node_id for node in workers}, Path(temp_dir)
     cluster.shutdown()
     Path("/tmp/ray/ray_current_cluster").unlink(missing_ok=True)
 
@@ -101,7 +99,7 @@ def _intervals(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_a_study_across_nodes_keeps_everything_in_the_bucket(cluster, s3, cache_home, tmp_path):
-    address, worker_ids = cluster
+    address, worker_ids, temp_dir = cluster
     uri, fs = s3
     run_dir = tmp_path / "across"
     driver = start_study(
@@ -126,6 +124,14 @@ def test_a_study_across_nodes_keeps_everything_in_the_bucket(cluster, s3, cache_
     lines = [line for k in keys if k.endswith("result.json") for line in _read(fs, k).splitlines()]
     results = pd.DataFrame([json.loads(line) for line in lines])
     assert set(results["node_id"]) == worker_ids  # trials ran on both worker nodes, none on the head
+    # The workers ran the package the driver shipped (runtime_env py_modules), not an install of their own.
+    shipped = list(
+        temp_dir.glob("session_*/runtime_resources/py_modules_files/*/trainables/tune_trainable.py")
+    )
+    assert (
+        shipped
+        and shipped[0].read_text() == (Path(__file__).parents[1] / "trainables/tune_trainable.py").read_text()
+    )
     results["strategy"] = results["trial_id"].map(trials.groupby("trial_id")["strategy"].first())
     spans = _intervals(results).reset_index()
     overlaps = [
@@ -148,7 +154,7 @@ def test_a_study_across_nodes_keeps_everything_in_the_bucket(cluster, s3, cache_
 
 
 def test_a_driver_killed_mid_study_resumes_from_the_bucket_losing_nothing(cluster, s3, cache_home, tmp_path):
-    address, _ = cluster
+    address, *_ = cluster
     uri, fs = s3
     run_dir = tmp_path / "killed"
     env = study_env(cache_home)
@@ -168,3 +174,32 @@ def test_a_driver_killed_mid_study_resumes_from_the_bucket_losing_nothing(cluste
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert_complete(run_dir)
     assert not (run_dir / "ray_results").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--gpus-per-trial", "1"],
+            "--gpus-per-trial 1: no node of the cluster has 1 GPU (3 nodes, at most 0 GPU",
+        ),
+        (
+            ["--cpus-per-trial", "2"],
+            "--cpus-per-trial 2: no node of the cluster has 2 CPU (3 nodes, at most 1 CPU",
+        ),
+    ],
+)
+def test_requests_no_node_can_hold_are_refused_before_any_compute(
+    cluster, s3, cache_home, tmp_path, flags, message
+):
+    address, *_ = cluster
+    uri, fs = s3
+    run_dir = tmp_path / "impossible"
+    started = time.monotonic()
+    driver = start_study(run_dir, study_env(cache_home), "--address", address, "--storage", uri, *flags)
+    output, _ = driver.communicate(timeout=120)
+    assert time.monotonic() - started < 60
+    assert driver.returncode == 2, output[-3000:]
+    assert output.strip().splitlines()[-1].startswith(f"error: {message}")
+    assert not run_dir.exists()
+    assert not _keys(fs, f"{BUCKET}/unlearning/{run_dir.name}")

@@ -101,3 +101,17 @@ def test_a_non_finite_loss_ends_the_run_as_diverged(tiny_cohort):
     )
     assert len(reports) == 1 and reports[0]["diverged"] == 1.0
     assert math.isfinite(final["retain_dice"]) and math.isfinite(final["forget_dice"])
+
+
+def test_a_trial_runs_on_the_device_its_request_names(tiny_cohort):
+    from study.cluster import trial_device
+    from study.config import load_config
+
+    assert trial_device(load_config("smoke")) == "cpu"  # even on a GPU node, where Ray hides no GPU
+    assert trial_device(load_config("smoke", overrides={"gpus_per_trial": 0.5})) == "cuda"
+    if not torch.cuda.is_available():
+        settings = LoopSettings(max_epochs=1, lr=1e-3, device="cuda")
+        with pytest.raises(RuntimeError, match="asked for a GPU, but torch sees none"):
+            run_epochs(
+                _model(), NoisyLabel({"noise_level": 1.0}, 4, None), tiny_cohort, settings, lambda m, s: None
+            )

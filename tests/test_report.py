@@ -16,6 +16,7 @@ from analysis.pareto import hypervolume, knee_index
 from analysis.report import build_report, main
 from analysis.summary import horizon_rows, recommend
 from study.config import StudyConfig
+from study.metrics import METRICS
 from study.results import combine, trial_rows, write_table
 
 
@@ -142,22 +143,34 @@ def test_report_from_a_small_trials_table(tmp_path: Path, capsys):
     assert "recommended: noisy_label trial aaaa1111 at 4 epochs" in capsys.readouterr().out
 
 
-def test_report_of_an_interrupted_study_says_what_is_missing(tmp_path: Path):
+def test_report_of_an_interrupted_study_reads_tunes_experiment_and_says_what_is_missing(
+    ray_local, tmp_path: Path
+):
+    from ray import tune
+
     run_dir = _run_dir(tmp_path, None, strategies=["noisy_label", "max_loss"])
-    trial_dir = run_dir / "ray_results" / "noisy_label" / "trial_eeee5555"
-    trial_dir.mkdir(parents=True)
-    rows = _rows("noisy_label", "eeee5555", 0, 3, noise_level=0.9)
-    lines = [json.dumps({**r, "trial_id": "eeee5555"}) for r in rows.to_dict("records")]
-    (trial_dir / "result.json").write_text("\n".join(lines) + "\n")
-    (trial_dir / "params.json").write_text(json.dumps({"trial_number": 0, "noise_level": 0.9, "lr": 1e-3}))
+    reports = _rows("noisy_label", "unused", 0, 3)[["epoch", *METRICS]].to_dict("records")
+
+    def stopped_after_three_epochs(config: dict) -> None:
+        for report in reports:
+            tune.report(report)
+
+    params = {"strategy": "noisy_label", "trial_number": 0, "noise_level": 0.9, "lr": 1e-3}
+    grid = tune.Tuner(
+        stopped_after_three_epochs,
+        param_space=params,
+        run_config=tune.RunConfig(name=run_dir.name, storage_path=str(run_dir / "ray_results"), verbose=0),
+    ).fit()
+    trial_id = grid[0].metrics["trial_id"]
 
     report = build_report(run_dir)
     page = report.html.read_text()
     assert "trials.parquet is not written yet" in page
     assert "strategy max_loss: no trial has reported yet" in page
-    assert "trial eeee5555: running or interrupted at epoch 3 of 4" in page
+    assert f"trial {trial_id}: running or interrupted at epoch 3 of 4" in page
     assert "strategy noisy_label: 1 of 2 trials" in page
-    assert report.recommendation["trial_id"] == "eeee5555"  # it reached horizon 2
+    assert report.recommendation["trial_id"] == trial_id  # it reached horizon 2
+    assert report.recommendation["param_noise_level"] == 0.9
 
 
 def test_report_of_a_directory_that_is_no_study_is_one_line_and_exit_2(tmp_path: Path, capsys):

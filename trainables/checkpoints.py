@@ -12,13 +12,19 @@ checkpoints.
 
 from __future__ import annotations
 
+import io
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
+import torch
 from ray.tune import Callback, ExperimentAnalysis
 
-from study.run import ExperimentStorage, checkpoint_index
+from study.run import STATE_FILE, ExperimentStorage, checkpoint_index
+
+#: The state of a checkpoint that tells its trial to start again from epoch 1.
+START_AGAIN: dict[str, Any] = {"start_again": True}
 
 logger = logging.getLogger(__name__)
 
@@ -55,17 +61,31 @@ def prune_checkpoints(storage: ExperimentStorage) -> int:
     return deleted
 
 
-def lost_checkpoints(storage: ExperimentStorage) -> list[str]:
-    """Ids of unfinished trials whose checkpoint, as the saved state names it, is gone from
-    storage (deleted by hand, a bucket lifecycle rule): they cannot resume, only restart."""
-    lost = []
+def replace_lost_checkpoints(storage: ExperimentStorage) -> list[str]:
+    """Puts a "start again" checkpoint where an unfinished trial's named checkpoint is gone
+    (deleted by hand, a bucket lifecycle rule); returns those trials' ids.
+
+    Tune would fail restoring such a trial; with the marker in place it restores, and the
+    trainable (seeing no ``epoch`` in the state) reruns it from epoch 1, its rows replacing
+    the earlier ones. Older checkpoints are pruned and newer ones may hold epochs the saved
+    results lack, so starting over is the one way to lose nothing.
+    """
+    fs, _ = storage.filesystem()
+    replaced = []
     for trial in _saved_trials(storage):
         if trial.status == "TERMINATED" or trial.checkpoint is None:
             continue
         named = checkpoint_index(trial.checkpoint.path)
-        if named not in {index for index, _ in storage.checkpoints(trial.path)}:
-            lost.append(trial.trial_id)
-    return lost
+        if named in {index for index, _ in storage.checkpoints(trial.path)}:
+            continue
+        folder = f"{trial.path}/{Path(trial.checkpoint.path).name}"
+        fs.create_dir(folder)
+        buffer = io.BytesIO()
+        torch.save(START_AGAIN, buffer)
+        with fs.open_output_stream(f"{folder}/{STATE_FILE}") as stream:
+            stream.write(buffer.getvalue())
+        replaced.append(trial.trial_id)
+    return replaced
 
 
 class CheckpointPruner(Callback):

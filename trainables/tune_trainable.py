@@ -52,6 +52,8 @@ def unlearning_trial(params: dict[str, Any], *, handover: Handover) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             resume_state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+        if "epoch" not in resume_state:  # the stand-in for a lost checkpoint: start again
+            resume_state = None
 
     node = ray.get_runtime_context().get_node_id()  # which node ran it, in Tune's result files
 

@@ -1,0 +1,87 @@
+"""The study's one searcher: strategies take turns, each with its own Optuna study, and a
+restore after a kill leaves no Optuna trial queued twice or open forever."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from ray.tune.search import Searcher
+
+from search_spaces import numeric_bounds
+from search_spaces.searcher import build_searcher
+from study.config import load_config
+from trainables import STRATEGIES
+
+RESULT = {"forget_drop": 0.5, "retain_kept": 0.9}
+
+
+def _config(tmp_path: Path, strategies: list[str], num_samples: int = 2):
+    overrides = {"strategies": strategies, "num_samples": num_samples, "run_dir": str(tmp_path / "run")}
+    return load_config("smoke", overrides=overrides).validate(tuple(STRATEGIES), numeric_bounds())
+
+
+def _states(url: str, strategy: str) -> list[str]:
+    return [t.state.name for t in optuna.load_study(study_name=strategy, storage=url).trials]
+
+
+def test_strategies_take_turns_within_their_cap_and_budget(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = build_searcher(
+        _config(tmp_path, ["noisy_label", "max_loss", "finetune"]), url, max_concurrent=1
+    )
+    first = [searcher.suggest(f"t{i}") for i in range(3)]
+    assert [c["strategy"] for c in first] == ["noisy_label", "max_loss", "finetune"]
+    assert all(c["trial_number"] == 0 and c["lr"] == 3e-4 for c in first)  # each search's hand-picked start
+    assert searcher.suggest("t3") is None  # every strategy is at its cap of one running trial
+
+    searcher.on_trial_complete("t1", RESULT)
+    second = searcher.suggest("t4")
+    assert second["strategy"] == "max_loss" and second["trial_number"] == 1
+    assert "noise_level" not in second and {"forget_weight", "loss_ceiling"} <= second.keys()
+    for trial_id in ("t0", "t2", "t4"):
+        searcher.on_trial_complete(trial_id, RESULT)
+    assert [searcher.suggest(f"t{i}")["strategy"] for i in (5, 6)] == ["finetune", "noisy_label"]
+    assert searcher.suggest("t7") == Searcher.FINISHED  # two trials per strategy handed out
+    assert _states(url, "max_loss") == ["COMPLETE", "COMPLETE"]
+
+
+def test_a_failed_trial_stays_open_until_its_rerun_reports(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = build_searcher(_config(tmp_path, ["noisy_label"]), url, max_concurrent=2)
+    searcher.suggest("a")
+    searcher.on_trial_complete("a", RESULT, error=True)
+    assert _states(url, "noisy_label") == ["RUNNING"]  # not told: --resume reruns it
+    searcher.on_trial_complete("a", RESULT)  # the rerun finished
+    assert _states(url, "noisy_label") == ["COMPLETE"]
+
+
+@pytest.mark.parametrize("lost", ["the hand-picked start", "a sampled trial"])
+def test_restore_closes_trials_asked_for_after_the_last_save(tmp_path: Path, lost: str):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    config = _config(tmp_path, ["noisy_label"], num_samples=3)
+    searcher = build_searcher(config, url, max_concurrent=3)
+    if lost == "a sampled trial":
+        searcher.suggest("kept")
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    searcher.suggest("lost")  # asked for after the save; the kill comes before the next one
+
+    # As Tune does: a searcher object, then the saved state (which names its Optuna storage).
+    restored = build_searcher(config, f"sqlite:///{tmp_path / 'unused.db'}", max_concurrent=3)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert _states(url, "noisy_label").count("FAIL") == 1
+    nxt = restored.suggest("next")
+    if lost == "the hand-picked start":  # queued again, so the start still runs once
+        assert nxt["lr"] == 3e-4 and nxt["noise_level"] == 1.0
+    states = _states(url, "noisy_label")
+    assert "WAITING" not in states and states.count("RUNNING") == (2 if lost == "a sampled trial" else 1)
+
+
+def test_a_fresh_search_drops_studies_left_by_a_run_tune_never_saved(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    config = _config(tmp_path, ["noisy_label"])
+    build_searcher(config, url, max_concurrent=1).suggest("orphan")
+    searcher = build_searcher(config, url, max_concurrent=1)
+    assert _states(url, "noisy_label") == ["WAITING"]  # only the hand-picked start, queued once
+    assert searcher.suggest("x")["lr"] == 3e-4
