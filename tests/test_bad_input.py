@@ -183,3 +183,18 @@ def test_weights_fine_tuned_for_other_classes_load_the_encoder_and_train_the_hea
     state, note = initial_state(load_config("smoke", overrides={"weights": str(tmp_path / "four.pth")}), 4)
     assert "head loaded from the checkpoint" in note
     assert torch.equal(state["conv_seg.6.weight"], same.state_dict()["conv_seg.6.weight"])
+
+
+def test_on_an_autoscaling_cluster_the_study_waits_for_a_fitting_node_then_gives_up(ray_local, capsys):
+    from study.cluster import check_resources
+    from study.config import load_config
+    from study.errors import StudyError
+
+    config = load_config("smoke", overrides={"trial_resources": {"tpu": 1.0}, "resource_wait_s": 6})
+    started = time.monotonic()
+    with pytest.raises(StudyError, match=r"trial_resources.tpu 1: no node of the cluster has 1 tpu"):
+        check_resources(config)
+    assert 6 <= time.monotonic() - started < 30
+    assert "waiting up to 6 s for the autoscaler to add a node with CPU 1, tpu 1" in capsys.readouterr().out
+    config.trial_resources = {}
+    assert check_resources(config) == 2  # the fixture's Ray: two 1-CPU trials at a time
