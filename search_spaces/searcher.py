@@ -45,12 +45,21 @@ class StrategySearcher(Searcher):
         self._running: dict[str, set[str]] = {s: set() for s in searchers}
         self._started = dict.fromkeys(searchers, 0)
         self._turn = 0
+        self._max_total = len(searchers) * max_concurrent
 
     def set_search_properties(self, metric: Any, mode: Any, config: dict, **spec: Any) -> bool:
         return True  # every strategy's search is set up already
 
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        """Takes ``TuneConfig(max_concurrent_trials)`` on itself, so that Tune's
+        ``ConcurrencyLimiter`` passes every completion through, a resumed trial's included."""
+        self._max_total = max_concurrent
+        return True
+
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         strategies = list(self._searchers)
+        if sum(map(len, self._running.values())) >= self._max_total:
+            return None
         for offset in range(len(strategies)):
             strategy = strategies[(self._turn + offset) % len(strategies)]
             full = self._started[strategy] >= self._num_samples

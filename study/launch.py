@@ -69,10 +69,10 @@ def run_study(config: StudyConfig, resuming: bool = False) -> Path:
     }
     problems = never_reported | incomplete_trials(trials, config.max_epochs)
     run.write_trials(trials)
-    print(front_table(trials))
-
-    save_recommended_model(config, run, handover)
-    print("\n" + build_report(run.path).text)
+    if not trials.empty:
+        print(front_table(trials))
+        save_recommended_model(config, run, handover)
+        print("\n" + build_report(run.path).text)
     print(f"\nrun directory: {run.path}")
     if problems:
         listed = "; ".join(f"trial {t} ({what})" for t, what in problems.items())

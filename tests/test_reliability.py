@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+import pandas as pd
 from _studies import EPOCHS, assert_complete, resume_study, start_study, study_env, wait_until
 
 
@@ -101,23 +103,39 @@ def test_a_trial_whose_checkpoints_were_deleted_is_rerun_on_resume(cache_home, t
     assert_complete(run_dir)  # they ran again from epoch 1: every epoch once
 
 
-def test_a_killed_trial_worker_restarts_from_its_checkpoint(cache_home, tmp_path):
+def test_a_trial_that_fails_ends_the_study_with_exit_3_and_resumes_from_its_checkpoint(cache_home, tmp_path):
     env, run_dir = study_env(cache_home), tmp_path / "run"
-    driver = start_study(run_dir, env)
+    no_retries = tmp_path / "no-retries.toml"
+    no_retries.write_text("max_failures = 0\n")
+    driver = start_study(run_dir, env, "--config", str(no_retries))
     wait_until(
         lambda: any(5 <= n < EPOCHS - 2 for n in _checkpoints(run_dir).values()), driver, "five epochs"
     )
-    # Trial workers run in sessions of their own, as children of this study's raylet.
+    # Trial workers run in sessions of their own, as children of this study's raylet; one
+    # busy training (an idle cached worker would fail nothing).
     pgrep = lambda *args: subprocess.run(["pgrep", *args], capture_output=True, text=True).stdout.split()  # noqa: E731
     raylets = pgrep("-g", str(os.getpgid(driver.pid)), "-f", "raylet/raylet")
-    workers = [w for raylet in raylets for w in pgrep("-P", raylet, "-f", "ImplicitFunc")]
+    workers = [w for raylet in raylets for w in pgrep("-P", raylet, "-f", "ImplicitFunc.train")]
     assert workers, "no trial worker process found"
     os.kill(int(workers[0]), signal.SIGKILL)
     output, _ = driver.communicate(timeout=400)
-    assert driver.returncode == 0, output[-3000:]
+
+    # The other trials finish; the study writes what it has, names the failed trial, exits 3.
+    assert driver.returncode == 3, output[-3000:]
+    failed = re.search(
+        r"incomplete: 1 trial\(s\) did not finish: trial (\w+) \((\w+), failed after epoch", output
+    )
+    assert failed, output[-3000:]
+    assert f"Resume with: python -m study.launch --resume {run_dir}" in output
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    assert set(trials[trials["trial_id"] == failed[1]]["status"]) == {"error"}
+    assert f"trial {failed[1]}: {failed[2]}, failed after epoch" in (run_dir / "report.html").read_text()
+
+    resumed = resume_study(run_dir, env)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert_complete(run_dir)
-    # Restarted from its checkpoint, not from scratch: at most the epoch in flight is rerun.
-    assert "from checkpoint" in output
-    for result in run_dir.glob("ray_results/*/trial_*/result.json"):
-        epochs = [json.loads(line)["epoch"] for line in result.read_text().splitlines()]
-        assert len(epochs) - len(set(epochs)) <= 1
+    # It continued from its checkpoint, not from scratch: at most the epoch in flight ran twice.
+    assert "from checkpoint" in resumed.stdout + resumed.stderr
+    result = next(run_dir.glob(f"ray_results/*/trial_{failed[1]}/result.json"))
+    epochs = [json.loads(line)["epoch"] for line in result.read_text().splitlines()]
+    assert len(epochs) - len(set(epochs)) <= 1

@@ -85,3 +85,14 @@ def test_a_fresh_search_drops_studies_left_by_a_run_tune_never_saved(tmp_path: P
     searcher = build_searcher(config, url, max_concurrent=1)
     assert _states(url, "noisy_label") == ["WAITING"]  # only the hand-picked start, queued once
     assert searcher.suggest("x")["lr"] == 3e-4
+
+
+def test_tune_hands_it_the_concurrency_limit_and_every_completion(tmp_path: Path):
+    from ray.tune.search import ConcurrencyLimiter
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    limited = ConcurrencyLimiter(build_searcher(_config(tmp_path, ["noisy_label", "max_loss"]), url, 2), 3)
+    assert [limited.suggest(t) is not None for t in "abcd"] == [True, True, True, False]  # 3 at once
+    limited.on_trial_complete("a", RESULT, error=True)  # failed: Tune forgets it...
+    limited.on_trial_complete("a", RESULT)  # ...until --resume reruns it and it reports
+    assert "COMPLETE" in _states(url, "noisy_label")
