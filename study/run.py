@@ -61,10 +61,6 @@ class ExperimentStorage:
         return _open_filesystem(self.root)
 
     @property
-    def is_local(self) -> bool:
-        return "://" not in self.root or self.root.startswith("file://")
-
-    @property
     def experiment_path(self) -> str:
         """The experiment folder's path on ``filesystem()``."""
         return f"{self.filesystem()[1]}/{self.name}"

@@ -13,6 +13,7 @@ import pytest
 from study.config import load_config
 from study.errors import StudyError
 from study.launch import main
+from study.run import RunDir
 from trainables import STRATEGIES
 from trainables.replay import replay_trial
 
@@ -60,6 +61,12 @@ def test_smoke_study_writes_one_row_per_trial_and_epoch(ray_local, cache_env, tm
     ).is_file()
     assert "forget_dice = " not in (run_dir / "config.toml").read_text()
     assert 'preset = "smoke"' in (run_dir / "config.toml").read_text()
+
+    # Tune's experiment in the default storage: each trial keeps only its last checkpoint.
+    experiment = RunDir.open(run_dir)[0].storage
+    assert experiment.experiment_path == str(run_dir.resolve() / "ray_results" / run_dir.name)
+    for trial_id in trials["trial_id"].unique():
+        assert [index for index, _ in experiment.checkpoints(experiment.trial_path(trial_id))] == [1]
 
     storage = f"sqlite:///{run_dir / 'optuna.db'}"
     for strategy in ("noisy_label", "max_loss"):
@@ -212,3 +219,30 @@ def test_a_local_ray_binds_its_dashboard_to_this_machine_and_keeps_authenticatio
     root = Path(__file__).parents[1]
     for package in ("study", "trainables", "search_spaces", "analysis"):
         assert all("RAY_AUTH_MODE" not in f.read_text() for f in (root / package).glob("*.py"))
+
+
+def test_cluster_settings_round_trip_through_the_run_directorys_config(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = load_config(
+        "smoke",
+        overrides={
+            "run_dir": str(tmp_path / "run"),
+            "storage": "shared/results",
+            "trial_resources": {"accelerator_type:H100": 0.001},
+            "resource_wait_s": 600,
+        },
+    )
+    assert config.storage == str(tmp_path / "shared" / "results")  # the same path on every node
+    (tmp_path / "run").mkdir()
+    RunDir.of(config).write_config(config)
+    run, saved = RunDir.open(tmp_path / "run")
+    assert saved.trial_resources == {"accelerator_type:H100": 0.001} and saved.resource_wait_s == 600
+    assert run.storage.experiment_path == str(tmp_path / "shared" / "results" / "run")
+    uri = load_config("smoke", overrides={"storage": "s3://bucket/studies?region=eu-west-1"}).storage
+    assert uri == "s3://bucket/studies?region=eu-west-1"  # URIs are kept as given
+    for bad, message in [
+        ({"trial_resources": {"GPU": 1}}, "cpus_per_trial and gpus_per_trial"),
+        ({"gpus_per_trial": 1.5}, "whole number"),
+    ]:
+        with pytest.raises(StudyError, match=message):
+            load_config("smoke", overrides=bad).validate(tuple(STRATEGIES))
