@@ -86,7 +86,7 @@ def run_experiment(config: StudyConfig, run: RunDir, handover: Handover, slots: 
 
     from search_spaces.searcher import build_searcher
     from trainables.checkpoints import CheckpointPruner, prune_checkpoints, replace_lost_checkpoints
-    from trainables.tune_trainable import trial_folder, unlearning_trial
+    from trainables.tune_trainable import trial_folder, trial_name, unlearning_trial
 
     storage = run.storage
     fs, root = storage.filesystem()
@@ -115,6 +115,7 @@ def run_experiment(config: StudyConfig, run: RunDir, handover: Handover, slots: 
                 max_concurrent_trials=slots,
                 reuse_actors=True,  # a finished trial's worker takes the next one: no new process, no re-import
                 trial_dirname_creator=trial_folder,
+                trial_name_creator=trial_name,
             ),
             run_config=tune.RunConfig(
                 name=storage.name,

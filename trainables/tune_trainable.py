@@ -75,3 +75,8 @@ def unlearning_trial(params: dict[str, Any], *, handover: Handover) -> None:
 def trial_folder(trial: Any) -> str:
     """``trial_dirname_creator`` for Tune: the run directory's name for a trial's folder."""
     return trial_dirname(trial.trial_id)
+
+
+def trial_name(trial: Any) -> str:
+    """``trial_name_creator`` for Tune: its strategy and id, as Tune's progress table shows it."""
+    return f"{trial.config.get('strategy', 'trial')}_{trial.trial_id}"
