@@ -47,7 +47,7 @@ def _temp_dir(run_dir: Path) -> Path:
 def _probe(address: str) -> None:
     """Raises ``StudyError`` unless something listens at ``host:port`` (Ray itself would
     retry an unreachable address for minutes)."""
-    target = address.removeprefix("ray://")
+    target = address.split("://", 1)[-1].rstrip("/")  # ray://host:10001, http://host:8265, host:6379
     host, _, port = target.rpartition(":")
     if not host or not port.isdigit():
         return  # not host:port ("auto" and the like): Ray resolves it and fails fast

@@ -110,6 +110,7 @@ def test_bad_weights_are_refused_before_anything_runs(
     [
         (["--cpus-per-trial", "64"], "--cpus-per-trial 64: no node of the cluster has 64 CPU"),
         (["--address", "127.0.0.1:1"], "--address 127.0.0.1:1: no Ray cluster answers there"),
+        (["--address", "ray://127.0.0.1:1"], "--address ray://127.0.0.1:1: no Ray cluster answers there"),
         (["--run-dir", "/proc/no-such-process/run"], "cannot be created"),
     ],
 )
