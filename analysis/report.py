@@ -98,10 +98,6 @@ def load_study(run_dir: Path) -> Study:
     return Study(run, config, trials, baselines, missing)
 
 
-def _find_recommended_model(study: Study, trial_id: str, epoch: int) -> dict[str, torch.Tensor] | None:
-    return study.run.load_model_of(trial_id, epoch)
-
-
 def _overlays(study: Study, knee: pd.Series | None) -> tuple[bytes | None, str]:
     """Overlay figure of one forget and one retain subject, and a note on what it shows."""
     config = study.config
@@ -111,7 +107,7 @@ def _overlays(study: Study, knee: pd.Series | None) -> tuple[bytes | None, str]:
     models = {"original model": original}
     note = ""
     if knee is not None:
-        recommended = _find_recommended_model(study, knee["trial_id"], int(knee["epoch"]))
+        recommended = study.run.load_model_of(knee["trial_id"], int(knee["epoch"]))
         if recommended is None:
             note = (
                 f"the recommended model (trial {knee['trial_id']} after {int(knee['epoch'])} epochs) "
@@ -146,7 +142,7 @@ def missing_recommended_model(run_dir: Path) -> tuple[str, int] | None:
     study = load_study(run_dir)
     horizons = sorted(study.config.horizons)
     knee = recommend(horizon_rows(study.trials, horizons), horizons)
-    if knee is None or _find_recommended_model(study, knee["trial_id"], int(knee["epoch"])) is not None:
+    if knee is None or study.run.load_model_of(knee["trial_id"], int(knee["epoch"])) is not None:
         return None
     return knee["trial_id"], int(knee["epoch"])
 

@@ -25,6 +25,7 @@ from study.cli import run_cli
 from study.config import StudyConfig
 from study.data import Cohort, open_cohort
 from study.errors import StudyError
+from study.results import atomic_write
 from study.run import RunDir
 from trainables.loop import run_epochs
 from trainables.trial import build_trial, loop_settings
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             payload = {"trial_id": args.trial_id, "epoch": int(metrics["epoch"]), "model": state}
-            torch.save(payload, args.out)
+            atomic_write(args.out, lambda path: torch.save(payload, path))
             print(f"saved {args.out}")
 
     return run_cli(replay)
