@@ -71,35 +71,37 @@ def test_sigkill_right_after_a_checkpoint_loses_nothing(cache_home, tmp_path):
     assert_complete(run_dir)
 
 
-def _saved_state_names_an_unfinished_checkpoint(run_dir: Path) -> bool:
+def _unfinished_with_saved_checkpoints(run_dir: Path) -> list[Path]:
+    """Folders of trials that Tune's saved state records as unfinished, with a checkpoint."""
     from ray.tune import ExperimentAnalysis
 
     try:
         trials = ExperimentAnalysis(str(run_dir / "ray_results" / run_dir.name)).trials
     except (ValueError, OSError):
-        return False
-    return any(t.checkpoint is not None and t.status != "TERMINATED" for t in trials)
+        return []
+    return [Path(t.path) for t in trials if t.checkpoint is not None and t.status != "TERMINATED"]
 
 
 def test_a_trial_whose_checkpoints_were_deleted_is_rerun_on_resume(cache_home, tmp_path):
     # Tune saves its experiment state every second, so one soon names a mid-trial checkpoint.
-    env, run_dir = study_env(cache_home, TUNE_GLOBAL_CHECKPOINT_S="1"), tmp_path / "run"
-    driver = start_study(run_dir, env)
-    wait_until(
-        lambda: _saved_state_names_an_unfinished_checkpoint(run_dir), driver, "a saved mid-trial state"
-    )
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.communicate(timeout=60)
-    unfinished = [trial for trial, n in _checkpoints(run_dir).items() if n < EPOCHS]
-    for trial in unfinished:
+    env = study_env(cache_home, TUNE_GLOBAL_CHECKPOINT_S="1")
+    for attempt in range(3):  # the kill may land just after a save that names none: try again
+        run_dir = tmp_path / f"run{attempt}"
+        driver = start_study(run_dir, env)
+        wait_until(lambda d=run_dir: _unfinished_with_saved_checkpoints(d), driver, "a saved mid-trial state")
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.communicate(timeout=60)
+        if lost := _unfinished_with_saved_checkpoints(run_dir):  # what the state says now, for good
+            break
+    for trial in lost:
         for checkpoint in trial.glob("checkpoint_*"):
             shutil.rmtree(checkpoint)
 
     resumed = resume_study(run_dir, env)
     output = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, output[-3000:]
-    lost = output.split("the checkpoints of trial(s) ")[1].split(" are gone")[0].split(", ")
-    assert lost and {f"trial_{t}" for t in lost} <= {trial.name for trial in unfinished}
+    named = output.split("the checkpoints of trial(s) ")[1].split(" are gone")[0].split(", ")
+    assert {f"trial_{t}" for t in named} == {trial.name for trial in lost}
     assert_complete(run_dir)  # they ran again from epoch 1: every epoch once
 
 
