@@ -52,8 +52,8 @@ def test_ctrl_c_stops_the_study_and_resume_finishes_it_without_rerunning_finishe
     for path, before in finished.items():  # not rerun: no epoch of a finished trial trained again
         after = path.read_text()
         assert after.startswith(before), f"{path} changed:\n{before[-600:]}\n---\n{after[-1200:]}"
-        # A trial stopped between its last report and Tune's note that it is done resumes from
-        # its last checkpoint and only closes: at most its last epoch is logged once more.
+        # Ctrl-C between a trial's last report and Tune registering its checkpoint: the trial
+        # resumes from the epoch before and reruns its last one (same seed, same figures).
         added = after[len(before) :].splitlines()
         assert all(json.loads(line)["epoch"] == EPOCHS for line in added), added
 
