@@ -10,13 +10,14 @@ running trials keeps room for its searcher to learn from finished ones.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Mapping
 from typing import Any
 
 import optuna
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from search_spaces import DefineByRun, starting_point
+from search_spaces import DefineByRun, SearchSpace, starting_point
 from study.config import StudyConfig
 from study.metrics import OBJECTIVES
 
@@ -115,9 +116,12 @@ class StrategySearcher(Searcher):
                     study.enqueue_trial(trial.system_attrs["fixed_params"])
 
 
-def build_searcher(config: StudyConfig, optuna_url: str, max_concurrent: int) -> StrategySearcher:
-    """A fresh searcher for ``config``'s strategies; earlier Optuna studies of the same names
-    in ``optuna_url`` (left by a study that was killed before Tune saved anything) are dropped."""
+def build_searcher(
+    config: StudyConfig, spaces: Mapping[str, SearchSpace], optuna_url: str, max_concurrent: int
+) -> StrategySearcher:
+    """A fresh searcher for ``config``'s strategies (``spaces``: each one's search space);
+    earlier Optuna studies of the same names in ``optuna_url`` (left by a study that was
+    killed before Tune saved anything) are dropped."""
     storage = optuna.storages.RDBStorage(optuna_url)
     existing = {summary.study_name for summary in optuna.get_all_study_summaries(storage)}
     searchers = {}
@@ -125,9 +129,9 @@ def build_searcher(config: StudyConfig, optuna_url: str, max_concurrent: int) ->
         if strategy in existing:
             optuna.delete_study(study_name=strategy, storage=storage)
         bounds = tuple((name, *low_high) for name, low_high in config.search_bounds.items())
-        start = [starting_point(strategy, config.search_bounds)] if config.warm_start else None
+        start = [starting_point(spaces[strategy], config.search_bounds)] if config.warm_start else None
         searchers[strategy] = OptunaSearch(
-            space=DefineByRun(strategy, bounds),
+            space=DefineByRun(spaces[strategy].function, bounds),
             metric=list(OBJECTIVES),
             mode=["max"] * len(OBJECTIVES),
             sampler=SAMPLERS[config.sampler](seed=config.seed),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from study.config import StudyConfig
 from study.errors import StudyError
-from study.run import ExperimentStorage
+from study.storage import ExperimentStorage
 
 # Ray's Unix sockets live in <temp>/session_<date>_<time>_<usec>_<pid>/sockets/<name>, and a
 # socket path may not exceed 107 bytes; the session part takes about 64 of them.

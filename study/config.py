@@ -107,6 +107,17 @@ class StudyConfig:
             raise StudyError(
                 f"strategies: unknown {', '.join(unknown)}; choose from {', '.join(known_strategies)}"
             )
+        self._check_training()
+        self._check_resources()
+        self._check_search_bounds(numeric_bounds)
+        if not self.data and not self.allow_synthetic:
+            raise StudyError(
+                f"preset {self.preset!r} needs real data: pass --data with the MRBrainS18 "
+                "training folder (holding 1/, 4/, 5/, 7/, 14/, 070/, 148/)"
+            )
+        return self
+
+    def _check_training(self) -> None:
         for name in ("num_samples", "max_epochs", "baseline_epochs", "batch_size", "cpus_per_trial"):
             if getattr(self, name) < 1:
                 raise StudyError(f"{name} must be a positive integer, got {getattr(self, name)}")
@@ -127,6 +138,10 @@ class StudyConfig:
                 raise StudyError(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
         if self.model_width <= 0 or self.baseline_lr <= 0:
             raise StudyError("model_width and baseline_lr must be positive")
+        if not 0 <= self.score_weight <= 1:
+            raise StudyError(f"score_weight must lie in [0, 1], got {self.score_weight}")
+
+    def _check_resources(self) -> None:
         for name in ("gpus_per_trial", "checkpoint_every", "max_failures", "concurrent_per_strategy"):
             if getattr(self, name) < 0:
                 raise StudyError(f"{name} must not be negative, got {getattr(self, name)}")
@@ -144,8 +159,8 @@ class StudyConfig:
                 f"trial_resources names {', '.join(sorted(reserved))}; set those with "
                 "cpus_per_trial and gpus_per_trial, and keep trial_resources for custom resources"
             )
-        if not 0 <= self.score_weight <= 1:
-            raise StudyError(f"score_weight must lie in [0, 1], got {self.score_weight}")
+
+    def _check_search_bounds(self, numeric_bounds: dict[str, tuple[float, float, bool]] | None) -> None:
         for name, bounds in self.search_bounds.items():
             if numeric_bounds is not None and name not in numeric_bounds:
                 raise StudyError(
@@ -156,12 +171,6 @@ class StudyConfig:
                 raise StudyError(f"search_bounds.{name} must be [low, high] with low < high, got {bounds}")
             if numeric_bounds is not None and numeric_bounds[name][2] and bounds[0] <= 0:
                 raise StudyError(f"search_bounds.{name} is searched on a log scale: low must be > 0")
-        if not self.data and not self.allow_synthetic:
-            raise StudyError(
-                f"preset {self.preset!r} needs real data: pass --data with the MRBrainS18 "
-                "training folder (holding 1/, 4/, 5/, 7/, 14/, 070/, 148/)"
-            )
-        return self
 
     def to_toml(self) -> str:
         """The configuration as TOML (``None`` fields, meaning 'default', are left out)."""

@@ -15,17 +15,24 @@ from typing import Any
 import torch
 
 from analysis.pareto import front_table
-from analysis.report import build_report, missing_recommended_model
-from search_spaces import numeric_bounds
+from analysis.report import build_report
+from analysis.study_state import (
+    Recommendation,
+    Study,
+    load_study,
+    missing_recommended_model,
+    recommendation_of,
+)
 from study.cli import config_from_args, run_cli
 from study.cluster import check_cluster, connect, task_options, trial_device, trial_request
 from study.config import StudyConfig
 from study.data import Cohort, open_cohort
 from study.errors import StudyIncomplete, StudyInterrupted
 from study.results import incomplete_trials, rows_from_results
-from study.run import RunDir, trial_id_of
-from trainables import STRATEGIES
+from study.run import RunDir
+from study.storage import trial_id_of
 from trainables.baseline import initial_state, train_or_load_baselines
+from trainables.registry import check_config, classes_of, spaces_of
 from trainables.replay import replayed_state, trial_params
 from trainables.tune_trainable import Handover
 
@@ -34,7 +41,7 @@ def run_study(config: StudyConfig, resuming: bool = False) -> Path:
     """Runs (or resumes) the study ``config`` describes; returns its run directory."""
     import ray
 
-    config.validate(tuple(STRATEGIES), numeric_bounds())
+    check_config(config)  # every strategy named has a class and a search space
     run = RunDir.of(config)
     cohort = open_cohort(config)
     start, start_note = initial_state(config, cohort.n_classes)  # a bad weights file fails here
@@ -51,7 +58,8 @@ def run_study(config: StudyConfig, resuming: bool = False) -> Path:
         print(f"Ray dashboard: {connection.dashboard}")
     print(f"cluster: {slots} trials at a time; Tune results and checkpoints in {run.storage.root}")
 
-    handover = Handover(study=config, cohort=ray.put(cohort))  # the cohort, once per study
+    # The cohort goes into the object store once per study; every task gets the reference.
+    handover = Handover(study=config, strategies=classes_of(config.strategies), cohort=ray.put(cohort))
     baselines = train_or_load_baselines(config, cohort, handover.cohort, start, run, connection.local)
     original_state, original_metrics = baselines["original"]
     handover = dataclasses.replace(
@@ -71,8 +79,10 @@ def run_study(config: StudyConfig, resuming: bool = False) -> Path:
     run.write_trials(trials)
     if not trials.empty:
         print(front_table(trials))
-        save_recommended_model(config, run, handover)
-        print("\n" + build_report(run.path).text)
+        study = load_study(run.path)
+        recommendation = recommendation_of(study)
+        save_recommended_model(config, study, recommendation, handover)
+        print("\n" + build_report(study, recommendation).text)
     print(f"\nrun directory: {run.path}")
     if problems:
         listed = "; ".join(f"trial {t} ({what})" for t, what in problems.items())
@@ -109,7 +119,7 @@ def run_experiment(config: StudyConfig, run: RunDir, handover: Handover, slots: 
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=build_searcher(config, run.optuna_url, cap),
+                search_alg=build_searcher(config, spaces_of(config.strategies), run.optuna_url, cap),
                 num_samples=total,
                 # Also how many trials Tune starts at once: a custom searcher otherwise gets one.
                 max_concurrent_trials=slots,
@@ -134,26 +144,31 @@ def run_experiment(config: StudyConfig, run: RunDir, handover: Handover, slots: 
     return grid
 
 
-def save_recommended_model(config: StudyConfig, run: RunDir, handover: Handover) -> None:
-    """Replays the recommended trial to its horizon (on the cluster) when no checkpoint of that
+def save_recommended_model(
+    config: StudyConfig, study: Study, recommendation: Recommendation | None, handover: Handover
+) -> None:
+    """Replays the ``recommendation`` to its horizon (on the cluster) when no checkpoint of that
     epoch was kept, so the report can show it."""
     import ray
 
-    missing = missing_recommended_model(run.path)
+    missing = missing_recommended_model(study, recommendation)
     if missing is None:
         return
     trial_id, epoch = missing
     print(f"replaying trial {trial_id} to epoch {epoch} for the report's overlays")
-    params = trial_params(run.read_trials(), trial_id)
+    params = trial_params(study.trials, trial_id)
 
     def replay(cohort: Cohort, original_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        strategy = handover.strategies[params["strategy"]]
+        original_metrics = handover.original_metrics
         model, _ = replayed_state(
-            params, epoch, config, cohort, original_state, handover.original_metrics, trial_device(config)
+            strategy, params, epoch, config, cohort, original_state, original_metrics, trial_device(config)
         )
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
     task = ray.remote(**task_options(config, config.cpus_per_trial))(replay)
-    run.save_recommended(trial_id, epoch, ray.get(task.remote(handover.cohort, handover.original_state)))
+    state = ray.get(task.remote(handover.cohort, handover.original_state))
+    study.run.save_recommended(trial_id, epoch, state)
 
 
 def main(argv: list[str] | None = None) -> int:

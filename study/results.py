@@ -12,7 +12,6 @@ import pandas as pd
 
 from study.metrics import METRICS
 
-TRIALS_FILE = "trials.parquet"
 STATUSES = ("running", "terminated", "diverged", "error")
 KEY_COLUMNS = ("strategy", "trial_id", "trial_number", "epoch", "status")
 #: Entries of a trial's config that are not searched hyperparameters.
@@ -126,9 +125,15 @@ def atomic_write(path: Path, write: Callable[[Path], Any]) -> Path:
     return path
 
 
-def write_table(table: pd.DataFrame, path: Path) -> Path:
-    """Writes ``table`` to ``path`` as Parquet, atomically."""
-    return atomic_write(path, lambda partial: table.to_parquet(partial, index=False))
+def params_of(row: pd.Series) -> dict[str, Any]:
+    """The ``param_`` columns of a trial row as plain Python values, absent ones (NaN, None) dropped."""
+    return {
+        column.removeprefix("param_"): value.item() if hasattr(value, "item") else value
+        for column, value in row.items()
+        if column.startswith("param_")
+        and value is not None
+        and not (isinstance(value, float) and math.isnan(value))
+    }
 
 
 def final_rows(trials: pd.DataFrame) -> pd.DataFrame:

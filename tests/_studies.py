@@ -13,6 +13,8 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
+from study.run import RunDir
+
 EPOCHS = 12  # long enough to interrupt a trial in the middle, short enough for the suite
 
 
@@ -62,7 +64,7 @@ def wait_until(
 
 def assert_complete(run_dir: Path, strategies: tuple[str, ...] = ("noisy_label", "max_loss")) -> pd.DataFrame:
     """Every (trial, epoch) of the smoke study once, every trial finished, Optuna's studies clean."""
-    trials = pd.read_parquet(run_dir / "trials.parquet")
+    trials = pd.read_parquet(RunDir(run_dir).trials_file)
     assert len(trials) == len(strategies) * 2 * EPOCHS  # 2 trials per strategy, every epoch once
     assert not trials.duplicated(["trial_id", "epoch"]).any()
     assert set(trials["status"]) == {"terminated"}
@@ -75,5 +77,5 @@ def assert_complete(run_dir: Path, strategies: tuple[str, ...] = ("noisy_label",
         assert optuna.trial.TrialState.WAITING not in states and optuna.trial.TrialState.RUNNING not in states
         starts = [t for t in study.trials if t.state.name == "COMPLETE" and t.params.get("lr") == 3e-4]
         assert len(starts) == 1  # the hand-picked start ran exactly once
-    assert (run_dir / "report.html").is_file()
+    assert RunDir(run_dir).report_html.is_file()
     return trials

@@ -12,6 +12,14 @@ import pytest
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs the real local Ray (``ray_local``) is ``slow``, in whichever file it is:
+    starting Ray alone takes several seconds. Other slow tests carry the marker themselves."""
+    for item in items:
+        if "ray_local" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def cache_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An ``XDG_CACHE_HOME`` holding the default synthetic cohort, as ``study.launch`` lays it out."""

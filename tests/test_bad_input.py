@@ -105,6 +105,7 @@ def test_bad_weights_are_refused_before_anything_runs(
     assert not run_dir.exists()
 
 
+@pytest.mark.slow  # the local Ray
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -127,6 +128,7 @@ def test_a_study_the_cluster_cannot_run_is_refused_at_once(
     assert not run_dir.exists()
 
 
+@pytest.mark.slow  # a study process that starts its own Ray
 def test_asking_for_a_gpu_on_a_machine_without_one_is_refused_and_leaves_nothing(cohort_root, tmp_path: Path):
     """Through the command line, with the local Ray it starts: refused in seconds, Ray shut
     down, no run directory (Ray's own files would have gone inside it)."""
@@ -186,6 +188,7 @@ def test_weights_fine_tuned_for_other_classes_load_the_encoder_and_train_the_hea
     assert torch.equal(state["conv_seg.6.weight"], same.state_dict()["conv_seg.6.weight"])
 
 
+@pytest.mark.slow  # the local Ray, and a 6 s wait
 def test_on_an_autoscaling_cluster_the_study_waits_for_a_fitting_node_then_gives_up(ray_local, capsys):
     from study.cluster import check_resources
     from study.config import load_config

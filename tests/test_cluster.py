@@ -21,7 +21,11 @@ import pytest
 from _studies import EPOCHS, assert_complete, resume_study, start_study, study_env, wait_until
 
 from analysis.report import build_report
+from analysis.study_state import load_study, recommendation_of
 from study.run import RunDir
+from study.storage import STATE_FILE
+
+pytestmark = pytest.mark.slow  # a multi-node Ray cluster and whole studies
 
 BUCKET = "studies"
 TRIAL_RESOURCES = "trial_resources = {trial_slot = 1}\n"
@@ -111,9 +115,9 @@ def test_a_study_across_nodes_keeps_everything_in_the_bucket(cluster, s3, cache_
 
     experiment = f"{BUCKET}/unlearning/{run_dir.name}"
     keys = _keys(fs, experiment)
-    checkpoints = {k.rsplit("/", 1)[0] for k in keys if "/checkpoint_" in k and k.endswith("state.pt")}
+    checkpoints = {k.rsplit("/", 1)[0] for k in keys if "/checkpoint_" in k and k.endswith(STATE_FILE)}
     assert len(checkpoints) == trials["trial_id"].nunique()  # each trial's last, the older ones pruned
-    assert not (run_dir / "ray_results").exists()
+    assert not Path(RunDir(run_dir).storage.root).exists()
 
     # Read back from the bucket as the report does for a study that has not finished.
     run, config = RunDir.open(run_dir)
@@ -142,9 +146,10 @@ def test_a_study_across_nodes_keeps_everything_in_the_bucket(cluster, s3, cache_
     ]
     assert overlaps, f"no two strategies ran at the same time:\n{spans.to_string(float_format=str)}\n{output}"
 
-    (run_dir / "trials.parquet").unlink()
-    report = build_report(run_dir)
-    assert len(load := pd.read_parquet(run_dir / "pareto.parquet")) and set(load["strategy"]) <= set(
+    RunDir(run_dir).trials_file.unlink()
+    study = load_study(run_dir)
+    report = build_report(study, recommendation_of(study))
+    assert len(load := pd.read_parquet(RunDir(run_dir).pareto_file)) and set(load["strategy"]) <= set(
         trials["strategy"]
     )
     page = report.html.read_text()
@@ -163,17 +168,17 @@ def test_a_driver_killed_mid_study_resumes_from_the_bucket_losing_nothing(cluste
 
     def mid_study() -> bool:
         keys = _keys(fs, experiment)
-        return sum(k.endswith("state.pt") for k in keys) >= 6 and any("experiment_state" in k for k in keys)
+        return sum(k.endswith(STATE_FILE) for k in keys) >= 6 and any("experiment_state" in k for k in keys)
 
     wait_until(mid_study, driver, "six checkpoints in the bucket")
     os.kill(driver.pid, signal.SIGKILL)  # the driver only: the cluster lives on, as on a login node
     driver.communicate(timeout=60)
-    assert not (run_dir / "trials.parquet").exists()
+    assert not RunDir(run_dir).trials_file.exists()
 
     resumed = resume_study(run_dir, env)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert_complete(run_dir)
-    assert not (run_dir / "ray_results").exists()
+    assert not Path(RunDir(run_dir).storage.root).exists()
 
 
 @pytest.mark.parametrize(

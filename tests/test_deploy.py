@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search_spaces import numeric_bounds
 from study.cli import config_from_args
-from trainables import STRATEGIES
+from trainables.registry import check_config
 
 ROOT = Path(__file__).parents[1]
 DEPLOY = ROOT / "study" / "deploy"
@@ -24,7 +23,7 @@ def _accepted(command: str) -> None:
     assert argv[:3] == ["python", "-m", "study.launch"], command
     config, resuming = config_from_args(argv[3:])
     assert not resuming
-    config.validate(tuple(STRATEGIES), numeric_bounds())
+    check_config(config)
 
 
 def _kuberay() -> dict[str, dict]:

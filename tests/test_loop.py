@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from study.config import BN_MODES
 from study.metrics import set_metrics
 from study.model import MedicalNetSegmentation
 from trainables.loop import LoopSettings, run_epochs
 from trainables.max_loss import MaxLoss
 from trainables.noisy_label import NoisyLabel, corrupt_labels
-from trainables.strategy import Batch
+from trainables.strategy import Batch, segmentation_loss
 
 
 def _model() -> MedicalNetSegmentation:
@@ -21,14 +28,43 @@ def _model() -> MedicalNetSegmentation:
     return MedicalNetSegmentation(depth=10, n_classes=4, width=0.125)
 
 
-def test_loop_runs_without_ray_and_reports_every_epoch(tiny_cohort):
+class _Supervised:
+    """A strategy by duck typing, for the loop's own tests: the segmentation loss of logits
+    ``(B, C, D, H, W)`` against every row's true labels ``(B, D, H, W)``, forget rows included
+    (3 subjects of the tiny cohort an epoch). It leans on no strategy's constructor."""
+
+    uses_forget = True
+
+    def prepare(self, model: nn.Module, cohort, device: torch.device) -> None:
+        pass
+
+    def frozen_modules(self, model: nn.Module) -> list[nn.Module]:
+        return []
+
+    def after_step(self, model: nn.Module) -> None:
+        pass
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return segmentation_loss(model(batch.images), batch.labels)
+
+
+def _running_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of every BatchNorm layer's ``running_mean`` and ``running_var``, ``(channels,)`` each."""
+    return {
+        name: buffer.clone()
+        for name, buffer in model.named_buffers()
+        if name.endswith(("running_mean", "running_var"))
+    }
+
+
+def test_loop_reports_every_epoch_and_checkpoints_every_second_and_the_last(tiny_cohort):
     model = _model()
     original = set_metrics(model, tiny_cohort, torch.device("cpu"))
     reports = []
     settings = LoopSettings(
         max_epochs=3, lr=1e-3, batch_size=2, checkpoint_every=2, original_metrics=original, warmup_epochs=1
     )
-    strategy = NoisyLabel({"noise_level": 0.5, "retain_weight": 1.0}, 4, copy.deepcopy(model).eval())
+    strategy = NoisyLabel(n_classes=4, original_model=copy.deepcopy(model).eval(), noise_level=0.5)
     final = run_epochs(model, strategy, tiny_cohort, settings, lambda m, s: reports.append((m, s)))
 
     assert [m["epoch"] for m, _ in reports] == [1, 2, 3]
@@ -40,15 +76,118 @@ def test_loop_runs_without_ray_and_reports_every_epoch(tiny_cohort):
     assert reports[-1][0]["diverged"] == 0.0
 
 
+# The loop in a process of its own where ``import ray`` raises: the tiny cohort, 3 epochs.
+_WITHOUT_RAY = """
+import json, sys
+sys.modules["ray"] = None  # before any project import: every "import ray" now fails
+from study.data import find_subjects, load_cohort, resolve_split
+from study.model import MedicalNetSegmentation
+from test_loop import _Supervised
+from trainables.loop import LoopSettings, run_epochs
+import torch
+
+root = sys.argv[1]
+split = resolve_split(find_subjects(root), ["070"], ["1", "4"], ["101"], "test")
+cohort = load_cohort(root, split, (8, 32, 32), "4class")
+torch.manual_seed(0)
+model = MedicalNetSegmentation(depth=10, n_classes=4, width=0.125)
+reports = []
+settings = LoopSettings(max_epochs=3, lr=1e-3, batch_size=2, checkpoint_every=2)
+run_epochs(model, _Supervised(), cohort, settings, lambda m, s: reports.append([m, s is not None]))
+loaded = sorted(m for m, module in sys.modules.items() if m.split(".")[0] == "ray" and module is not None)
+print(json.dumps({"reports": reports, "ray_modules": loaded}))
+"""
+
+
+def test_the_loop_trains_in_a_process_where_ray_cannot_be_imported(cohort_root: Path):
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_RAY, str(cohort_root)],
+        cwd=Path(__file__).parent,  # for ``test_loop._Supervised``
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["ray_modules"] == []
+    reports = result["reports"]
+    assert [m["epoch"] for m, _ in reports] == [1, 2, 3]
+    assert [saved for _, saved in reports] == [False, True, True]
+    for metrics, _ in reports:
+        assert metrics["diverged"] == 0.0
+        for key in ("retain_dice", "forget_dice", "holdout_dice"):
+            assert 0.0 <= metrics[key] <= 1.0
+        assert metrics["retain_mae"] > 0.0 and math.isfinite(metrics["retain_mae"])
+
+
+def test_frozen_batchnorm_keeps_every_running_statistic_and_train_mode_updates_each(tiny_cohort):
+    original = _model()
+    before = _running_statistics(original)
+    assert len(before) == 2 * sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in original.modules())
+    assert len(before) >= 20  # a ResNet-10 encoder and its decoder
+    trained = {}
+    for bn_mode in BN_MODES:
+        model = _model()
+        settings = LoopSettings(max_epochs=2, lr=1e-3, batch_size=2, bn_mode=bn_mode)
+        run_epochs(model, _Supervised(), tiny_cohort, settings, lambda m, s: None)
+        # the weights did train, BatchNorm's affine ones included
+        assert not torch.equal(model.state_dict()["bn1.weight"], original.state_dict()["bn1.weight"])
+        trained[bn_mode] = _running_statistics(model)
+    for name, value in before.items():
+        assert torch.equal(trained["frozen"][name], value), f"{name} moved with bn_mode='frozen'"
+    assert [n for n in before if torch.equal(trained["train"][n], before[n])] == []
+
+
+def test_a_misspelt_bn_mode_or_optimizer_is_refused_naming_the_allowed_ones():
+    with pytest.raises(ValueError, match=f"bn_mode must be one of {', '.join(BN_MODES)}, got 'frozn'"):
+        LoopSettings(max_epochs=1, lr=1e-3, bn_mode="frozn")
+    with pytest.raises(ValueError, match="optimizer must be one of adam, sgd, got 'adamw'"):
+        LoopSettings(max_epochs=1, lr=1e-3, optimizer="adamw")
+    for bn_mode in BN_MODES:  # and every allowed pair is accepted
+        for optimizer in ("adam", "sgd"):
+            LoopSettings(max_epochs=1, lr=1e-3, bn_mode=bn_mode, optimizer=optimizer)
+
+
+def test_without_checkpoint_every_only_the_horizons_and_the_last_epoch_are_saved(tiny_cohort):
+    # The paper preset's path: checkpoint_every = 0, checkpoints at the horizons and the end.
+    settings = LoopSettings(max_epochs=5, lr=1e-3, batch_size=3, checkpoint_every=0, checkpoint_epochs=(2, 4))
+    reports = []
+    run_epochs(_model(), _Supervised(), tiny_cohort, settings, lambda m, s: reports.append((m["epoch"], s)))
+    assert [epoch for epoch, _ in reports] == [1, 2, 3, 4, 5]
+    saved = [(epoch, state) for epoch, state in reports if state is not None]
+    assert [epoch for epoch, _ in saved] == [2, 4, 5]
+    assert [state["epoch"] for _, state in saved] == [2, 4, 5]
+    assert all({"model", "optimizer", "scheduler", "metrics"} <= set(state) for _, state in saved)
+
+
+def test_the_warm_up_ramps_the_learning_rate_linearly_per_step_then_holds_it(tiny_cohort):
+    lrs = []  # the learning rate each optimiser step uses, read just before the step
+    hook = register_optimizer_step_pre_hook(lambda optimizer, *_: lrs.append(optimizer.param_groups[0]["lr"]))
+    try:
+        # 3 subjects one at a time: 3 steps an epoch, 6 steps of warm-up over 2 epochs, then 3 more.
+        settings = LoopSettings(max_epochs=3, lr=1e-3, batch_size=1, warmup_epochs=2)
+        run_epochs(_model(), _Supervised(), tiny_cohort, settings, lambda m, s: None)
+    finally:
+        hook.remove()
+    assert lrs == pytest.approx([1e-3 * step / 6 for step in range(1, 7)] + [1e-3] * 3, rel=1e-12)
+
+
 def test_resuming_from_a_checkpoint_repeats_the_uninterrupted_run(tiny_cohort):
     settings = LoopSettings(max_epochs=2, lr=1e-3, batch_size=2, checkpoint_every=1)
-    params = {"noise_level": 0.8, "retain_weight": 1.0}
 
     straight, states = _model(), []
-    run_epochs(straight, NoisyLabel(params, 4, None), tiny_cohort, settings, lambda m, s: states.append(s))
+    run_epochs(
+        straight,
+        NoisyLabel(n_classes=4, noise_level=0.8),
+        tiny_cohort,
+        settings,
+        lambda m, s: states.append(s),
+    )
 
     resumed = _model()
-    run_epochs(resumed, NoisyLabel(params, 4, None), tiny_cohort, settings, lambda m, s: None, states[0])
+    run_epochs(
+        resumed, NoisyLabel(n_classes=4, noise_level=0.8), tiny_cohort, settings, lambda m, s: None, states[0]
+    )
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
 
@@ -70,13 +209,13 @@ def test_noisy_label_leaves_retain_rows_untouched():
         forget=torch.tensor([False, True, False]),
         generator=torch.Generator().manual_seed(0),
     )
-    targets = NoisyLabel({"noise_level": 1.0}, 4, None).forget_targets(batch)
+    targets = NoisyLabel(n_classes=4, noise_level=1.0).forget_targets(batch)
     assert torch.equal(targets[0], labels[0]) and torch.equal(targets[2], labels[2])
     assert (targets[1] != labels[1]).all()
 
 
 def test_max_loss_forget_term_is_bounded_by_the_ceiling():
-    strategy = MaxLoss({"forget_weight": 1.0, "loss_ceiling": 2.0}, 4, None)
+    strategy = MaxLoss(n_classes=4, forget_weight=1.0, loss_ceiling=2.0)
     labels = torch.zeros(1, 4, 4, 4, dtype=torch.long)
     confident_wrong = torch.zeros(1, 4, 4, 4, 4)
     confident_wrong[:, 3] = 50.0  # cross-entropy about 50
@@ -97,7 +236,7 @@ def test_a_non_finite_loss_ends_the_run_as_diverged(tiny_cohort):
     reports = []
     settings = LoopSettings(max_epochs=5, lr=1e-3, batch_size=2, original_metrics=original)
     final = run_epochs(
-        model, Exploding({"noise_level": 0.5}, 4, None), tiny_cohort, settings, lambda m, s: reports.append(m)
+        model, Exploding(n_classes=4, noise_level=0.5), tiny_cohort, settings, lambda m, s: reports.append(m)
     )
     assert len(reports) == 1 and reports[0]["diverged"] == 1.0
     assert math.isfinite(final["retain_dice"]) and math.isfinite(final["forget_dice"])
@@ -113,5 +252,5 @@ def test_a_trial_runs_on_the_device_its_request_names(tiny_cohort):
         settings = LoopSettings(max_epochs=1, lr=1e-3, device="cuda")
         with pytest.raises(RuntimeError, match="asked for a GPU, but torch sees none"):
             run_epochs(
-                _model(), NoisyLabel({"noise_level": 1.0}, 4, None), tiny_cohort, settings, lambda m, s: None
+                _model(), NoisyLabel(n_classes=4, noise_level=1.0), tiny_cohort, settings, lambda m, s: None
             )

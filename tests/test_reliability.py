@@ -13,14 +13,19 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from _studies import EPOCHS, assert_complete, resume_study, start_study, study_env, wait_until
+
+from study.run import RunDir
+
+pytestmark = pytest.mark.slow  # whole studies, killed and resumed
 
 
 def _checkpoints(run_dir: Path) -> dict[Path, int]:
     """Each trial folder under the default storage, and the number of its newest checkpoint + 1
     (the epochs it has saved: the smoke preset checkpoints every epoch)."""
     found = {}
-    for trial in run_dir.glob("ray_results/*/trial_*"):
+    for trial in Path(RunDir(run_dir).storage.experiment_path).glob("trial_*"):
         indices = [int(c.name.removeprefix("checkpoint_")) for c in trial.glob("checkpoint_*")]
         found[trial] = max(indices, default=-1) + 1
     return found
@@ -41,8 +46,10 @@ def test_ctrl_c_stops_the_study_and_resume_finishes_it_without_rerunning_finishe
     output, _ = driver.communicate(timeout=120)
     assert driver.returncode == 130, output[-3000:]
     assert f"resume with: python -m study.launch --resume {run_dir}" in output
-    assert not (run_dir / "trials.parquet").exists()
-    finished = {p: p.read_text() for p in run_dir.glob("ray_results/*/trial_*/result.json")}
+    assert not RunDir(run_dir).trials_file.exists()
+    finished = {
+        p: p.read_text() for p in Path(RunDir(run_dir).storage.experiment_path).glob("trial_*/result.json")
+    }
     finished = {p: text for p, text in finished.items() if len(text.splitlines()) == EPOCHS}
     assert finished
 
@@ -70,7 +77,7 @@ def test_sigkill_right_after_a_checkpoint_loses_nothing(cache_home, tmp_path):
         time.sleep(0.01)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.communicate(timeout=60)
-    assert not (run_dir / "trials.parquet").exists()
+    assert not RunDir(run_dir).trials_file.exists()
 
     resumed = resume_study(run_dir, env)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
@@ -82,7 +89,7 @@ def _unfinished_with_saved_checkpoints(run_dir: Path) -> list[Path]:
     from ray.tune import ExperimentAnalysis
 
     try:
-        trials = ExperimentAnalysis(str(run_dir / "ray_results" / run_dir.name)).trials
+        trials = ExperimentAnalysis(RunDir(run_dir).storage.experiment_path).trials
     except (ValueError, OSError):
         return []
     return [Path(t.path) for t in trials if t.checkpoint is not None and t.status != "TERMINATED"]
@@ -135,15 +142,15 @@ def test_a_trial_that_fails_ends_the_study_with_exit_3_and_resumes_from_its_chec
     )
     assert failed, output[-3000:]
     assert f"Resume with: python -m study.launch --resume {run_dir}" in output
-    trials = pd.read_parquet(run_dir / "trials.parquet")
+    trials = pd.read_parquet(RunDir(run_dir).trials_file)
     assert set(trials[trials["trial_id"] == failed[1]]["status"]) == {"error"}
-    assert f"trial {failed[1]}: {failed[2]}, failed after epoch" in (run_dir / "report.html").read_text()
+    assert f"trial {failed[1]}: {failed[2]}, failed after epoch" in RunDir(run_dir).report_html.read_text()
 
     resumed = resume_study(run_dir, env)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert_complete(run_dir)
     # It continued from its checkpoint, not from scratch: at most the epoch in flight ran twice.
     assert "from checkpoint" in resumed.stdout + resumed.stderr
-    result = next(run_dir.glob(f"ray_results/*/trial_{failed[1]}/result.json"))
+    result = next(Path(RunDir(run_dir).storage.experiment_path).glob(f"trial_{failed[1]}/result.json"))
     epochs = [json.loads(line)["epoch"] for line in result.read_text().splitlines()]
     assert len(epochs) - len(set(epochs)) <= 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
 import math
 import re
@@ -12,12 +13,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from analysis.document import Bullets, Code, Figure, Paragraph, Section, Table, render_html, render_markdown
 from analysis.pareto import hypervolume, knee_index
-from analysis.report import build_report, main
+from analysis.report import Report, build_report, main
+from analysis.study_state import load_study, missing_recommended_model, recommendation_of
 from analysis.summary import horizon_rows, recommend
 from study.config import StudyConfig
 from study.metrics import METRICS
-from study.results import combine, trial_rows, write_table
+from study.results import combine, trial_rows
+from study.run import RunDir
 
 
 def test_hypervolume_on_cases_computed_by_hand():
@@ -80,10 +84,10 @@ def test_horizon_rows_keep_diverged_trials_and_drop_unfinished_ones():
 
 
 def _run_dir(tmp_path: Path, trials: pd.DataFrame | None, **config) -> Path:
-    run_dir = tmp_path / "run"
-    (run_dir / "baseline").mkdir(parents=True)
-    study = StudyConfig(run_dir=str(run_dir), max_epochs=4, horizons=[2, 4], num_samples=2, **config)
-    (run_dir / "config.toml").write_text(study.to_toml())
+    run = RunDir(tmp_path / "run")
+    run.baseline_dir.mkdir(parents=True)
+    study = StudyConfig(run_dir=str(run.path), max_epochs=4, horizons=[2, 4], num_samples=2, **config)
+    run.write_config(study)
     baseline = {
         "retain_dice": 0.8,
         "forget_dice": 0.8,
@@ -93,14 +97,19 @@ def _run_dir(tmp_path: Path, trials: pd.DataFrame | None, **config) -> Path:
     }
     baseline["holdout_mae"] = 0.05
     retrain = {**baseline, "forget_dice": 0.7}
-    (run_dir / "baseline" / "metrics.json").write_text(json.dumps({"original": baseline, "retrain": retrain}))
+    run.baseline_metrics_file.write_text(json.dumps({"original": baseline, "retrain": retrain}))
     if trials is not None:
-        write_table(trials, run_dir / "trials.parquet")
-    return run_dir
+        run.write_trials(trials)
+    return run.path
 
 
-def test_report_from_a_small_trials_table(tmp_path: Path, capsys):
-    trials = combine(
+def _report(run_dir: Path) -> Report:
+    study = load_study(run_dir)
+    return build_report(study, recommendation_of(study))
+
+
+def _four_trials() -> pd.DataFrame:
+    return combine(
         [
             _rows("noisy_label", "aaaa1111", 0, 4, noise_level=1.0, optimizer="<b>adam</b>"),
             _rows("noisy_label", "bbbb2222", 1, 4, noise_level=0.3, drop=0.05, optimizer="sgd"),
@@ -108,10 +117,45 @@ def test_report_from_a_small_trials_table(tmp_path: Path, capsys):
             _rows("max_loss", "dddd4444", 1, 4, forget_weight=0.5, drop=0.15, optimizer="adam"),
         ]
     )
+
+
+def test_one_document_renders_to_html_and_markdown_alike():
+    table = pd.DataFrame({"": ["a|b", "<i>x</i>"], "value": [0.001234, math.nan], "n": [3.0, 0.696312]})
+    sections = [
+        Section(("Study ", Code("<run>")), [Paragraph("made by <script>alert(1)</script>")], level=1),
+        Section(
+            "Figures & tables", [Table(table), Paragraph("how", Code("a < b"), rule=True), Figure("front")]
+        ),
+        Section("Missing", [Bullets(("trial <t>", "nothing else"))]),
+    ]
+    page = render_html(sections, {"front": b"\x89PNG"}, title="<title>")
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<h1>Study <code>&lt;run&gt;</code></h1>" in page and "<title>&lt;title&gt;</title>" in page
+    assert "<td>&lt;i&gt;x&lt;/i&gt;</td>" in page and "<li>trial &lt;t&gt;</li>" in page
+    assert '<p class="rule">how<code>a &lt; b</code></p>' in page
+    # Small numbers in e-notation, four decimals at most, NaN as an empty cell.
+    assert re.search(r"<td>a\|b</td>\s*<td>1.23e-03</td>\s*<td>3</td>", page)
+    assert re.search(r"<td>&lt;i&gt;x&lt;/i&gt;</td>\s*<td></td>\s*<td>0.6963</td>", page)
+    assert 'src="data:image/png;base64,iVBORw=="' in page
+
+    markdown = render_markdown(sections, "report_files")
+    assert markdown.startswith("# Study `<run>`\n")
+    assert re.search(r"^\| a\\\|b +\| 1.23e-03 +\| 3 +\|$", markdown, re.MULTILINE)
+    assert re.search(r"^\| <i>x</i> +\| +\| 0.6963 +\|$", markdown, re.MULTILINE)
+    assert "![front](report_files/front.png)" in markdown and "- trial <t>\n" in markdown
+
+
+def _headings(page: str, markdown: str) -> tuple[list[str], list[str]]:
+    in_html = [html.unescape(re.sub(r"<[^>]+>", "", h)) for h in re.findall(r"<h[12]>(.*?)</h[12]>", page)]
+    in_markdown = [h.replace("`", "") for h in re.findall(r"^#{1,2} (.*)$", markdown, re.MULTILINE)]
+    return in_html, in_markdown
+
+
+def test_report_from_a_small_trials_table(tmp_path: Path, capsys):
     run_dir = _run_dir(
-        tmp_path, trials, strategies=["noisy_label", "max_loss"], forget=["<script>x</script>"]
+        tmp_path, _four_trials(), strategies=["noisy_label", "max_loss"], forget=["<script>x</script>"]
     )
-    report = build_report(run_dir)
+    report = _report(run_dir)
 
     # Pooled front over horizons 2 and 4: aaaa1111 at epoch 2 (0.4, 0.8) and epoch 4
     # (0.8, 0.6); the latter is closer to (1, 1): 0.447 against 0.632.
@@ -131,13 +175,34 @@ def test_report_from_a_small_trials_table(tmp_path: Path, capsys):
     assert all(base64.b64decode(i).startswith(b"\x89PNG\r\n\x1a\n") for i in images)
     assert "no overlays" in page
 
-    pareto = pd.read_parquet(run_dir / "pareto.parquet")
+    pareto = pd.read_parquet(RunDir(run_dir).pareto_file)
     assert set(pareto["horizon"]) == {"2", "4", "final"}
     at_4 = pareto[pareto["horizon"] == "4"]
     assert set(at_4["trial_id"]) == {"aaaa1111"}  # it dominates the others at epoch 4
     markdown = report.markdown.read_text()
     assert "## Recommended configuration" in markdown and "report_files/pareto.png" in markdown
-    assert (run_dir / "report_files" / "pareto.png").is_file()
+    assert (RunDir(run_dir).report_files / "pareto.png").is_file()
+    # One document: the same sections in the same order, the same figures in both files.
+    in_html, in_markdown = _headings(page, markdown)
+    assert (
+        in_html
+        == in_markdown
+        == [
+            f"Unlearning study {run_dir}",
+            "Recommended configuration",
+            "Pareto front",
+            "Results in the reference paper's form",
+            "Per-epoch Dice of each strategy's best trial",
+            "Before and after unlearning",
+            "Missing",
+        ]
+    )
+    # Hypervolume at horizons 2 and 4: 0.3 x 0.8 and 0.6 x 0.6 for max_loss's best points.
+    assert re.search(r"<td>max_loss</td>\s*<td>0.24</td>\s*<td>0.36</td>", page)
+    assert re.search(r"^\| max_loss +\| 0.24 +\| 0.36 +\|$", markdown, re.MULTILINE)
+    assert re.search(r"<td>noise_level</td>\s*<td>1</td>", page)
+    assert re.search(r"^\| optimizer +\| <b>adam</b> +\|$", markdown, re.MULTILINE)
+    assert "0.6963" in markdown and "no overlays: the original model is not saved yet" in markdown
 
     assert main([str(run_dir), "--no-overlays"]) == 0
     assert "recommended: noisy_label trial aaaa1111 at 4 epochs" in capsys.readouterr().out
@@ -159,11 +224,11 @@ def test_report_of_an_interrupted_study_reads_tunes_experiment_and_says_what_is_
     grid = tune.Tuner(
         stopped_after_three_epochs,
         param_space=params,
-        run_config=tune.RunConfig(name=run_dir.name, storage_path=str(run_dir / "ray_results"), verbose=0),
+        run_config=tune.RunConfig(name=run_dir.name, storage_path=RunDir(run_dir).storage.root, verbose=0),
     ).fit()
     trial_id = grid[0].metrics["trial_id"]
 
-    report = build_report(run_dir)
+    report = _report(run_dir)
     page = report.html.read_text()
     assert "trials.parquet is not written yet" in page
     assert "strategy max_loss: no trial has reported yet" in page
@@ -183,14 +248,27 @@ def test_report_counts_diverged_trials(tmp_path: Path):
     trials = combine(
         [_rows("noisy_label", "fine0000", 0, 4), _rows("noisy_label", "nan00000", 1, 1, status="diverged")]
     )
-    report = build_report(_run_dir(tmp_path, trials, strategies=["noisy_label"]))
+    report = _report(_run_dir(tmp_path, trials, strategies=["noisy_label"]))
     assert "2 trials of 1 strategies, 5 trial-epochs; 1 diverged, 0 failed" in report.html.read_text()
+
+
+def test_the_recommended_model_is_missing_until_its_weights_are_saved(tmp_path: Path):
+    study = load_study(_run_dir(tmp_path, _four_trials(), strategies=["noisy_label", "max_loss"]))
+    recommendation = recommendation_of(study)
+    assert missing_recommended_model(study, recommendation) == ("aaaa1111", 4)
+    study.run.save_recommended("bbbb2222", 4, {})  # another trial's weights do not count
+    assert missing_recommended_model(study, recommendation) == ("aaaa1111", 4)
+    study.run.save_recommended("aaaa1111", 4, {})
+    assert missing_recommended_model(study, recommendation) is None
+    assert missing_recommended_model(study, None) is None
 
 
 def test_a_failed_write_leaves_the_previous_file_whole(tmp_path: Path):
     from study.results import atomic_write
 
-    path = write_table(pd.DataFrame({"a": [1, 2, 3]}), tmp_path / "trials.parquet")
+    run = RunDir(tmp_path)
+    run.write_trials(pd.DataFrame({"a": [1, 2, 3]}))
+    path = run.trials_file
 
     def crash(partial: Path) -> None:
         partial.write_bytes(b"PAR1 half a table")
@@ -199,4 +277,4 @@ def test_a_failed_write_leaves_the_previous_file_whole(tmp_path: Path):
     with pytest.raises(OSError, match="disk full"):
         atomic_write(path, crash)
     assert pd.read_parquet(path)["a"].tolist() == [1, 2, 3]
-    assert [p.name for p in tmp_path.iterdir()] == ["trials.parquet"]  # no partial file left
+    assert list(tmp_path.iterdir()) == [path]  # no partial file left

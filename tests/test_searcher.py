@@ -9,17 +9,21 @@ import optuna
 import pytest
 from ray.tune.search import Searcher
 
-from search_spaces import numeric_bounds
 from search_spaces.searcher import build_searcher
 from study.config import load_config
-from trainables import STRATEGIES
+from trainables.registry import check_config, spaces_of
 
 RESULT = {"forget_drop": 0.5, "retain_kept": 0.9}
 
 
 def _config(tmp_path: Path, strategies: list[str], num_samples: int = 2):
     overrides = {"strategies": strategies, "num_samples": num_samples, "run_dir": str(tmp_path / "run")}
-    return load_config("smoke", overrides=overrides).validate(tuple(STRATEGIES), numeric_bounds())
+    return check_config(load_config("smoke", overrides=overrides))
+
+
+def _searcher(tmp_path: Path, strategies: list[str], url: str, max_concurrent: int):
+    config = _config(tmp_path, strategies)
+    return build_searcher(config, spaces_of(config.strategies), url, max_concurrent)
 
 
 def _states(url: str, strategy: str) -> list[str]:
@@ -28,9 +32,7 @@ def _states(url: str, strategy: str) -> list[str]:
 
 def test_strategies_take_turns_within_their_cap_and_budget(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    searcher = build_searcher(
-        _config(tmp_path, ["noisy_label", "max_loss", "finetune"]), url, max_concurrent=1
-    )
+    searcher = _searcher(tmp_path, ["noisy_label", "max_loss", "finetune"], url, max_concurrent=1)
     first = [searcher.suggest(f"t{i}") for i in range(3)]
     assert [c["strategy"] for c in first] == ["noisy_label", "max_loss", "finetune"]
     assert all(c["trial_number"] == 0 and c["lr"] == 3e-4 for c in first)  # each search's hand-picked start
@@ -49,7 +51,7 @@ def test_strategies_take_turns_within_their_cap_and_budget(tmp_path: Path):
 
 def test_a_failed_trial_stays_open_until_its_rerun_reports(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    searcher = build_searcher(_config(tmp_path, ["noisy_label"]), url, max_concurrent=2)
+    searcher = _searcher(tmp_path, ["noisy_label"], url, max_concurrent=2)
     searcher.suggest("a")
     searcher.on_trial_complete("a", RESULT, error=True)
     assert _states(url, "noisy_label") == ["RUNNING"]  # not told: --resume reruns it
@@ -61,14 +63,16 @@ def test_a_failed_trial_stays_open_until_its_rerun_reports(tmp_path: Path):
 def test_restore_closes_trials_asked_for_after_the_last_save(tmp_path: Path, lost: str):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     config = _config(tmp_path, ["noisy_label"], num_samples=3)
-    searcher = build_searcher(config, url, max_concurrent=3)
+    searcher = build_searcher(config, spaces_of(config.strategies), url, max_concurrent=3)
     if lost == "a sampled trial":
         searcher.suggest("kept")
     searcher.save(str(tmp_path / "searcher.pkl"))
     searcher.suggest("lost")  # asked for after the save; the kill comes before the next one
 
     # As Tune does: a searcher object, then the saved state (which names its Optuna storage).
-    restored = build_searcher(config, f"sqlite:///{tmp_path / 'unused.db'}", max_concurrent=3)
+    restored = build_searcher(
+        config, spaces_of(config.strategies), f"sqlite:///{tmp_path / 'unused.db'}", max_concurrent=3
+    )
     restored.restore(str(tmp_path / "searcher.pkl"))
     assert _states(url, "noisy_label").count("FAIL") == 1
     nxt = restored.suggest("next")
@@ -81,8 +85,8 @@ def test_restore_closes_trials_asked_for_after_the_last_save(tmp_path: Path, los
 def test_a_fresh_search_drops_studies_left_by_a_run_tune_never_saved(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     config = _config(tmp_path, ["noisy_label"])
-    build_searcher(config, url, max_concurrent=1).suggest("orphan")
-    searcher = build_searcher(config, url, max_concurrent=1)
+    build_searcher(config, spaces_of(config.strategies), url, max_concurrent=1).suggest("orphan")
+    searcher = build_searcher(config, spaces_of(config.strategies), url, max_concurrent=1)
     assert _states(url, "noisy_label") == ["WAITING"]  # only the hand-picked start, queued once
     assert searcher.suggest("x")["lr"] == 3e-4
 
@@ -91,7 +95,7 @@ def test_tune_hands_it_the_concurrency_limit_and_every_completion(tmp_path: Path
     from ray.tune.search import ConcurrencyLimiter
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    limited = ConcurrencyLimiter(build_searcher(_config(tmp_path, ["noisy_label", "max_loss"]), url, 2), 3)
+    limited = ConcurrencyLimiter(_searcher(tmp_path, ["noisy_label", "max_loss"], url, 2), 3)
     assert [limited.suggest(t) is not None for t in "abcd"] == [True, True, True, False]  # 3 at once
     limited.on_trial_complete("a", RESULT, error=True)  # failed: Tune forgets it...
     limited.on_trial_complete("a", RESULT)  # ...until --resume reruns it and it reports

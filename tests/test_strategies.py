@@ -18,9 +18,7 @@ from trainables.loop import LoopSettings, run_epochs
 from trainables.max_loss import MaxLoss
 from trainables.random_encoder import RandomEncoder
 from trainables.salun import SalUn
-from trainables.strategy import Batch
-
-COMMON = {"retain_weight": 1.0, "trial_number": 0}
+from trainables.strategy import Batch, segmentation_loss
 
 
 def _model() -> MedicalNetSegmentation:
@@ -32,7 +30,9 @@ def _unlearn(strategy_name: str, params: dict, cohort, epochs: int = 1, lr: floa
     """(original, unlearned, strategy) after ``epochs`` of ``strategy_name`` from a fixed model."""
     original = _model()
     model = copy.deepcopy(original)
-    strategy = STRATEGIES[strategy_name]({**COMMON, **params}, 4, copy.deepcopy(original).eval())
+    strategy = STRATEGIES[strategy_name].strategy(
+        n_classes=4, original_model=copy.deepcopy(original).eval(), **params
+    )
     metrics = set_metrics(original, cohort, torch.device("cpu"))
     loop = LoopSettings(max_epochs=epochs, lr=lr, batch_size=2, original_metrics=metrics, **settings)
     run_epochs(model, strategy, cohort, loop, lambda m, s: None)
@@ -86,7 +86,7 @@ def test_max_loss_stays_below_the_ceiling_and_finite_at_a_large_learning_rate(ti
             return value
 
     model = _model()
-    strategy = Recording({**COMMON, "forget_weight": 1.0, "loss_ceiling": 2.5}, 4, None)
+    strategy = Recording(n_classes=4, forget_weight=1.0, loss_ceiling=2.5)
     reports = []
     settings = LoopSettings(max_epochs=3, lr=1.0, optimizer="sgd", batch_size=3)
     run_epochs(model, strategy, tiny_cohort, settings, lambda m, s: reports.append(m))
@@ -106,7 +106,7 @@ def _forget_batch(cohort) -> Batch:
 
 
 def test_learn_others_targets_are_another_subjects_label_map(tiny_cohort):
-    strategy = LearnOthers({**COMMON, "target": "others"}, 4, None)
+    strategy = LearnOthers(n_classes=4, target="others")
     strategy.prepare(_model(), tiny_cohort, torch.device("cpu"))
     batch = _forget_batch(tiny_cohort)
     retain_maps = [torch.tensor(tiny_cohort.labels[s], dtype=torch.long) for s in tiny_cohort.split.retain]
@@ -117,7 +117,7 @@ def test_learn_others_targets_are_another_subjects_label_map(tiny_cohort):
 
 
 def test_learn_noise_targets_are_a_smooth_random_field(tiny_cohort):
-    strategy = LearnOthers({**COMMON, "target": "noise"}, 4, None)
+    strategy = LearnOthers(n_classes=4, target="noise")
     batch = _forget_batch(tiny_cohort)
     (target,) = strategy.forget_targets(batch)
     (again,) = strategy.forget_targets(batch)
@@ -151,20 +151,33 @@ def test_finetune_never_feeds_forget_subjects(tiny_cohort):
             return super().loss(model, batch)
 
     settings = LoopSettings(max_epochs=2, lr=1e-3, batch_size=1)
-    run_epochs(_model(), Recording(COMMON, 4, None), tiny_cohort, settings, lambda m, s: None)
+    run_epochs(_model(), Recording(n_classes=4), tiny_cohort, settings, lambda m, s: None)
     assert len(fed) == 2 * len(tiny_cohort.split.retain)
     assert not any(f.any() for f in fed)
 
 
-def test_salun_mask_prefers_high_saliency(tiny_cohort):
-    strategy = SalUn({**COMMON, "noise_level": 1.0, "mask_ratio": 0.1}, 4, _model().eval())
+def test_salun_masks_exactly_the_most_salient_weights(tiny_cohort):
+    original = _model().eval()
+    strategy = SalUn(n_classes=4, original_model=original, mask_ratio=0.1)
     strategy.prepare(_model(), tiny_cohort, torch.device("cpu"))
-    assert sum(int(m.sum()) for m in strategy.masks.values()) > 0
+    # The saliency, recomputed here independently: |gradient of the forget loss| at the original.
+    forget = tiny_cohort.split.forget
+    images = torch.stack([torch.tensor(tiny_cohort.images[s]) for s in forget])
+    labels = torch.stack([torch.tensor(tiny_cohort.labels[s], dtype=torch.long) for s in forget])
+    probe = copy.deepcopy(original)
+    segmentation_loss(probe(images), labels).backward()
+    saliency = {name: p.grad.abs() for name, p in probe.named_parameters()}
+    inside = torch.cat([saliency[n][m] for n, m in strategy.masks.items()])
+    outside = torch.cat([saliency[n][~m] for n, m in strategy.masks.items()])
+    total = inside.numel() + outside.numel()
+    assert inside.numel() == round(0.1 * total)
+    assert inside.min() >= outside.max()  # every masked weight is at least as salient as any other
+    assert inside.mean() > 10 * outside.mean()
 
 
 def test_random_encoder_is_reproducible(tiny_cohort):
-    a = RandomEncoder({**COMMON, "feature_weight": 1.0}, 4, None)
-    b = RandomEncoder({**COMMON, "feature_weight": 1.0}, 4, None)
+    a = RandomEncoder(n_classes=4, seed=3)
+    b = RandomEncoder(n_classes=4, seed=3)
     a.prepare(_model(), tiny_cohort, torch.device("cpu"))
     b.prepare(_model(), tiny_cohort, torch.device("cpu"))
     for p, q in zip(a.random_model.parameters(), b.random_model.parameters(), strict=True):

@@ -10,7 +10,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from study.config import load_config
+from study.config import config_from_toml, load_config
 from study.errors import StudyError
 from study.launch import main
 from study.run import RunDir
@@ -24,12 +24,8 @@ def cache_env(cache_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cache_home
 
 
-def test_smoke_study_writes_one_row_per_trial_and_epoch(ray_local, cache_env, tmp_path: Path, capsys):
-    run_dir = tmp_path / "run"
-    assert main(["--preset", "smoke", "--run-dir", str(run_dir)]) == 0
-
-    trials = pd.read_parquet(run_dir / "trials.parquet")
-    # smoke: 2 strategies x 2 trials x 2 epochs
+def _assert_one_row_per_trial_and_epoch(trials: pd.DataFrame) -> None:
+    """The smoke study's table: 2 strategies x 2 trials x 2 epochs, parameters within their ranges."""
     assert len(trials) == 8
     assert set(trials["strategy"]) == {"noisy_label", "max_loss"}
     assert trials.groupby("strategy")["trial_id"].nunique().to_dict() == {"noisy_label": 2, "max_loss": 2}
@@ -45,69 +41,83 @@ def test_smoke_study_writes_one_row_per_trial_and_epoch(ray_local, cache_env, tm
     row = trials.iloc[0]
     assert row["dice_gap"] == pytest.approx(row["retain_dice"] - row["forget_dice"])
     assert row["score"] == pytest.approx(0.5 * row["forget_drop"] + 0.5 * row["retain_kept"])
+    finals = trials[trials["epoch"] == 2]
+    assert all(math.isfinite(v) for v in finals["forget_drop"])
+    assert trials.groupby("strategy")["trial_number"].apply(lambda n: sorted(set(n))).tolist() == [[0, 1]] * 2
 
-    baseline = json.loads((run_dir / "baseline" / "metrics.json").read_text())
-    assert set(baseline["original"]) == {
-        "retain_dice",
-        "forget_dice",
-        "holdout_dice",
-        "retain_mae",
-        "forget_mae",
-        "holdout_mae",
-    }
+
+def _assert_baselines_and_config(run_dir: Path) -> None:
+    """Both baselines' metrics and weights, and a config.toml that reads back as the study's config."""
+    baseline = json.loads(RunDir(run_dir).baseline_metrics_file.read_text())
+    sets = ("retain", "forget", "holdout")
+    assert set(baseline["original"]) == {f"{s}_{m}" for s in sets for m in ("dice", "mae")}
     assert set(baseline["retrain"]) == set(baseline["original"])
-    assert (run_dir / "baseline" / "original.pt").is_file() and (
-        run_dir / "baseline" / "retrain.pt"
-    ).is_file()
-    assert "forget_dice = " not in (run_dir / "config.toml").read_text()
-    assert 'preset = "smoke"' in (run_dir / "config.toml").read_text()
+    assert RunDir(run_dir).baseline_model("original").is_file()
+    assert RunDir(run_dir).baseline_model("retrain").is_file()
+    saved = config_from_toml(RunDir(run_dir).config_file)
+    assert saved == load_config("smoke", overrides={"run_dir": str(run_dir)})
+    assert saved.preset == "smoke" and saved.run_dir == str(run_dir)  # what the command line said
+    assert saved.strategies == ["noisy_label", "max_loss"] and saved.max_epochs == 2  # the preset's
 
-    # Tune's experiment in the default storage: each trial keeps only its last checkpoint.
+
+def _assert_tune_and_optuna_storage(run_dir: Path, trials: pd.DataFrame) -> None:
+    """Tune's experiment in the default storage keeps each trial's last checkpoint only;
+    each strategy's Optuna study holds its 2 trials, complete, with both objectives."""
     experiment = RunDir.open(run_dir)[0].storage
     assert experiment.experiment_path == str(run_dir.resolve() / "ray_results" / run_dir.name)
     for trial_id in trials["trial_id"].unique():
         assert [index for index, _ in experiment.checkpoints(experiment.trial_path(trial_id))] == [1]
-
     storage = f"sqlite:///{run_dir / 'optuna.db'}"
     for strategy in ("noisy_label", "max_loss"):
         study = optuna.load_study(study_name=strategy, storage=storage)
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         assert len(complete) == 2 and all(len(t.values) == 2 for t in complete)
 
+
+@pytest.mark.slow
+def test_smoke_study_writes_one_row_per_trial_and_epoch(ray_local, cache_env, tmp_path: Path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["--preset", "smoke", "--run-dir", str(run_dir)]) == 0
+
+    trials = pd.read_parquet(RunDir(run_dir).trials_file)
+    _assert_one_row_per_trial_and_epoch(trials)
+    _assert_baselines_and_config(run_dir)
+    _assert_tune_and_optuna_storage(run_dir, trials)
+
     out = capsys.readouterr().out
     assert "non-dominated trials" in out and f"run directory: {run_dir}" in out
     assert f"report: {run_dir / 'report.html'}" in out and "recommended: " in out
-    assert (run_dir / "pareto.parquet").is_file() and (run_dir / "report.md").is_file()
-    page = (run_dir / "report.html").read_text()
+    assert RunDir(run_dir).pareto_file.is_file() and RunDir(run_dir).report_markdown.is_file()
+    page = RunDir(run_dir).report_html.read_text()
     assert page.count("data:image/png;base64,") == 3  # front, curves, overlays
     assert "is not saved" not in page  # the recommended model's overlay is there
-    finals = trials[trials["epoch"] == 2]
-    assert all(math.isfinite(v) for v in finals["forget_drop"])
-    assert trials.groupby("strategy")["trial_number"].apply(lambda n: sorted(set(n))).tolist() == [[0, 1]] * 2
 
     # One trial rerun without Ray, from what the run directory holds, lands on its figures.
+    finals = trials[trials["epoch"] == 2]
     trial = finals[finals["strategy"] == "noisy_label"].iloc[1]
     _, replayed = replay_trial(run_dir, trial["trial_id"], quiet=True)
     for metric in ("forget_dice", "retain_dice", "forget_drop"):
         assert replayed[metric] == pytest.approx(trial[metric], abs=1e-4)
 
 
+@pytest.mark.slow  # starts the local Ray
 def test_existing_run_directory_is_refused(ray_local, cache_env, tmp_path: Path, capsys):
     run_dir = tmp_path / "taken"
     run_dir.mkdir()
-    (run_dir / "trials.parquet").write_bytes(b"earlier results")
+    RunDir(run_dir).trials_file.write_bytes(b"earlier results")
     assert main(["--preset", "smoke", "--run-dir", str(run_dir)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: run directory") and "--resume" in err and "\n" not in err
-    assert (run_dir / "trials.parquet").read_bytes() == b"earlier results"
+    assert RunDir(run_dir).trials_file.read_bytes() == b"earlier results"
 
 
+@pytest.mark.slow
 def test_every_strategy_runs_as_a_tune_trial(ray_local, cache_env, tmp_path: Path):
     strategies = ",".join(STRATEGIES)
     run_dir = tmp_path / "all"
     argv = ["--preset", "smoke", "--strategies", strategies, "--num-samples", "1", "--max-epochs", "1"]
     assert main([*argv, "--horizons", "1", "--run-dir", str(run_dir)]) == 0
-    trials = pd.read_parquet(run_dir / "trials.parquet")
+    trials = pd.read_parquet(RunDir(run_dir).trials_file)
     assert sorted(trials["strategy"]) == sorted(STRATEGIES)  # one trial, one epoch each
     assert set(trials["status"]) == {"terminated"}
     assert trials["forget_dice"].between(0, 1).all() and trials["retain_dice"].between(0, 1).all()
@@ -116,6 +126,7 @@ def test_every_strategy_runs_as_a_tune_trial(ray_local, cache_env, tmp_path: Pat
     assert trials[trials["strategy"] == "finetune"].filter(like="param_noise_level").isna().all().all()
 
 
+@pytest.mark.slow
 def test_an_exploding_learning_rate_ends_trials_as_diverged_and_the_study_completes(
     ray_local, cache_env, tmp_path: Path
 ):
@@ -123,14 +134,16 @@ def test_an_exploding_learning_rate_ends_trials_as_diverged_and_the_study_comple
     config.write_text('strategies = ["noisy_label"]\nnum_samples = 2\n\n[search_bounds]\nlr = [1e20, 1e21]\n')
     run_dir = tmp_path / "explode"
     assert main(["--preset", "smoke", "--config", str(config), "--run-dir", str(run_dir)]) == 0
-    trials = pd.read_parquet(run_dir / "trials.parquet")
+    trials = pd.read_parquet(RunDir(run_dir).trials_file)
     assert trials["trial_id"].nunique() == 2
     assert set(trials["status"]) == {"diverged"}
     assert (trials["param_lr"] >= 1e20).all()
     # The last finite metrics: the original model's, so nothing forgotten and all retained.
     assert trials["forget_drop"].tolist() == pytest.approx([0.0] * len(trials))
     assert trials["retain_kept"].tolist() == pytest.approx([1.0] * len(trials))
-    assert "search_bounds" in (run_dir / "config.toml").read_text()
+    saved = config_from_toml(RunDir(run_dir).config_file)  # the --config file's settings, kept
+    assert saved.search_bounds == {"lr": [1e20, 1e21]}
+    assert saved.strategies == ["noisy_label"] and saved.num_samples == 2
 
 
 @pytest.mark.parametrize(
@@ -188,13 +201,14 @@ def test_search_bounds_narrow_the_space_and_clip_the_start():
     from search_spaces import DefineByRun, starting_point
 
     study = optuna.create_study(directions=["maximize", "maximize"])
-    space = DefineByRun("noisy_label", (("lr", 1e-4, 2e-4), ("noise_level", 0.9, 1.0)))
+    noisy = STRATEGIES["noisy_label"].search
+    space = DefineByRun(noisy.function, (("lr", 1e-4, 2e-4), ("noise_level", 0.9, 1.0)))
     for _ in range(5):
         trial = study.ask()
         space(trial)
         assert 1e-4 <= trial.params["lr"] <= 2e-4 and 0.9 <= trial.params["noise_level"] <= 1.0
         study.tell(trial, [0.0, 0.0])
-    start = starting_point("noisy_label", {"lr": [1e-3, 1e-2]})
+    start = starting_point(noisy, {"lr": [1e-3, 1e-2]})
     assert start["lr"] == 1e-3 and start["noise_level"] == 1.0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,28 +22,23 @@ from study.cluster import task_options, trial_device
 from study.config import StudyConfig
 from study.data import Cohort
 from study.metrics import set_metrics
-from study.model import MedicalNetSegmentation, file_digest, load_medicalnet_weights
+from study.model import MedicalNetSegmentation
 from study.results import atomic_write
 from study.run import RunDir
+from study.weights import file_digest, load_medicalnet_weights
 from trainables.loop import LoopSettings, device_for_training, run_epochs
 from trainables.strategy import Batch, Strategy, segmentation_loss
-
-MODEL_FILE = "model.pt"
-METRICS_FILE = "metrics.json"
-
 
 #: Baseline name -> whether its training set includes the forget subjects.
 BASELINES = {"original": True, "retrain": False}
 
 
+@dataclass(kw_only=True, eq=False)
 class Supervised(Strategy):
-    """True labels on every subject fed: how the baselines are trained."""
+    """True labels on every subject fed (forget subjects too when ``uses_forget``): how the
+    baselines are trained."""
 
-    name = "supervised"
-
-    def __init__(self, uses_forget: bool) -> None:
-        super().__init__({}, n_classes=0, original_model=None)
-        self.uses_forget = uses_forget
+    uses_forget: bool = True  # type: ignore[misc]  # a field here, a class constant in strategies
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return segmentation_loss(model(batch.images), batch.labels)
@@ -71,23 +67,26 @@ def baseline_key(config: StudyConfig, cohort: Cohort, name: str) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _cache_file(cache_dir: Path, key: str) -> Path:
+    return cache_dir / "models" / f"{key}.pt"
+
+
 def load_cached(cache_dir: Path, key: str) -> tuple[dict[str, torch.Tensor], dict[str, float]] | None:
     """``(state_dict, metrics)`` of the baseline cached under ``key``, or ``None``."""
-    folder = cache_dir / "models" / key
-    if not (folder / MODEL_FILE).is_file() or not (folder / METRICS_FILE).is_file():
+    path = _cache_file(cache_dir, key)
+    if not path.is_file():
         return None
-    state = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
-    return state, json.loads((folder / METRICS_FILE).read_text())
+    cached = torch.load(path, map_location="cpu", weights_only=True)
+    return cached["model"], cached["metrics"]
 
 
 def store_cached(
     cache_dir: Path, key: str, state: dict[str, torch.Tensor], metrics: dict[str, float]
 ) -> None:
-    """Caches a baseline under ``key``; the metrics file, written last, marks it complete."""
-    folder = cache_dir / "models" / key
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(folder / MODEL_FILE, lambda p: torch.save(state, p))
-    atomic_write(folder / METRICS_FILE, lambda p: p.write_text(json.dumps(metrics, indent=1)))
+    """Caches a baseline under ``key``: one file, written atomically."""
+    path = _cache_file(cache_dir, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda p: torch.save({"model": state, "metrics": metrics}, p))
 
 
 def initial_state(config: StudyConfig, n_classes: int) -> tuple[dict[str, torch.Tensor], str]:
@@ -118,7 +117,7 @@ def train_baseline(
     torch.set_num_threads(threads)
     model = build_model(config, cohort.n_classes)
     model.load_state_dict(start)
-    strategy = Supervised(uses_forget=BASELINES[name])
+    strategy = Supervised(n_classes=cohort.n_classes, uses_forget=BASELINES[name])
     settings = LoopSettings(
         max_epochs=config.baseline_epochs,
         lr=config.baseline_lr,
@@ -162,7 +161,7 @@ def train_or_load_baselines(
     found = {name: load_cached(config.cache_path, key) for name, key in keys.items()}
     missing = [name for name, cached in found.items() if cached is None]
     for name in found.keys() - set(missing):
-        print(f"{name} model: cached ({config.cache_path / 'models' / keys[name]})")
+        print(f"{name} model: cached ({_cache_file(config.cache_path, keys[name])})")
     if missing:
         print(f"training {', '.join(missing)} ({config.baseline_epochs} epochs each)")
         # A local Ray is ours alone: the baselines may share every core.

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from ray.tune import Callback, ExperimentAnalysis
 
-from study.run import STATE_FILE, ExperimentStorage, checkpoint_index
+from study.storage import STATE_FILE, ExperimentStorage, checkpoint_index
 
 #: The state of a checkpoint that tells its trial to start again from epoch 1.
 START_AGAIN: dict[str, Any] = {"start_again": True}

@@ -5,9 +5,12 @@ Forgetting here is only what the model loses by not seeing the forget subjects a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from trainables.strategy import Strategy
 
 
+@dataclass(kw_only=True, eq=False)
 class Finetune(Strategy):
     name = "finetune"
     uses_forget = False

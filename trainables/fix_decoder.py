@@ -6,12 +6,15 @@ statistics, so forgetting has to happen in the features.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
 from study.model import MedicalNetSegmentation
 from trainables.noisy_label import NoisyLabel
 
 
+@dataclass(kw_only=True, eq=False)
 class FixDecoder(NoisyLabel):
     name = "fix_decoder"
 

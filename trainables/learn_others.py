@@ -7,7 +7,7 @@ field, redrawn each step (LearnNoise): blobs of random classes, anatomically mea
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -31,15 +31,16 @@ def smooth_label_field(
     return F.interpolate(scores, size=size, mode="trilinear", align_corners=False).argmax(dim=1)
 
 
+@dataclass(kw_only=True, eq=False)
 class LearnOthers(Strategy):
     name = "learn_others"
 
-    def __init__(self, params: dict[str, Any], n_classes: int, original_model: nn.Module | None) -> None:
-        super().__init__(params, n_classes, original_model)
-        self.target = params["target"]
+    target: str = "others"
+    retain_labels: torch.Tensor | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
         if self.target not in ("others", "noise"):
             raise ValueError(f"learn_others target must be 'others' or 'noise', got {self.target!r}")
-        self.retain_labels: torch.Tensor | None = None
 
     def prepare(self, model: nn.Module, cohort: Cohort, device: torch.device) -> None:
         """Keeps the retain subjects' label maps ``(R, D, H, W)``, the pool of 'others'."""

@@ -16,11 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from study.config import BN_MODES
 from study.data import Cohort
 from study.metrics import derived_metrics, set_metrics
 from trainables.strategy import Batch, Strategy
 
 Report = Callable[[dict[str, float], dict[str, Any] | None], None]
+OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class LoopSettings:
     ``checkpoint_every``: epochs between checkpoints (0: only at ``checkpoint_epochs`` and
     the last epoch). ``original_metrics``: the original model's set metrics, to report
     ``forget_drop`` and friends; ``None`` when training the original model itself.
+    ``bn_mode`` (one of ``study.config.BN_MODES``) and ``optimizer`` (one of ``OPTIMIZERS``)
+    are checked here: a misspelt mode raises ``ValueError`` instead of silently training.
     """
 
     max_epochs: int
@@ -47,6 +51,12 @@ class LoopSettings:
     original_metrics: dict[str, float] | None = None
     score_weight: float = 0.5
     device: str = ""  # "cpu", "cuda" (the GPU Ray assigned), or empty: a GPU if torch sees one
+
+    def __post_init__(self) -> None:
+        if self.bn_mode not in BN_MODES:
+            raise ValueError(f"bn_mode must be one of {', '.join(BN_MODES)}, got {self.bn_mode!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
 
 
 def device_for_training(requested: str = "") -> torch.device:
@@ -115,6 +125,125 @@ def _evaluate(
     return metrics
 
 
+def _prepare_model(
+    model: nn.Module, strategy: Strategy, cohort: Cohort, device: torch.device
+) -> list[nn.Module]:
+    """Runs ``strategy.prepare`` and stops gradients of its frozen modules; returns those modules."""
+    strategy.prepare(model, cohort, device)
+    frozen = strategy.frozen_modules(model)
+    frozen_ids = {id(p) for module in frozen for p in module.parameters()}
+    for param in model.parameters():
+        param.requires_grad_(id(param) not in frozen_ids)
+    return frozen
+
+
+def _training_set(
+    strategy: Strategy, cohort: Cohort, device: torch.device
+) -> tuple[list[tuple[str, bool]], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(subjects, images, labels)`` of the subjects trained on, on ``device``.
+
+    ``subjects``: ``(name, is_forget)``, retain first, then forget when ``strategy.uses_forget``;
+    ``images[name]``: ``(3, D, H, W)`` float32; ``labels[name]``: ``(D, H, W)`` int64.
+    """
+    split = cohort.split
+    subjects = [(s, False) for s in split.retain]
+    if strategy.uses_forget:
+        subjects += [(s, True) for s in split.forget]
+    # Copies: arrays from Ray's object store are read-only.
+    images = {s: torch.tensor(cohort.images[s], device=device) for s, _ in subjects}
+    labels = {s: torch.tensor(cohort.labels[s], dtype=torch.long, device=device) for s, _ in subjects}
+    return subjects, images, labels
+
+
+def _scheduler(
+    optimizer: torch.optim.Optimizer, settings: LoopSettings, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per step: a linear warm-up over ``warmup_epochs``, then ``lr`` (or a cosine decay to 0)."""
+    warmup_steps = settings.warmup_epochs * steps_per_epoch
+    total_steps = settings.max_epochs * steps_per_epoch
+
+    def lr_factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if settings.cosine_decay:
+            return 0.5 * (1 + math.cos(math.pi * step / total_steps))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+
+
+def _resume(
+    resume_state: dict[str, Any] | None,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> tuple[int, dict[str, float]]:
+    """Loads a checkpoint (a ``_snapshot``) if given; returns ``(first epoch to run, its metrics)``."""
+    if resume_state is None:
+        return 1, {}
+    model.load_state_dict(resume_state["model"])
+    optimizer.load_state_dict(resume_state["optimizer"])
+    scheduler.load_state_dict(resume_state["scheduler"])
+    return int(resume_state["epoch"]) + 1, dict(resume_state["metrics"])
+
+
+def _train_epoch(
+    model: nn.Module,
+    strategy: Strategy,
+    batches: list[Batch],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> bool:
+    """One step per batch; returns whether a loss was not finite (the epoch stops before stepping)."""
+    for batch in batches:
+        loss = strategy.loss(model, batch)
+        if not torch.isfinite(loss):
+            return True
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        strategy.after_step(model)
+    return False
+
+
+def _last_finite(metrics: dict[str, float], settings: LoopSettings) -> dict[str, float]:
+    """``metrics``, or when nothing finite was evaluated since the start, the original model's."""
+    if not metrics and settings.original_metrics is not None:
+        return settings.original_metrics | derived_metrics(
+            settings.original_metrics, settings.original_metrics, settings.score_weight
+        )
+    return metrics
+
+
+def _checkpoint_now(epoch: int, settings: LoopSettings) -> bool:
+    """Whether ``epoch`` is saved: the last, a ``checkpoint_epochs`` one, or every ``checkpoint_every``."""
+    return bool(
+        epoch == settings.max_epochs
+        or epoch in settings.checkpoint_epochs
+        or (settings.checkpoint_every and epoch % settings.checkpoint_every == 0)
+    )
+
+
+def _snapshot(
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    metrics: dict[str, float],
+) -> dict[str, Any]:
+    """A checkpoint: copies, since the live tensors keep changing after the report returns."""
+    return copy.deepcopy(
+        {
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "metrics": metrics,
+        }
+    )
+
+
 def run_epochs(
     model: nn.Module,
     strategy: Strategy,
@@ -131,85 +260,29 @@ def run_epochs(
     """
     device = device_for_training(settings.device)
     model.to(device)
-    strategy.prepare(model, cohort, device)
-    frozen = strategy.frozen_modules(model)
-    frozen_ids = {id(p) for module in frozen for p in module.parameters()}
-    for param in model.parameters():
-        param.requires_grad_(id(param) not in frozen_ids)
+    frozen = _prepare_model(model, strategy, cohort, device)
     optimizer = _optimizer([p for p in model.parameters() if p.requires_grad], settings)
-
-    split = cohort.split
-    subjects = [(s, False) for s in split.retain]
-    if strategy.uses_forget:
-        subjects += [(s, True) for s in split.forget]
-    # Copies: arrays from Ray's object store are read-only.
-    images = {s: torch.tensor(cohort.images[s], device=device) for s, _ in subjects}
-    labels = {s: torch.tensor(cohort.labels[s], dtype=torch.long, device=device) for s, _ in subjects}
-    steps_per_epoch = math.ceil(len(subjects) / settings.batch_size)
-    warmup_steps = settings.warmup_epochs * steps_per_epoch
-    total_steps = settings.max_epochs * steps_per_epoch
-
-    def lr_factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if settings.cosine_decay:
-            return 0.5 * (1 + math.cos(math.pi * step / total_steps))
-        return 1.0
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-
-    first_epoch, metrics = 1, {}
-    if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        first_epoch = int(resume_state["epoch"]) + 1
-        metrics = dict(resume_state["metrics"])
+    subjects, images, labels = _training_set(strategy, cohort, device)
+    scheduler = _scheduler(optimizer, settings, math.ceil(len(subjects) / settings.batch_size))
+    first_epoch, metrics = _resume(resume_state, model, optimizer, scheduler)
 
     for epoch in range(first_epoch, settings.max_epochs + 1):
         generator = torch.Generator().manual_seed(settings.seed * 100_003 + epoch)
         _set_train_mode(model, settings.bn_mode, frozen)
-        diverged = False
-        for batch in _batches(subjects, images, labels, settings.batch_size, generator):
-            loss = strategy.loss(model, batch)
-            if not torch.isfinite(loss):
-                diverged = True
-                break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            strategy.after_step(model)
-
-        last = epoch == settings.max_epochs
-        if diverged or last or epoch % settings.eval_every == 0:
+        batches = _batches(subjects, images, labels, settings.batch_size, generator)
+        diverged = _train_epoch(model, strategy, batches, optimizer, scheduler)
+        if diverged or epoch == settings.max_epochs or epoch % settings.eval_every == 0:
             evaluated = _evaluate(model, cohort, settings, device)
             if not diverged or _finite(evaluated):
                 metrics = evaluated
         if diverged:
-            if not metrics and settings.original_metrics is not None:
-                # Nothing finite since the start: the last finite model is the original one.
-                metrics = settings.original_metrics | derived_metrics(
-                    settings.original_metrics, settings.original_metrics, settings.score_weight
-                )
+            metrics = _last_finite(metrics, settings)
             report({**metrics, "epoch": epoch, "diverged": 1.0}, None)
             return metrics
-        checkpoint_now = (
-            last
-            or epoch in settings.checkpoint_epochs
-            or (settings.checkpoint_every and epoch % settings.checkpoint_every == 0)
+        state = (
+            _snapshot(epoch, model, optimizer, scheduler, metrics)
+            if _checkpoint_now(epoch, settings)
+            else None
         )
-        state = None
-        if checkpoint_now:
-            # A snapshot: the live tensors keep changing after the report returns.
-            state = copy.deepcopy(
-                {
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "metrics": metrics,
-                }
-            )
         report({**metrics, "epoch": epoch, "diverged": 0.0}, state)
     return metrics

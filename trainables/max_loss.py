@@ -8,7 +8,7 @@ instead of driving the logits to infinity.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -17,13 +17,12 @@ from torch import nn
 from trainables.strategy import Batch, Strategy
 
 
+@dataclass(kw_only=True, eq=False)
 class MaxLoss(Strategy):
     name = "max_loss"
 
-    def __init__(self, params: dict[str, Any], n_classes: int, original_model: nn.Module | None) -> None:
-        super().__init__(params, n_classes, original_model)
-        self.forget_weight = float(params["forget_weight"])
-        self.loss_ceiling = float(params["loss_ceiling"])
+    forget_weight: float = 0.1
+    loss_ceiling: float = 3.0
 
     def forget_term(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """min(mean cross-entropy, ``loss_ceiling``) of forget logits ``(B, C, D, H, W)``."""

@@ -7,7 +7,7 @@ while ``noise_level < (C - 1) / C``; above it, the model is taught to avoid the 
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -28,12 +28,11 @@ def corrupt_labels(
     return torch.where(chosen, (labels + shift) % n_classes, labels)
 
 
+@dataclass(kw_only=True, eq=False)
 class NoisyLabel(Strategy):
     name = "noisy_label"
 
-    def __init__(self, params: dict[str, Any], n_classes: int, original_model: nn.Module | None) -> None:
-        super().__init__(params, n_classes, original_model)
-        self.noise_level = float(params["noise_level"])
+    noise_level: float = 1.0
 
     def forget_targets(self, batch: Batch) -> torch.Tensor:
         """Labels ``(B, D, H, W)``: forget rows corrupted, retain rows untouched."""

@@ -9,7 +9,7 @@ Retain rows share the forward pass: features once, then the decoder on them.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -20,19 +20,18 @@ from study.model import MedicalNetSegmentation
 from trainables.strategy import Batch, Strategy
 
 
+@dataclass(kw_only=True, eq=False)
 class RandomEncoder(Strategy):
     name = "random_encoder"
 
-    def __init__(self, params: dict[str, Any], n_classes: int, original_model: nn.Module | None) -> None:
-        super().__init__(params, n_classes, original_model)
-        self.feature_weight = float(params["feature_weight"])
-        self.random_model: MedicalNetSegmentation | None = None
+    feature_weight: float = 1.0
+    random_model: MedicalNetSegmentation | None = field(init=False, default=None)
 
     def prepare(self, model: nn.Module, cohort: Cohort, device: torch.device) -> None:
-        """Builds the frozen random encoder: the same network, re-initialised from a fixed seed."""
+        """Builds the frozen random encoder: the same network, re-initialised from the trial's seed."""
         random_model = copy.deepcopy(model)
         with torch.random.fork_rng():
-            torch.manual_seed(int(self.params.get("trial_number", 0)))
+            torch.manual_seed(self.seed)
             for module in random_model.modules():
                 if isinstance(module, nn.Conv3d | nn.ConvTranspose3d | nn.BatchNorm3d):
                     module.reset_parameters()  # BatchNorm: also its running statistics

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,9 +24,11 @@ from study.cli import run_cli
 from study.config import StudyConfig
 from study.data import Cohort, open_cohort
 from study.errors import StudyError
-from study.results import atomic_write
+from study.results import params_of
 from study.run import RunDir
+from trainables import STRATEGIES
 from trainables.loop import run_epochs
+from trainables.strategy import Strategy
 from trainables.trial import build_trial, loop_settings
 
 
@@ -37,15 +38,11 @@ def trial_params(trials: pd.DataFrame, trial_id: str) -> dict[str, Any]:
     if rows.empty:
         raise StudyError(f"trial {trial_id!r} is not in the study's results; see its trial_id column")
     first = rows.iloc[0]
-    params = {
-        column.removeprefix("param_"): value.item() if hasattr(value, "item") else value
-        for column, value in first.items()
-        if column.startswith("param_") and not (isinstance(value, float) and math.isnan(value))
-    }
-    return {**params, "strategy": first["strategy"], "trial_number": int(first["trial_number"])}
+    return {**params_of(first), "strategy": first["strategy"], "trial_number": int(first["trial_number"])}
 
 
 def replayed_state(
+    strategy: type[Strategy],
     params: dict[str, Any],
     epochs: int,
     study: StudyConfig,
@@ -55,14 +52,15 @@ def replayed_state(
     device: str = "",
     report: Callable[[dict[str, float]], None] | None = None,
 ) -> tuple[nn.Module, dict[str, float]]:
-    """The model after ``epochs`` epochs of the trial with config ``params``, and its last metrics.
+    """The model after ``epochs`` epochs of the ``strategy`` trial with config ``params``, and
+    its last metrics.
 
     Everything comes in as objects, so a Ray task on any node can run it.
     """
     torch.set_num_threads(study.cpus_per_trial)
-    model, strategy = build_trial(params, study, cohort, original_state)
+    model, unlearning = build_trial(strategy, params, study, cohort, original_state)
     settings = dataclasses.replace(loop_settings(params, study, original_metrics, device), max_epochs=epochs)
-    metrics = run_epochs(model, strategy, cohort, settings, lambda m, _: report and report(m))
+    metrics = run_epochs(model, unlearning, cohort, settings, lambda m, _: report and report(m))
     return model, metrics
 
 
@@ -78,6 +76,10 @@ def replay_trial(
     if original_state is None:
         raise StudyError(f"{run_dir} holds no original model yet; the study has not trained it")
     params = trial_params(trials, trial_id)
+    if params["strategy"] not in STRATEGIES:
+        raise StudyError(
+            f"trial {trial_id} ran strategy {params['strategy']!r}, which is not registered here"
+        )
     recorded = trials[trials["trial_id"] == trial_id].set_index("epoch")
     epochs = epochs or int(recorded.index.max())
 
@@ -93,7 +95,14 @@ def replay_trial(
     cohort = open_cohort(study)
     original_metrics = run.baseline_metrics()["original"]
     return replayed_state(
-        params, epochs, study, cohort, original_state, original_metrics, report=None if quiet else report
+        STRATEGIES[params["strategy"]].strategy,
+        params,
+        epochs,
+        study,
+        cohort,
+        original_state,
+        original_metrics,
+        report=None if quiet else report,
     )
 
 
@@ -110,9 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         model, metrics = replay_trial(args.run_dir, args.trial_id, args.epochs)
         if args.out:
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            payload = {"trial_id": args.trial_id, "epoch": int(metrics["epoch"]), "model": state}
-            atomic_write(args.out, lambda path: torch.save(payload, path))
-            print(f"saved {args.out}")
+            saved = RunDir(args.run_dir).save_recommended(
+                args.trial_id, int(metrics["epoch"]), state, to=args.out
+            )
+            print(f"saved {saved}")
 
     return run_cli(replay)
 

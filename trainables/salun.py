@@ -9,7 +9,7 @@ step, so neither gradients, momentum nor weight decay can move it.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -41,14 +41,13 @@ def saliency_masks(
     return masks
 
 
+@dataclass(kw_only=True, eq=False)
 class SalUn(NoisyLabel):
     name = "salun"
 
-    def __init__(self, params: dict[str, Any], n_classes: int, original_model: nn.Module | None) -> None:
-        super().__init__(params, n_classes, original_model)
-        self.mask_ratio = float(params["mask_ratio"])
-        self.masks: dict[str, torch.Tensor] = {}
-        self.original_weights: dict[str, torch.Tensor] = {}
+    mask_ratio: float = 0.5
+    masks: dict[str, torch.Tensor] = field(init=False, default_factory=dict)
+    original_weights: dict[str, torch.Tensor] = field(init=False, default_factory=dict)
 
     def prepare(self, model: nn.Module, cohort: Cohort, device: torch.device) -> None:
         forget = cohort.split.forget

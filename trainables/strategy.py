@@ -1,15 +1,17 @@
 """What an unlearning strategy is: a loss on a batch of retain and forget subjects.
 
-A strategy file subclasses ``Strategy``, names itself, reads its hyperparameters in
-``__init__`` and writes ``loss``; a few strategies also use the hooks ``prepare`` (once
-before training), ``frozen_modules`` (what is not trained) and ``after_step``. The epoch
-loop (``trainables/loop.py``) does the rest.
+A strategy file subclasses ``Strategy`` (a keyword-only dataclass), names itself, declares
+its hyperparameters as fields whose defaults are their textbook values (the search's
+hand-picked start) and writes ``loss``; a few strategies also use the hooks ``prepare``
+(once before training), ``frozen_modules`` (what is not trained) and ``after_step``. The
+epoch loop (``trainables/loop.py``) does the rest. A misspelt hyperparameter fails at
+construction; ``trainables/registry.py`` pairs each strategy with its search space.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 import torch
 from monai.losses import DiceCELoss
@@ -41,22 +43,29 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return _dice_ce(logits, labels[:, None])
 
 
+@dataclass(kw_only=True, eq=False)
 class Strategy:
     """Base of every objective: supervised training on retain subjects only.
 
-    ``params`` are the trial's hyperparameters; ``original_model`` is the model before
-    unlearning (frozen; some strategies compare against it).
+    ``n_classes``, ``original_model`` (the model before unlearning, frozen; some strategies
+    compare against it) and ``seed`` (the trial's, for draws made once at setup) are the
+    trial's context; every other field is a hyperparameter.
     """
 
-    name = "supervised"
+    name: ClassVar[str] = "supervised"
     #: Whether forget subjects are fed to ``loss`` at all.
-    uses_forget = True
+    uses_forget: ClassVar[bool] = True
 
-    def __init__(self, params: dict[str, Any], n_classes: int, original_model: nn.Module | None) -> None:
-        self.params = params
-        self.n_classes = n_classes
-        self.original_model = original_model
-        self.retain_weight = float(params.get("retain_weight", 1.0))
+    n_classes: int
+    original_model: nn.Module | None = None
+    seed: int = 0
+    retain_weight: float = 1.0
+
+    @classmethod
+    def hyperparameters(cls) -> dict[str, Any]:
+        """``{name: default}`` of the hyperparameters this strategy takes."""
+        context = {"n_classes", "original_model", "seed"}
+        return {f.name: f.default for f in fields(cls) if f.init and f.name not in context}
 
     def prepare(self, model: nn.Module, cohort: Cohort, device: torch.device) -> None:
         """Called once before the first epoch with the model to unlearn (default: nothing)."""

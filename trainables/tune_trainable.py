@@ -16,8 +16,9 @@ import torch
 
 from study.cluster import trial_device
 from study.config import StudyConfig
-from study.run import STATE_FILE, trial_dirname
+from study.storage import STATE_FILE, trial_dirname
 from trainables.loop import run_epochs
+from trainables.strategy import Strategy
 from trainables.trial import build_trial, loop_settings
 
 
@@ -27,10 +28,12 @@ class Handover:
 
     ``cohort``: a reference to the preprocessed ``Cohort``; ``original_state``: a reference to
     the original model's state dict (``None`` while the baselines train);
-    ``original_metrics``: its set metrics; ``study``: the configuration.
+    ``original_metrics``: its set metrics; ``study``: the configuration; ``strategies``:
+    the classes of the study's strategies (so a worker builds exactly what the driver checked).
     """
 
     study: StudyConfig
+    strategies: dict[str, type[Strategy]]
     cohort: Any  # ray.ObjectRef[Cohort]
     original_state: Any = None  # ray.ObjectRef[dict[str, torch.Tensor]]
     original_metrics: dict[str, float] | None = None
@@ -45,7 +48,9 @@ def unlearning_trial(params: dict[str, Any], *, handover: Handover) -> None:
     study = handover.study
     torch.set_num_threads(study.cpus_per_trial)
     cohort, original_state = ray.get([handover.cohort, handover.original_state])
-    model, strategy = build_trial(params, study, cohort, original_state)
+    model, strategy = build_trial(
+        handover.strategies[params["strategy"]], params, study, cohort, original_state
+    )
 
     resume_state = None
     checkpoint = tune.get_checkpoint()
