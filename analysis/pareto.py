@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from study.metrics import OBJECTIVES
-from study.results import final_rows
+from study.results import candidates, final_rows
 
 
 def non_dominated_mask(points: np.ndarray) -> np.ndarray:
@@ -33,13 +33,15 @@ def pareto_front(rows: pd.DataFrame, objectives: tuple[str, ...] = OBJECTIVES) -
 
 
 def front_table(trials: pd.DataFrame) -> str:
-    """The non-dominated trials (final epochs) as a short text table."""
+    """The non-dominated trials (final epochs) as a short text table; diverged trials left out."""
     finals = final_rows(trials)
-    front = pareto_front(finals)
+    front = pareto_front(candidates(finals))
     columns = ["strategy", "trial_id", "epoch", *OBJECTIVES, "forget_dice", "retain_dice", "score"]
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
         table = front[columns].to_string(index=False)
-    return f"\nnon-dominated trials ({len(front)} of {len(finals)}), final epoch:\n{table}"
+    diverged = len(finals) - len(candidates(finals))
+    left_out = f"; {diverged} diverged, left out" if diverged else ""
+    return f"\nnon-dominated trials ({len(front)} of {len(finals)}{left_out}), final epoch:\n{table}"
 
 
 def hypervolume(points: np.ndarray, reference: tuple[float, float] = (0.0, 0.0)) -> float:

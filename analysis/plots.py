@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.pareto import pareto_front
+from analysis.summary import diverged_label
+from study.results import candidates
 
 
 def _png(figure: plt.Figure) -> bytes:
@@ -28,27 +30,40 @@ def strategy_colours(strategies: list[str]) -> dict[str, tuple]:
     return {s: palette[i % len(palette)] for i, s in enumerate(sorted(strategies))}
 
 
+DIVERGED_MARK = "x: trial that diverged later (no choice)"
+
+
+def _panel(axis: plt.Axes, at: pd.DataFrame, colours: dict[str, tuple], knee: pd.Series | None) -> None:
+    """One horizon's points (``at``): candidates as dots, rows of trials that diverged later as
+    labelled crosses, the candidates' front circled, the knee starred."""
+    diverged = at["status"] == "diverged"
+    for strategy, group in at[~diverged].groupby("strategy"):
+        axis.scatter(
+            group["forget_drop"], group["retain_kept"], s=30, color=colours[strategy], label=strategy
+        )
+    for _, row in at[diverged].iterrows():
+        point = (row["forget_drop"], row["retain_kept"])
+        axis.scatter(*point, marker="x", s=40, color=colours[row["strategy"]], label=DIVERGED_MARK)
+        label = diverged_label(row["diverged_at"])
+        axis.annotate(label, point, fontsize=7, ha="center", xytext=(0, 6), textcoords="offset points")
+    if diverged.any():
+        axis.margins(0.15)  # room for the labels at the panel's edges
+    front = pareto_front(candidates(at))
+    if len(front):
+        axis.step(front["forget_drop"], front["retain_kept"], where="post", color="black", lw=1, alpha=0.6)
+        axis.scatter(front["forget_drop"], front["retain_kept"], s=110, facecolors="none", edgecolors="black")
+    if knee is not None and (at["horizon"] == knee["horizon"]).any():
+        axis.scatter([knee["forget_drop"]], [knee["retain_kept"]], marker="*", s=320, color="gold",
+                     edgecolors="black", zorder=5, label="recommended")  # fmt: skip
+
+
 def pareto_plot(rows: pd.DataFrame, horizons: list[str], knee: pd.Series | None) -> bytes:
-    """One panel per horizon: every trial, its strategy's colour, the overall front highlighted."""
+    """One panel per horizon: every trial that ran to it, its strategy's colour, the overall front
+    of the candidates highlighted; a trial that diverged later is a cross labelled by its epoch."""
     colours = strategy_colours(list(rows["strategy"].unique()))
     figure, axes = plt.subplots(1, len(horizons), figsize=(5.2 * len(horizons), 4.4), squeeze=False)
     for axis, horizon in zip(axes[0], horizons, strict=True):
-        at = rows[rows["horizon"] == horizon]
-        for strategy, group in at.groupby("strategy"):
-            axis.scatter(
-                group["forget_drop"], group["retain_kept"], s=30, color=colours[strategy], label=strategy
-            )
-        front = pareto_front(at)
-        if len(front):
-            axis.step(
-                front["forget_drop"], front["retain_kept"], where="post", color="black", lw=1, alpha=0.6
-            )
-            axis.scatter(
-                front["forget_drop"], front["retain_kept"], s=110, facecolors="none", edgecolors="black"
-            )
-        if knee is not None and knee["horizon"] == horizon:
-            axis.scatter([knee["forget_drop"]], [knee["retain_kept"]], marker="*", s=320, color="gold",
-                         edgecolors="black", zorder=5, label="recommended")  # fmt: skip
+        _panel(axis, rows[rows["horizon"] == horizon], colours, knee)
         axis.set_title(f"horizon: {horizon}" + (" epochs" if horizon.isdigit() else " epoch of each trial"))
         axis.set_xlabel("forget_drop (higher: more forgotten)")
         axis.set_ylabel("retain_kept (higher: retain Dice kept)")
@@ -76,7 +91,8 @@ def curves_plot(trials: pd.DataFrame, best: dict[str, str]) -> bytes:
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("Dice")
-    axes[1].legend(fontsize=8)
+    if best:  # none while every trial diverged
+        axes[1].legend(fontsize=8)
     return _png(figure)
 
 

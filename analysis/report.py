@@ -20,7 +20,16 @@ from analysis.overlays import overlay_figure
 from analysis.pareto import KNEE_RULE
 from analysis.plots import curves_plot, pareto_plot
 from analysis.study_state import Recommendation, Study, load_study, recommendation_of, reproduce_command
-from analysis.summary import BEST_RULE, FINAL, best_trials, fronts, horizon_rows, hypervolumes, paper_table
+from analysis.summary import (
+    BEST_RULE,
+    FINAL,
+    best_trials,
+    diverged_label,
+    fronts,
+    horizon_rows,
+    hypervolumes,
+    paper_table,
+)
 from study.cli import run_cli
 from study.errors import StudyError
 from study.results import atomic_write, params_of
@@ -30,11 +39,17 @@ SHOWN_FIGURES = ("forget_drop", "retain_kept", "forget_dice", "retain_dice", "di
 
 NOT_YET = "no trial has reached a configured horizon yet"
 FRONT_RULE = (
-    "Circles: the front over all strategies at that horizon; star: the recommendation. "
+    "Circles: the front over all strategies at that horizon; star: the recommendation; crosses: "
+    "trials that diverged later (left out of fronts and hypervolumes). "
     "Hypervolume (reference point (0, 0); higher is better):"
 )
 PAPER_RULE = f"Per strategy and horizon, {BEST_RULE}. The last row is the reference paper's published figure, not ours."
 OVERLAY_RULE = "Middle slice; colours: classes (background clear)."
+DIVERGED_RULE = (
+    "A trial whose loss turned non-finite ended at that epoch. Its last figures are those of its "
+    "last finite model, so it is shown only at the horizons it ran past, as a cross, and is never "
+    "a best trial, a front point or the recommendation; Optuna was told it failed."
+)
 
 
 @dataclass
@@ -82,6 +97,19 @@ def _recommended(study: Study, recommendation: Recommendation | None) -> Section
     return Section("Recommended configuration", [table, rule, command])
 
 
+def _diverged(study: Study) -> Section:
+    """The diverged trials, each with the epoch it diverged at and its hyperparameters."""
+    trials = study.trials
+    last = trials[trials["status"] == "diverged"].sort_values("epoch").groupby("trial_id").tail(1)
+    if last.empty:
+        return Section("Diverged trials", [Paragraph("none"), Paragraph(DIVERGED_RULE, rule=True)])
+    params = [c for c in last.columns if c.startswith("param_") and last[c].notna().any()]
+    table = last[["strategy", "trial_id", "epoch", *params]].sort_values(["strategy", "trial_id"])
+    table = table.assign(epoch=table["epoch"].map(diverged_label))
+    table = table.rename(columns={"epoch": "status"} | {c: c.removeprefix("param_") for c in params})
+    return Section("Diverged trials", [Table(table), Paragraph(DIVERGED_RULE, rule=True)])
+
+
 def _sections(
     study: Study,
     recommendation: Recommendation | None,
@@ -103,6 +131,7 @@ def _sections(
         Section(
             "Before and after unlearning", [*overlays, Paragraph(overlay_note or OVERLAY_RULE, rule=True)]
         ),
+        _diverged(study),
         Section("Missing", [Bullets(tuple(study.missing) or ("nothing: the study is complete",))]),
     ]
 

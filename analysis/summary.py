@@ -9,6 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from analysis.pareto import OBJECTIVES, hypervolume, knee_index, pareto_front
+from study.results import candidates
 
 FINAL = "final"
 
@@ -21,37 +22,49 @@ PUBLISHED_NOISY_LABEL = {
     "mae_gap": 0.091,
 }
 
-BEST_RULE = "each strategy's trial with the highest score at that horizon"
+BEST_RULE = "each strategy's trial with the highest score at that horizon, diverged trials left out"
+
+
+def diverged_label(epoch: float) -> str:
+    """How a diverged trial is named in the report and its plots: by the epoch it diverged at."""
+    return f"diverged at epoch {int(epoch)}"
 
 
 def horizon_rows(trials: pd.DataFrame, horizons: list[int]) -> pd.DataFrame:
-    """Each trial's row at every horizon, and at its final epoch, with a ``horizon`` column.
+    """Each trial's row at every horizon it ran to, and at its final epoch, with a ``horizon``
+    column and ``diverged_at`` (the epoch its trial diverged at; NaN for any other trial).
 
-    A trial that diverged before a horizon stands there with its last (finite) row; a trial
-    that has not reached a horizon yet (running, interrupted, failed) is absent from it.
+    A trial is read at a horizon only when it ran to it: one that has not reached it yet
+    (running, interrupted, failed) is absent, and so is a diverged one from the epoch it
+    diverged at on (that row holds its last finite model's figures, not that epoch's). Its
+    rows before that epoch are real and stay, labelled by ``diverged_at``; its last row is
+    its ``final`` one, at its real epoch. No diverged row is ever a choice (``candidates``).
     """
     if trials.empty:
-        return trials.assign(horizon=pd.Series(dtype=str))
+        return trials.assign(horizon=pd.Series(dtype=str), diverged_at=pd.Series(dtype=float))
     last = trials.groupby(["strategy", "trial_id"])["epoch"].transform("max")
+    diverged = trials["status"] == "diverged"
+    trials = trials.assign(diverged_at=last.where(diverged).astype(float))
+    ran_to = ~diverged | (trials["epoch"] < last)
     tables = [trials[trials["epoch"] == last].assign(horizon=FINAL)]
-    for horizon in horizons:
-        at = trials["epoch"] == horizon
-        stopped_early = (trials["status"] == "diverged") & (last < horizon) & (trials["epoch"] == last)
-        tables.append(trials[at | stopped_early].assign(horizon=str(horizon)))
+    tables += [trials[(trials["epoch"] == h) & ran_to].assign(horizon=str(h)) for h in horizons]
     return pd.concat(tables, ignore_index=True)
 
 
 def fronts(rows: pd.DataFrame) -> pd.DataFrame:
-    """The non-dominated rows over all strategies, per horizon (the ``pareto.parquet`` table)."""
-    tables = [pareto_front(group) for _, group in rows.groupby("horizon", sort=False)]
+    """The non-dominated rows over all strategies, per horizon (the ``pareto.parquet`` table);
+    diverged trials take no part."""
+    tables = [pareto_front(group) for _, group in candidates(rows).groupby("horizon", sort=False)]
     tables = [t for t in tables if len(t)]
-    return pd.concat(tables, ignore_index=True) if tables else rows.iloc[:0]
+    table = pd.concat(tables, ignore_index=True) if tables else rows.iloc[:0]
+    return table.drop(columns="diverged_at", errors="ignore")  # NaN on every row of a front
 
 
 def hypervolumes(rows: pd.DataFrame) -> pd.DataFrame:
-    """Hypervolume (reference point (0, 0)) per strategy and overall, one column per horizon."""
+    """Hypervolume (reference point (0, 0)) per strategy and overall, one column per horizon;
+    diverged trials add nothing."""
     table = {}
-    for horizon, group in rows.groupby("horizon", sort=False):
+    for horizon, group in candidates(rows).groupby("horizon", sort=False):
         column = {s: hypervolume(g[list(OBJECTIVES)].to_numpy()) for s, g in group.groupby("strategy")}
         column["all strategies"] = hypervolume(group[list(OBJECTIVES)].to_numpy())
         table[f"horizon {horizon}"] = column
@@ -59,8 +72,8 @@ def hypervolumes(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def best_trials(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per strategy and horizon, the row of its best trial (``BEST_RULE``)."""
-    ranked = rows.sort_values("score", ascending=False, na_position="last")
+    """Per strategy and horizon, the row of its best trial (``BEST_RULE``); never a diverged one."""
+    ranked = candidates(rows).sort_values("score", ascending=False, na_position="last")
     return ranked.groupby(["strategy", "horizon"], sort=False).head(1)
 
 
@@ -92,7 +105,7 @@ def paper_table(
     for row in best.itertuples():
         lines.append(
             {
-                "row": f"{row.strategy} @ {row.horizon} epochs",
+                "row": f"{row.strategy} @ {int(row.epoch)} epochs",
                 "retain_dice": row.retain_dice,
                 "forget_dice": row.forget_dice,
                 "dice_gap": row.dice_gap,
@@ -110,9 +123,9 @@ def recommend(rows: pd.DataFrame, horizons: list[int]) -> pd.Series | None:
     """The knee of the front pooled over every configured horizon, or ``None`` without points.
 
     Each point is one trial read at one horizon, so the recommendation names a strategy,
-    its hyperparameters and how many epochs to run it.
+    its hyperparameters and how many epochs to run it. A diverged trial is never one.
     """
-    pooled = rows[rows["horizon"].isin([str(h) for h in horizons])]
+    pooled = candidates(rows[rows["horizon"].isin([str(h) for h in horizons])])
     front = pareto_front(pooled)
     if front.empty:
         return None

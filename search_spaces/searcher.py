@@ -20,6 +20,7 @@ from ray.tune.search.optuna import OptunaSearch
 from search_spaces import DefineByRun, SearchSpace, starting_point
 from study.config import StudyConfig
 from study.metrics import OBJECTIVES
+from study.results import is_diverged
 
 SAMPLERS = {"tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers.NSGAIISampler}
 
@@ -30,7 +31,9 @@ class StrategySearcher(Searcher):
     A suggested config carries ``strategy`` (which objective the trial trains) and
     ``trial_number`` (its Optuna trial number, which seeds it) beside the hyperparameters.
     A trial that fails stays open in its Optuna study: ``--resume`` reruns it and its
-    result is told then.
+    result is told then. A trial that diverged finished, and its result is a failure: its
+    Optuna trial is told ``FAIL`` without values (its figures are its last finite model's),
+    so the sampler does not learn from them.
     """
 
     def __init__(
@@ -86,7 +89,13 @@ class StrategySearcher(Searcher):
         if strategy is None:
             return
         self._running[strategy].discard(trial_id)
-        if not error:
+        if error:
+            return
+        if result is not None and is_diverged(result):
+            # OptunaSearch tells FAIL when it gets no values and an error, and marks the trial
+            # done in its own records (``_completed_trials``), which Tune saves with it.
+            self._searchers[strategy].on_trial_complete(trial_id, None, error=True)
+        else:
             self._searchers[strategy].on_trial_complete(trial_id, result)
 
     def save(self, checkpoint_path: str) -> None:
@@ -103,7 +112,8 @@ class StrategySearcher(Searcher):
 
         A study killed between a suggestion and the next save of Tune's experiment state
         leaves an Optuna trial that no Tune trial will ever report on. It is marked failed;
-        a hand-picked starting point among them is queued again so that it still runs.
+        a hand-picked starting point among them is queued again so that it still runs. Only
+        open (``RUNNING``) trials are looked at: a diverged trial, told ``FAIL``, is left as it is.
         """
         for strategy in self._searchers:
             study = optuna.load_study(study_name=strategy, storage=self._optuna_url)

@@ -10,6 +10,7 @@ from typing import Any
 
 from study.config import PRESETS, StudyConfig, load_config
 from study.errors import StudyError, StudyIncomplete, StudyInterrupted
+from study.objectives import OBJECTIVES
 from study.run import RunDir
 
 
@@ -51,6 +52,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-trial", dest="cpus_per_trial", type=int)
     p.add_argument("--gpus-per-trial", dest="gpus_per_trial", type=float)
     p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--objective",
+        choices=tuple(OBJECTIVES),
+        help="what the search maximises: forget_drop (reference, default) or closeness to the "
+        "retrain reference's forget Dice (retrain-match), each with retain_kept",
+    )
     p.add_argument("--resume", type=Path, help="finish the interrupted study in this run directory")
     return p
 

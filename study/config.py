@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from study.errors import StudyError
+from study.objectives import OBJECTIVES
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 PRESETS = ("demo", "smoke", "paper")
 SAMPLERS = ("tpe", "nsga2")
 LABEL_MODES = ("4class", "8class")
-BN_MODES = ("train", "frozen")
+BN_MODES = ("train", "frozen", "recalibrate")  # see trainables/loop.py LoopSettings
 
 
 def default_cache_dir() -> Path:
@@ -59,6 +60,7 @@ class StudyConfig:
     max_epochs: int = 30
     horizons: list[int] = field(default_factory=lambda: [15, 30])
     sampler: str = "tpe"
+    objective: str = "reference"  # what the search maximises: "reference" or "retrain-match"
     warm_start: bool = True  # first trial of each search = the strategy's hand-picked start
     # Narrower or wider ranges for numeric hyperparameters, e.g. {"lr": [1e-4, 1e-3]}
     search_bounds: dict[str, list[float]] = field(default_factory=dict)
@@ -131,6 +133,7 @@ class StudyConfig:
         checks = {
             "label_mode": (self.label_mode, LABEL_MODES),
             "sampler": (self.sampler, SAMPLERS),
+            "objective": (self.objective, tuple(OBJECTIVES)),
             "model_depth": (self.model_depth, (10, 18, 34, 50)),
         }
         for name, (value, allowed) in checks.items():

@@ -1,5 +1,9 @@
 """MRBrainS18 reader, label merge, MedicalNet preprocessing and the forget/retain/holdout split.
 
+Labels 9 (infarction) and 10 (other) are not scored in MRBrainS18: every label mode maps
+them to ``IGNORE_LABEL``, which no class uses. The loss, the Dice and the MAE leave voxels
+so labelled out, and no strategy turns them into a class.
+
 Every NIfTI file is decoded once per study, in the driver; the preprocessed ``Cohort`` then
 travels to the trials through Ray's object store.
 """
@@ -24,13 +28,19 @@ from study.errors import StudyError
 MODALITY_FILES = ("pre/reg_T1.nii.gz", "pre/reg_IR.nii.gz", "pre/FLAIR.nii.gz")
 LABEL_FILE = "segm.nii.gz"
 MAX_LABEL = 10
+#: The value of an unscored voxel in a preprocessed label map (labels are stored as uint8).
+IGNORE_LABEL = 255
+#: MRBrainS18 labels left out of training and scoring: infarction, other.
+IGNORED_LABELS = (9, 10)
 
 #: MRBrainS18 label -> class. ``4class``: the MRBrainS13 convention GM = {1, 2},
-#: WM = {3, 4}, CSF = {5, 6}; ``8class``: labels 1..8 as they are. Everything else
-#: (cerebellum and brain stem in 4-class mode, infarction 9 and other 10) is background.
+#: WM = {3, 4}, CSF = {5, 6}; ``8class``: labels 1..8 as they are. Infarction 9 and
+#: other 10 -> ``IGNORE_LABEL`` in every mode; the rest (cerebellum and brain stem in
+#: 4-class mode) is background.
+_IGNORED = dict.fromkeys(IGNORED_LABELS, IGNORE_LABEL)
 LABEL_MERGES: dict[str, dict[int, int]] = {
-    "4class": {1: 1, 2: 1, 3: 2, 4: 2, 5: 3, 6: 3},
-    "8class": {label: label for label in range(1, 9)},
+    "4class": {1: 1, 2: 1, 3: 2, 4: 2, 5: 3, 6: 3, **_IGNORED},
+    "8class": {**{label: label for label in range(1, 9)}, **_IGNORED},
 }
 CLASS_NAMES: dict[str, tuple[str, ...]] = {
     "4class": ("background", "GM", "WM", "CSF"),
@@ -67,7 +77,8 @@ class Cohort:
     """Preprocessed subjects of one study.
 
     ``images[s]``: ``(3, D, H, W)`` float32, channels T1, IR, FLAIR, each z-scored over its
-    non-zero voxels. ``labels[s]``: ``(D, H, W)`` uint8 class indices in ``0..n_classes-1``.
+    non-zero voxels. ``labels[s]``: ``(D, H, W)`` uint8 class indices in ``0..n_classes-1``,
+    or ``IGNORE_LABEL`` where the voxel is not scored.
     ``digest`` identifies the content (arrays + split) for cache keys.
     """
 
@@ -139,7 +150,8 @@ def preprocess(
 
     ``image (3, X, Y, Z)`` -> ``(3, D, H, W)`` float32 with (D, H, W) = ``input_size`` and
     D along the slice axis Z; each channel z-scored over its non-zero voxels, resized
-    trilinearly. ``labels (X, Y, Z)`` -> merged classes ``(D, H, W)`` uint8, resized nearest.
+    trilinearly. ``labels (X, Y, Z)`` -> merged classes ``(D, H, W)`` uint8, resized nearest;
+    labels 9 and 10 become ``IGNORE_LABEL``.
     """
     merge = LABEL_MERGES[label_mode]
     image = np.ascontiguousarray(image.transpose(0, 3, 2, 1))  # (C, Z, Y, X) = (C, D, H, W)

@@ -1,8 +1,10 @@
 """Dice, MAE, the unlearning objectives derived from them, and model evaluation on a cohort.
 
-Per subject, on the softmax output at the input resolution:
-  Dice = mean over foreground classes (MONAI ``DiceMetric``, background excluded);
-  MAE  = mean over voxels and classes of ``|softmax - one_hot|``.
+Per subject, on the softmax output at the input resolution, over the scored voxels (those
+not labelled ``IGNORE_LABEL``, i.e. not MRBrainS18 infarction 9 or other 10):
+  Dice = mean over foreground classes (MONAI ``DiceMetric``, background excluded); a
+         prediction on an unscored voxel is neither a true nor a false positive;
+  MAE  = mean over scored voxels and classes of ``|softmax - one_hot|``.
 A subject set's figure is the mean over its subjects. With ``0`` the original model:
   ``dice_gap = retain_dice - forget_dice``, ``mae_gap = forget_mae - retain_mae``,
   ``forget_drop = (forget_dice0 - forget_dice) / forget_dice0``,
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 from monai.metrics import DiceMetric
 from torch import nn
 
-from study.data import Cohort
+from study.data import IGNORE_LABEL, Cohort
 
 SUBJECT_SETS = ("retain", "forget", "holdout")
 SET_METRICS = tuple(f"{s}_{m}" for m in ("dice", "mae") for s in SUBJECT_SETS)
@@ -29,25 +31,39 @@ METRICS = SET_METRICS + DERIVED_METRICS
 OBJECTIVES = ("forget_drop", "retain_kept")
 
 
+def scored_voxels(target: torch.Tensor) -> torch.Tensor:
+    """Bool mask, the shape of ``target``: the voxels not labelled ``IGNORE_LABEL``."""
+    return target != IGNORE_LABEL
+
+
 def dice_per_subject(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -> torch.Tensor:
     """Foreground-mean Dice ``(B,)`` of class maps ``pred``, ``target`` ``(B, D, H, W)``.
 
-    A class absent from a subject's ground truth is left out of that subject's mean.
+    A class absent from a subject's ground truth is left out of that subject's mean; voxels
+    whose ``target`` is ``IGNORE_LABEL`` are left out of every class (MONAI's ``ignore_index``).
     """
-    metric = DiceMetric(include_background=False, reduction="mean_channel", ignore_empty=True)
-    pred_onehot = F.one_hot(pred.long(), n_classes).movedim(-1, 1)
-    target_onehot = F.one_hot(target.long(), n_classes).movedim(-1, 1)
-    metric(y_pred=pred_onehot, y=target_onehot)
+    metric = DiceMetric(
+        include_background=False,
+        reduction="mean_channel",
+        ignore_empty=True,
+        num_classes=n_classes,
+        ignore_index=IGNORE_LABEL,
+    )
+    metric(y_pred=pred.long()[:, None], y=target.long()[:, None])  # class indices (B, 1, D, H, W)
     return metric.aggregate()  # per-subject mean over the classes present (NaN ones left out)
 
 
 def mae_per_subject(probabilities: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """MAE ``(B,)``: mean of ``|softmax - one_hot|`` over classes and voxels.
+    """MAE ``(B,)``: mean of ``|softmax - one_hot|`` over classes and scored voxels.
 
     ``probabilities``: ``(B, C, D, H, W)`` softmax output; ``target``: ``(B, D, H, W)``.
+    NaN for a subject whose every voxel is ``IGNORE_LABEL``.
     """
-    onehot = F.one_hot(target.long(), probabilities.shape[1]).movedim(-1, 1).float()
-    return (probabilities - onehot).abs().flatten(1).mean(dim=1)
+    scored = scored_voxels(target)
+    classes = torch.where(scored, target, torch.zeros_like(target)).long()
+    onehot = F.one_hot(classes, probabilities.shape[1]).movedim(-1, 1).float()
+    error = (probabilities - onehot).abs().sum(dim=1) * scored  # (B, D, H, W), 0 where ignored
+    return error.flatten(1).sum(dim=1) / (scored.flatten(1).sum(dim=1) * probabilities.shape[1])
 
 
 @torch.no_grad()

@@ -14,6 +14,8 @@ width 1.0.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -139,29 +141,41 @@ class MedicalNetSegmentation(nn.Module):
         planes = [max(1, round(c * width)) for c in (64, 128, 256, 512)]
 
         self.inplanes = planes[0]
-        self.conv1 = nn.Conv3d(in_channels, planes[0], kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm3d(planes[0])
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool3d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._make_layer(block, planes[0], blocks[0])
-        self.layer2 = self._make_layer(block, planes[1], blocks[1], stride=2)
-        self.layer3 = self._make_layer(block, planes[2], blocks[2], dilation=2)
-        self.layer4 = self._make_layer(block, planes[3], blocks[3], dilation=4)
-        self.conv_seg = nn.Sequential(
-            nn.ConvTranspose3d(planes[3] * block.expansion, 32, kernel_size=2, stride=2),
-            nn.BatchNorm3d(32),
-            nn.ReLU(inplace=True),
-            nn.Conv3d(32, 32, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm3d(32),
-            nn.ReLU(inplace=True),
-            nn.Conv3d(32, n_classes, kernel_size=1, bias=False),
-        )
+        with torch.random.fork_rng(devices=[]):  # the layers' own draws are discarded: initialise() redraws
+            self.conv1 = nn.Conv3d(in_channels, planes[0], kernel_size=7, stride=2, padding=3, bias=False)
+            self.bn1 = nn.BatchNorm3d(planes[0])
+            self.relu = nn.ReLU(inplace=True)
+            self.maxpool = nn.MaxPool3d(kernel_size=3, stride=2, padding=1)
+            self.layer1 = self._make_layer(block, planes[0], blocks[0])
+            self.layer2 = self._make_layer(block, planes[1], blocks[1], stride=2)
+            self.layer3 = self._make_layer(block, planes[2], blocks[2], dilation=2)
+            self.layer4 = self._make_layer(block, planes[3], blocks[3], dilation=4)
+            self.conv_seg = nn.Sequential(
+                nn.ConvTranspose3d(planes[3] * block.expansion, 32, kernel_size=2, stride=2),
+                nn.BatchNorm3d(32),
+                nn.ReLU(inplace=True),
+                nn.Conv3d(32, 32, kernel_size=3, padding=1, bias=False),
+                nn.BatchNorm3d(32),
+                nn.ReLU(inplace=True),
+                nn.Conv3d(32, n_classes, kernel_size=1, bias=False),
+            )
+        self.initialise()
+
+    def initialise(self) -> None:
+        """(Re)initialises every layer as a freshly built network is: the one owner of the init.
+
+        First PyTorch's default initialisation of each layer in module order (what building it
+        draws; the decoder's transposed convolution keeps it), then MedicalNet's: convolutions
+        Kaiming normal (fan-out); BatchNorm weight 1, bias 0 and fresh running statistics
+        (mean 0, variance 1). Draws from torch's global generator: after ``torch.manual_seed(s)``
+        a re-initialised network equals one built after ``torch.manual_seed(s)``.
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Conv3d | nn.ConvTranspose3d | nn.BatchNorm3d):
+                module.reset_parameters()  # BatchNorm: its running statistics too
         for module in self.modules():
             if isinstance(module, nn.Conv3d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out")
-            elif isinstance(module, nn.BatchNorm3d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
 
     def _make_layer(
         self, block: type[nn.Module], planes: int, blocks: int, stride: int = 1, dilation: int = 1
@@ -208,3 +222,37 @@ def encoder_parameters(model: MedicalNetSegmentation) -> list[nn.Parameter]:
 def decoder_parameters(model: MedicalNetSegmentation) -> list[nn.Parameter]:
     """Parameters of ``conv_seg``: what the strategies call the decoder."""
     return list(model.conv_seg.parameters())
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: nn.Module, batches: Iterable[torch.Tensor], keep: Iterable[nn.Module] = ()
+) -> None:
+    """Re-estimates every BatchNorm layer's running statistics from ``batches`` alone.
+
+    One forward pass per batch ``(B, in_channels, D, H, W)`` (one subject per batch for
+    per-subject statistics), the recalibrated layers in train mode and every other module in
+    eval mode; each layer's running mean and unbiased variance ``(C,)`` become the plain
+    average over the passes of the batch's per-channel statistics (a cumulative average,
+    ``momentum=None``). BatchNorm layers inside a ``keep`` module keep their statistics.
+    Every layer's momentum and every module's train/eval mode are restored.
+    """
+    kept = {id(m) for module in keep for m in module.modules()}
+    layers = [
+        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in kept
+    ]
+    modes = {m: m.training for m in model.modules()}
+    momenta = {m: m.momentum for m in layers}
+    model.eval()
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None
+        layer.train()
+    try:
+        for batch in batches:
+            model(batch)
+    finally:
+        for layer, momentum in momenta.items():
+            layer.momentum = momentum
+        for module, training in modes.items():
+            module.train(training)

@@ -52,11 +52,16 @@ def trial_rows(
     return pd.DataFrame(rows)
 
 
+def is_diverged(report: Mapping[str, Any]) -> bool:
+    """Whether a trial's report says it diverged (``diverged == 1.0``; absent or NaN: no)."""
+    return report.get("diverged", 0.0) == 1.0
+
+
 def trial_status(last_report: Mapping[str, Any], max_epochs: int, failed: bool) -> str:
     """``error``, ``diverged``, ``terminated`` (all epochs run) or ``running`` (not finished yet)."""
     if failed:
         return "error"
-    if last_report.get("diverged"):
+    if is_diverged(last_report):
         return "diverged"
     return "terminated" if int(last_report.get("epoch", 0)) >= max_epochs else "running"
 
@@ -134,6 +139,16 @@ def params_of(row: pd.Series) -> dict[str, Any]:
         and value is not None
         and not (isinstance(value, float) and math.isnan(value))
     }
+
+
+def candidates(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows a choice (best trial, front, knee) may pick: every trial's but a diverged one's.
+
+    A diverged trial's figures are those of its last finite model, not a result of its
+    configuration; and a configuration that diverged within the study's epochs is not
+    recommended even at an earlier epoch it reached.
+    """
+    return rows[rows["status"] != "diverged"]
 
 
 def final_rows(trials: pd.DataFrame) -> pd.DataFrame:

@@ -4,6 +4,8 @@ Real MRBrainS18 data needs registration and an agreement, so the default study r
 procedural heads instead. Each subject is drawn from its own seed and differs from the
 others in everything a model could memorise: head size and shape, cortical folding, ventricle
 size, lesion load and position, per-modality tissue contrast, bias field and noise level.
+About half of the subjects also have one cortical-subcortical infarct (label 9), which
+MRBrainS18 leaves unscored and the loader maps to ``IGNORE_LABEL``.
 
 Files, geometry and label values are those of the MRBrainS18 training release::
 
@@ -11,7 +13,8 @@ Files, geometry and label values are those of the MRBrainS18 training release::
 
 240 x 240 x 48 voxels of 0.958 x 0.958 x 3.0 mm; labels 0 background, 1 cortical GM,
 2 basal ganglia, 3 WM, 4 WM lesions, 5 extracerebral CSF, 6 ventricles, 7 cerebellum,
-8 brain stem. The study reads them back through the same loader as real data.
+8 brain stem, 9 infarction (10, other, is never written). The study reads them back
+through the same loader as real data.
 """
 
 from __future__ import annotations
@@ -34,7 +37,10 @@ HOLDOUT_IDS = ("101", "102", "103")
 SHAPE = (240, 240, 48)
 VOXEL_MM = (0.958, 0.958, 3.0)
 #: Bumped whenever the generator changes, so that cached cohorts are rewritten.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
+#: MRBrainS18's infarction label (not scored), and the share of subjects that have one.
+INFARCT = 9
+INFARCT_PROBABILITY = 0.5
 
 # Mean intensity of each tissue in (T1, IR, FLAIR), before a subject's own contrast:
 # T1: WM > GM > CSF; IR: strong GM/WM contrast; FLAIR: CSF dark, lesions bright.
@@ -51,6 +57,8 @@ _TISSUE_MEANS = {
     _SCALP: (0.85, 0.45, 0.65),
     _SKULL: (0.08, 0.06, 0.07),
 }
+# A chronic infarct: T1 and IR dark (cavitation, towards CSF), FLAIR bright (gliosis).
+_INFARCT_MEANS = (0.35, 0.15, 0.80)
 
 
 def affine() -> np.ndarray:
@@ -137,6 +145,15 @@ def make_subject(subject: str, cohort_seed: int = 0) -> tuple[dict[str, np.ndarr
     labels[cerebellum & (s < 0.88)] = 7
     labels[stem & (s < 0.88)] = 8
 
+    _add_lesions(labels, mm, rng)
+    infarct_rng = np.random.default_rng([_subject_seed(cohort_seed, subject), INFARCT])
+    _add_infarct(labels, mm, infarct_rng)
+    tissue[labels > 0] = labels[labels > 0]
+    return _scan(tissue, rng, infarct_rng), labels
+
+
+def _add_lesions(labels: np.ndarray, mm: np.ndarray, rng: np.random.Generator) -> None:
+    """Relabels a subject's WM lesions (label 4) in ``labels (X, Y, Z)``, in place."""
     white_matter = labels == 3
     candidates = np.flatnonzero(white_matter)
     for _ in range(rng.poisson(rng.uniform(1, 8))):
@@ -146,22 +163,46 @@ def make_subject(subject: str, cohort_seed: int = 0) -> tuple[dict[str, np.ndarr
             (rng.uniform(3, 8), rng.uniform(3, 8), rng.uniform(4, 9)),
         )
         labels[lesion & white_matter] = 4
-    tissue[labels > 0] = labels[labels > 0]
 
-    # Contrast, bias field and noise: the subject's scanner session.
+
+def _add_infarct(labels: np.ndarray, mm: np.ndarray, rng: np.random.Generator) -> None:
+    """With probability ``INFARCT_PROBABILITY``, one cortical-subcortical infarct (label 9).
+
+    An ellipsoid centred on a cortical GM voxel replaces the GM, WM and WM lesion voxels it
+    covers in ``labels (X, Y, Z)``, in place. Drawn from its own ``rng``, so the rest of the
+    subject is what it was before infarcts existed.
+    """
+    if rng.random() >= INFARCT_PROBABILITY:
+        return
+    cortex = np.flatnonzero(labels == 1)
+    at = np.unravel_index(cortex[rng.integers(len(cortex))], SHAPE)
+    infarct = _ellipsoid(mm[(slice(None), *at)], (rng.uniform(8, 14), rng.uniform(8, 14), rng.uniform(8, 12)))
+    labels[infarct & np.isin(labels, (1, 3, 4))] = INFARCT
+
+
+def _scan(
+    tissue: np.ndarray, rng: np.random.Generator, infarct_rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """``{"T1"|"IR"|"FLAIR": (240, 240, 48) int16}`` of a tissue map: the subject's own
+    contrast, bias field and noise (its scanner session)."""
     bias = np.exp(rng.uniform(0.05, 0.3) * _smooth_field(rng, (3, 3, 2)))
     noise_sigma = rng.uniform(0.01, 0.15)
     images = {}
     for channel, modality in enumerate(("T1", "IR", "FLAIR")):
         lookup = np.zeros(256, dtype=np.float32)
         for value, means in _TISSUE_MEANS.items():
-            # Clipped so that the tissue order of each modality (T1: WM > GM > CSF, ...) holds.
-            lookup[value] = means[channel] * np.exp(np.clip(rng.normal(0.0, 0.25), -0.22, 0.22))
+            lookup[value] = means[channel] * _contrast_jitter(rng)
+        lookup[INFARCT] = _INFARCT_MEANS[channel] * _contrast_jitter(infarct_rng)
         volume = lookup[tissue] * bias
         volume += noise_sigma * rng.standard_normal(SHAPE).astype(np.float32)
         gain = rng.uniform(600, 1400)
         images[modality] = np.clip(volume * gain, 0, 32767).astype(np.int16)
-    return images, labels
+    return images
+
+
+def _contrast_jitter(rng: np.random.Generator) -> float:
+    # Clipped so that the tissue order of each modality (T1: WM > GM > CSF, ...) holds.
+    return float(np.exp(np.clip(rng.normal(0.0, 0.25), -0.22, 0.22)))
 
 
 def _save(volume: np.ndarray, path: Path) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from study import synthetic
-from study.data import find_subjects, load_cohort, preprocess, read_subject, resolve_split
+from study.data import IGNORE_LABEL, find_subjects, load_cohort, preprocess, read_subject, resolve_split
 from study.errors import StudyError
 
 
@@ -21,8 +21,24 @@ def test_synthetic_cohort_has_mrbrains18_layout_geometry_and_labels(cohort_root:
         np.testing.assert_allclose(image.header.get_zooms(), (0.958, 0.958, 3.0), rtol=1e-5)
         np.testing.assert_allclose(image.affine, synthetic.affine())
     labels = np.asarray(nib.load(cohort_root / "070" / "segm.nii.gz").dataobj)
-    assert set(np.unique(labels)) <= set(range(9))
+    assert set(np.unique(labels)) <= set(range(10))
     assert {1, 2, 3, 5, 6} <= set(np.unique(labels))  # GM, basal ganglia, WM, both CSFs
+
+
+def test_some_synthetic_subjects_have_an_infarct_that_the_loader_ignores(cohort_root: Path):
+    infarcts = {}
+    for subject in synthetic.TRAINING_IDS + synthetic.HOLDOUT_IDS:
+        labels = np.asarray(nib.load(cohort_root / subject / "segm.nii.gz").dataobj)
+        infarcts[subject] = int((labels == 9).sum())
+        assert 10 not in labels
+    assert {s for s, n in infarcts.items() if n} == {"7", "14", "148"}  # a forget and two retain subjects
+    assert all(1000 < n < 3000 for n in infarcts.values() if n)  # about 3 to 8 cm^3
+    images, labels = synthetic.make_subject("148")
+    t1, flair, infarct, wm = images["T1"], images["FLAIR"], labels == 9, labels == 3
+    assert t1[infarct].mean() < t1[wm].mean() and flair[infarct].mean() > flair[wm].mean()
+    image = np.stack([images[m] for m in ("T1", "IR", "FLAIR")]).astype(np.float32)
+    _, merged = preprocess(image, labels, (16, 64, 64), "4class")
+    assert set(np.unique(merged)) == {0, 1, 2, 3, IGNORE_LABEL}
 
 
 def test_reader_returns_what_the_writer_wrote(cohort_root: Path):
@@ -64,8 +80,8 @@ def test_rewrite_is_skipped_when_the_cohort_is_complete(tmp_path: Path):
 @pytest.mark.parametrize(
     ("label_mode", "expected"),
     [
-        ("4class", [0, 1, 1, 2, 2, 3, 3, 0, 0, 0, 0]),
-        ("8class", [0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0]),
+        ("4class", [0, 1, 1, 2, 2, 3, 3, 0, 0, IGNORE_LABEL, IGNORE_LABEL]),
+        ("8class", [0, 1, 2, 3, 4, 5, 6, 7, 8, IGNORE_LABEL, IGNORE_LABEL]),
     ],
 )
 def test_label_merge(label_mode: str, expected: list[int]):
@@ -74,6 +90,32 @@ def test_label_merge(label_mode: str, expected: list[int]):
     _, merged = preprocess(image, labels, (1, 1, 11), label_mode)
     assert merged.shape == (1, 1, 11)  # (D, H, W) = (Z, Y, X)
     assert merged[0, 0].tolist() == expected
+
+
+def _write_subject(folder: Path, labels: np.ndarray) -> None:
+    """A subject in MRBrainS18's layout: three random modalities and ``labels`` as segm.nii.gz."""
+    rng = np.random.default_rng(0)
+    for name in ("pre/reg_T1.nii.gz", "pre/reg_IR.nii.gz", "pre/FLAIR.nii.gz"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        nib.save(
+            nib.Nifti1Image(rng.uniform(100, 200, labels.shape).astype(np.float32), np.eye(4)), folder / name
+        )
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), folder / "segm.nii.gz")
+
+
+def test_infarction_and_other_read_back_as_ignored_through_the_loader(tmp_path: Path):
+    labels = np.arange(12, dtype=np.uint8).reshape(3, 2, 2) % 11  # (X, Y, Z): 0..10, then 0
+    _write_subject(tmp_path / "a", labels)
+    _write_subject(tmp_path / "b", np.zeros_like(labels))
+    split = resolve_split(find_subjects(tmp_path), ["a"], None, [], "test")
+    for mode, classes in (("4class", [0, 1, 1, 2, 2, 3, 3, 0, 0]), ("8class", list(range(9)))):
+        cohort = load_cohort(tmp_path, split, (2, 2, 3), mode)  # (D, H, W) = (Z, Y, X): no resize
+        merged = cohort.labels["a"].transpose(2, 1, 0)  # back to (X, Y, Z)
+        assert merged.dtype == np.uint8
+        assert merged[labels == 9].tolist() == [IGNORE_LABEL] and merged[labels == 10].tolist() == [
+            IGNORE_LABEL
+        ]
+        assert [int(merged[labels == raw][0]) for raw in range(9)] == classes
 
 
 def test_preprocess_zscores_nonzero_voxels_and_resizes():

@@ -7,7 +7,10 @@ import math
 import pytest
 import torch
 
+from study.data import IGNORE_LABEL
 from study.metrics import derived_metrics, dice_per_subject, mae_per_subject
+
+X = IGNORE_LABEL  # an ignored voxel, one letter wide in the grids below
 
 
 def test_dice_is_the_foreground_mean_over_classes():
@@ -32,6 +35,33 @@ def test_mae_is_the_mean_absolute_error_over_classes_and_voxels():
     probabilities = torch.tensor([[0.9, 0.4], [0.1, 0.6]]).reshape(1, 2, 1, 1, 2)
     # voxel 0: |0.9-1| + |0.1-0| = 0.2 ; voxel 1: |0.4-0| + |0.6-1| = 0.8 -> (0.2+0.8)/4
     assert mae_per_subject(probabilities, target).item() == pytest.approx(0.25)
+
+
+def test_dice_ignores_predictions_on_ignored_voxels():
+    target = torch.tensor([[[[0, 1, 1, X], [2, 2, X, X]]]])  # (B=1, D=1, H=2, W=4)
+    ignored = target == X
+    # Scored voxels: class 1 |T|=2, |P|=2, overlap 1 -> 0.5; class 2 |T|=2, |P|=2, overlap 2 -> 1.
+    for on_ignored in (0, 1, 2):
+        pred = torch.where(ignored, on_ignored, torch.tensor([[[[1, 1, 0, 0], [2, 2, 0, 0]]]]))
+        assert dice_per_subject(pred, target, n_classes=3).item() == pytest.approx(0.75)
+    # Read as background, the three class-1 predictions there would be false positives:
+    # class 1 |T|=2, |P|=5, overlap 1 -> 2/7; class 2 -> 1.
+    pred = torch.where(ignored, 1, torch.tensor([[[[1, 1, 0, 0], [2, 2, 0, 0]]]]))
+    as_background = torch.where(ignored, 0, target)
+    assert dice_per_subject(pred, as_background, n_classes=3).item() == pytest.approx((2 / 7 + 1) / 2)
+
+
+def test_mae_is_the_mean_over_scored_voxels_only():
+    target = torch.tensor([[[[0, 1, X]]]])  # (B=1, D=1, H=1, W=3)
+    probabilities = torch.tensor([[0.9, 0.4, 0.3], [0.1, 0.6, 0.7]]).reshape(1, 2, 1, 1, 3)
+    # voxel 0: 0.2, voxel 1: 0.8, voxel 2 ignored -> (0.2 + 0.8) / (2 voxels x 2 classes)
+    assert mae_per_subject(probabilities, target).item() == pytest.approx(0.25)
+    flipped = torch.tensor([[0.9, 0.4, 1.0], [0.1, 0.6, 0.0]]).reshape(1, 2, 1, 1, 3)
+    assert mae_per_subject(flipped, target).item() == pytest.approx(0.25)
+    # Read as background, voxel 2 would add |0.3 - 1| + |0.7 - 0| = 1.4: (0.2 + 0.8 + 1.4) / 6.
+    as_background = torch.tensor([[[[0, 1, 0]]]])
+    assert mae_per_subject(probabilities, as_background).item() == pytest.approx(0.4)
+    assert math.isnan(mae_per_subject(probabilities, torch.full_like(target, X)).item())
 
 
 def test_derived_metrics_match_the_reference_noisy_label_row():

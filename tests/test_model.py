@@ -106,3 +106,19 @@ def test_bad_weights_files_are_refused(tmp_path: Path, content, message):
 def test_missing_weights_file_is_refused(tmp_path: Path):
     with pytest.raises(StudyError, match="does not exist"):
         load_medicalnet_weights(MedicalNetSegmentation(depth=10, width=0.125), tmp_path / "nope.pth")
+
+
+def test_initialise_redraws_a_trained_network_as_a_fresh_one_of_the_same_seed():
+    torch.manual_seed(5)
+    fresh = MedicalNetSegmentation(depth=10, width=0.125)
+    trained = MedicalNetSegmentation(depth=10, width=0.125)
+    with torch.no_grad():
+        for param in trained.parameters():
+            param.add_(1.0)
+        trained.train()(torch.randn(2, 3, 16, 32, 32))  # running statistics move too
+    torch.manual_seed(5)
+    trained.initialise()
+    for name, value in fresh.state_dict().items():  # parameters and BatchNorm statistics
+        assert torch.equal(trained.state_dict()[name], value), name
+    weight = fresh.layer4[0].conv2.weight  # MedicalNet's recipe: Kaiming normal, fan-out
+    assert weight.std().item() == pytest.approx((2 / (weight.shape[0] * 27)) ** 0.5, rel=0.05)

@@ -9,39 +9,16 @@ import math
 import re
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from analysis.document import Bullets, Code, Figure, Paragraph, Section, Table, render_html, render_markdown
-from analysis.pareto import hypervolume, knee_index
 from analysis.report import Report, build_report, main
 from analysis.study_state import load_study, missing_recommended_model, recommendation_of
-from analysis.summary import horizon_rows, recommend
 from study.config import StudyConfig
 from study.metrics import METRICS
 from study.results import combine, trial_rows
 from study.run import RunDir
-
-
-def test_hypervolume_on_cases_computed_by_hand():
-    assert hypervolume(np.array([[0.5, 0.5]])) == pytest.approx(0.25)
-    # Two staircase steps: 0.8 x 0.2 + 0.2 x (0.8 - 0.2)
-    assert hypervolume(np.array([[0.8, 0.2], [0.2, 0.8]])) == pytest.approx(0.28)
-    # Dominated points, duplicates and NaN rows add nothing.
-    more = np.array([[0.8, 0.2], [0.2, 0.8], [0.1, 0.1], [0.8, 0.2], [math.nan, 5.0]])
-    assert hypervolume(more) == pytest.approx(0.28)
-    # Below the reference point (0, 0) in one objective: clipped to zero area.
-    assert hypervolume(np.array([[-0.3, 0.9]])) == 0.0
-    assert hypervolume(np.array([[0.5, 1.0]]), reference=(0.5, 0.0)) == 0.0
-
-
-def test_knee_is_the_front_point_closest_to_perfect_unlearning():
-    front = pd.DataFrame(
-        {"forget_drop": [0.95, 0.8, 0.1], "retain_kept": [0.3, 0.85, 1.0], "score": [0, 0, 0]}
-    )
-    # distances to (1, 1): 0.70, 0.25, 0.90
-    assert knee_index(front) == 1
 
 
 def _rows(strategy, trial_id, number, epochs, status="terminated", **params):
@@ -65,22 +42,6 @@ def _rows(strategy, trial_id, number, epochs, status="terminated", **params):
             }
         )
     return trial_rows(strategy, trial_id, {"trial_number": number, "lr": 1e-3, **params}, history, status)
-
-
-def test_horizon_rows_keep_diverged_trials_and_drop_unfinished_ones():
-    trials = combine(
-        [
-            _rows("noisy_label", "done", 0, 4),
-            _rows("noisy_label", "blew", 1, 1, status="diverged"),
-            _rows("max_loss", "half", 0, 2, status="running"),
-        ]
-    )
-    rows = horizon_rows(trials, [2, 4])
-    at_4 = rows[rows["horizon"] == "4"]
-    assert sorted(at_4["trial_id"]) == ["blew", "done"]  # the diverged one with its last row
-    assert at_4.set_index("trial_id").loc["blew", "epoch"] == 1
-    assert sorted(rows[rows["horizon"] == "2"]["trial_id"]) == ["blew", "done", "half"]
-    assert recommend(rows, [2, 4]) is not None
 
 
 def _run_dir(tmp_path: Path, trials: pd.DataFrame | None, **config) -> Path:
@@ -194,6 +155,7 @@ def test_report_from_a_small_trials_table(tmp_path: Path, capsys):
             "Results in the reference paper's form",
             "Per-epoch Dice of each strategy's best trial",
             "Before and after unlearning",
+            "Diverged trials",
             "Missing",
         ]
     )
@@ -250,6 +212,58 @@ def test_report_counts_diverged_trials(tmp_path: Path):
     )
     report = _report(_run_dir(tmp_path, trials, strategies=["noisy_label"]))
     assert "2 trials of 1 strategies, 5 trial-epochs; 1 diverged, 0 failed" in report.html.read_text()
+
+
+def _figure_texts(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, list[str]]]:
+    """Collects, for each figure the report draws, each panel's title -> its annotations and legend."""
+    import analysis.plots
+
+    drawn, to_png = [], analysis.plots._png
+
+    def record(figure) -> bytes:
+        panels = {}
+        for axis in figure.axes:
+            legend = axis.get_legend()
+            labels = [t.get_text() for t in legend.get_texts()] if legend else []
+            panels[axis.get_title()] = [t.get_text() for t in axis.texts] + labels
+        drawn.append(panels)
+        return to_png(figure)
+
+    monkeypatch.setattr(analysis.plots, "_png", record)
+    return drawn
+
+
+def test_a_trial_that_diverged_is_listed_by_its_epoch_and_never_chosen(tmp_path: Path, monkeypatch):
+    perfect = {"forget_drop": 1.0, "retain_kept": 1.0, "score": 1.0, "forget_dice": 0.0}
+    blew = _rows("max_loss", "blew0000", 2, 1, status="diverged", forget_weight=0.7).assign(**perfect)
+    late = _rows("max_loss", "late0000", 3, 3, status="diverged", forget_weight=0.9, drop=0.35)
+    late.loc[late["epoch"] == 3, list(perfect)] = list(perfect.values())
+    trials = combine([_four_trials(), blew, late])
+    drawn = _figure_texts(monkeypatch)
+    report = _report(_run_dir(tmp_path, trials, strategies=["noisy_label", "max_loss"]))
+
+    # late at epoch 2 (0.7, 0.8) would be the knee (0.36 from (1, 1), aaaa1111 at 4: 0.45);
+    # blew's and late's final figures are perfect.
+    assert report.recommendation["trial_id"] == "aaaa1111" and int(report.recommendation["epoch"]) == 4
+    assert not {"blew0000", "late0000"} & set(
+        pd.read_parquet(RunDir(tmp_path / "run").pareto_file)["trial_id"]
+    )
+    page = report.html.read_text()
+    assert "6 trials of 2 strategies, 20 trial-epochs; 2 diverged, 0 failed" in page
+    assert re.search(
+        r"<td>max_loss</td>\s*<td>blew0000</td>\s*<td>diverged at epoch 1</td>\s*<td>0.7</td>", page
+    )
+    assert re.search(r"<td>late0000</td>\s*<td>diverged at epoch 3</td>", page)
+    # The paper table shows max_loss's best finished trial (score 1.0 for blew's and late's last rows).
+    paper = page.split("Results in the reference paper")[1].split("Per-epoch Dice")[0]
+    assert "<td>max_loss @ 4 epochs</td>" in paper and "<td>max_loss @ 2 epochs</td>" in paper
+    assert "blew0000" not in paper and "late0000" not in paper
+    # Hypervolume at horizon 2 is max_loss's finished trials' (0.3 x 0.8), not late's (0.7 x 0.8).
+    assert re.search(r"<td>max_loss</td>\s*<td>0.24</td>\s*<td>0.36</td>", page)
+    pareto = drawn[0]
+    assert pareto["horizon: 2 epochs"].count("diverged at epoch 3") == 1  # late, read at epoch 2
+    assert "diverged at epoch" not in " ".join(pareto["horizon: 4 epochs"])  # neither ran to 4
+    assert "x: trial that diverged later (no choice)" in pareto["horizon: 4 epochs"]  # the legend
 
 
 def test_the_recommended_model_is_missing_until_its_weights_are_saved(tmp_path: Path):

@@ -1,17 +1,24 @@
-"""The study's one searcher: strategies take turns, each with its own Optuna study, and a
-restore after a kill leaves no Optuna trial queued twice or open forever."""
+"""The study's one searcher: strategies take turns, each with its own Optuna study, a
+restore after a kill leaves no Optuna trial queued twice or open forever, and a diverged
+trial reaches Optuna as a failure."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
+import ray.cloudpickle
+import toy_strategy
 from ray.tune.search import Searcher
 
 from search_spaces.searcher import build_searcher
 from study.config import load_config
-from trainables.registry import check_config, spaces_of
+from study.launch import main
+from study.run import RunDir
+from trainables import STRATEGIES
+from trainables.registry import check_config, register, spaces_of
 
 RESULT = {"forget_drop": 0.5, "retain_kept": 0.9}
 
@@ -59,6 +66,29 @@ def test_a_failed_trial_stays_open_until_its_rerun_reports(tmp_path: Path):
     assert _states(url, "noisy_label") == ["COMPLETE"]
 
 
+def test_a_diverged_trial_is_told_fail_and_a_restore_leaves_it_so(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    config = _config(tmp_path, ["noisy_label"], num_samples=3)
+    searcher = build_searcher(config, spaces_of(config.strategies), url, max_concurrent=2)
+    assert searcher.suggest("blew")["lr"] == 3e-4  # the hand-picked start
+    # Its last finite figures would be the best possible point: they must not reach Optuna.
+    searcher.on_trial_complete("blew", {**RESULT, "forget_drop": 1.0, "retain_kept": 1.0, "diverged": 1.0})
+    (trial,) = optuna.load_study(study_name="noisy_label", storage=url).trials
+    assert trial.state == optuna.trial.TrialState.FAIL and trial.values is None
+
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = build_searcher(
+        config, spaces_of(config.strategies), f"sqlite:///{tmp_path / 'unused.db'}", max_concurrent=2
+    )
+    restored.restore(str(tmp_path / "searcher.pkl"))  # closing lost trials leaves a told one alone
+    restored.on_trial_complete("blew", {**RESULT, "diverged": 1.0})  # Tune may say it once more
+    assert _states(url, "noisy_label") == ["FAIL"]
+    nxt = restored.suggest("next")  # the search goes on: a sampled trial, the start not requeued
+    assert nxt["trial_number"] == 1 and 1e-5 <= nxt["lr"] <= 1e-2 and nxt["lr"] != 3e-4
+    restored.on_trial_complete("next", {**RESULT, "diverged": 0.0})
+    assert _states(url, "noisy_label") == ["FAIL", "COMPLETE"]
+
+
 @pytest.mark.parametrize("lost", ["the hand-picked start", "a sampled trial"])
 def test_restore_closes_trials_asked_for_after_the_last_save(tmp_path: Path, lost: str):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
@@ -100,3 +130,33 @@ def test_tune_hands_it_the_concurrency_limit_and_every_completion(tmp_path: Path
     limited.on_trial_complete("a", RESULT, error=True)  # failed: Tune forgets it...
     limited.on_trial_complete("a", RESULT)  # ...until --resume reruns it and it reports
     assert "COMPLETE" in _states(url, "noisy_label")
+
+
+@pytest.fixture
+def toy_nan_registered():
+    """``toy_nan`` (every trial diverges at epoch 1) registered; shipped to Ray's workers by value."""
+    register(toy_strategy.ToyNaN, toy_strategy.toy_nan)
+    ray.cloudpickle.register_pickle_by_value(toy_strategy)
+    yield
+    ray.cloudpickle.unregister_pickle_by_value(toy_strategy)
+    del STRATEGIES["toy_nan"]
+
+
+@pytest.mark.slow
+def test_a_strategy_that_diverges_at_epoch_1_fails_in_optuna_and_is_not_recommended(
+    ray_local, cache_home: Path, tmp_path: Path, toy_nan_registered, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
+    run_dir = tmp_path / "run"
+    argv = ["--preset", "smoke", "--strategies", "toy_nan,noisy_label", "--run-dir", str(run_dir)]
+    assert main(argv) == 0
+    run = RunDir(run_dir)
+    trials = pd.read_parquet(run.trials_file)
+    toy = trials[trials["strategy"] == "toy_nan"]
+    assert toy["trial_id"].nunique() == 2 and set(toy["status"]) == {"diverged"} and set(toy["epoch"]) == {1}
+    assert _states(run.optuna_url, "toy_nan") == ["FAIL", "FAIL"]
+    assert _states(run.optuna_url, "noisy_label") == ["COMPLETE", "COMPLETE"]
+    assert "toy_nan" not in set(pd.read_parquet(run.pareto_file)["strategy"])
+    assert "recommended: noisy_label trial" in capsys.readouterr().out
+    page = run.report_html.read_text()
+    assert "2 diverged, 0 failed" in page and page.count("diverged at epoch 1") == 2

@@ -8,7 +8,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from monai.losses import DiceCELoss
 
+from study.data import IGNORE_LABEL
 from study.metrics import set_metrics
 from study.model import MedicalNetSegmentation
 from trainables import STRATEGIES
@@ -16,6 +18,7 @@ from trainables.finetune import Finetune
 from trainables.learn_others import LearnOthers
 from trainables.loop import LoopSettings, run_epochs
 from trainables.max_loss import MaxLoss
+from trainables.noisy_label import corrupt_labels
 from trainables.random_encoder import RandomEncoder
 from trainables.salun import SalUn
 from trainables.strategy import Batch, segmentation_loss
@@ -137,9 +140,11 @@ def test_random_encoder_pulls_forget_features_toward_the_random_encoder(tiny_coh
             return F.mse_loss(model.encode(forget_images), strategy.random_features(forget_images)).item()
 
     original, model, strategy = _unlearn(
-        "random_encoder", {"feature_weight": 10.0}, tiny_cohort, epochs=3, lr=3e-3, bn_mode="frozen"
+        "random_encoder", {"feature_weight": 10.0}, tiny_cohort, epochs=8, lr=5e-3, bn_mode="frozen"
     )
-    assert distance(model, strategy) < 0.5 * distance(original, strategy)
+    # The target has the network's feature scale (RMS about 1): matching it takes epochs, not
+    # shrinking features to zero. Measured: 1.17 -> 0.68 (ratio 0.58).
+    assert distance(model, strategy) < 0.75 * distance(original, strategy)
 
 
 def test_finetune_never_feeds_forget_subjects(tiny_cohort):
@@ -175,10 +180,91 @@ def test_salun_masks_exactly_the_most_salient_weights(tiny_cohort):
     assert inside.mean() > 10 * outside.mean()
 
 
-def test_random_encoder_is_reproducible(tiny_cohort):
-    a = RandomEncoder(n_classes=4, seed=3)
-    b = RandomEncoder(n_classes=4, seed=3)
-    a.prepare(_model(), tiny_cohort, torch.device("cpu"))
-    b.prepare(_model(), tiny_cohort, torch.device("cpu"))
-    for p, q in zip(a.random_model.parameters(), b.random_model.parameters(), strict=True):
-        assert torch.equal(p, q)
+def _rms(tensor: torch.Tensor) -> float:
+    return tensor.pow(2).mean().sqrt().item()
+
+
+def test_random_encoder_has_the_networks_feature_scale_and_follows_the_seed(tiny_cohort):
+    subjects = [*tiny_cohort.split.retain, *tiny_cohort.split.forget]
+    images = torch.stack([torch.tensor(tiny_cohort.images[s]) for s in subjects])  # (3, 3, 8, 32, 32)
+    source = _model()
+    with torch.no_grad():  # stands in for a trained model: prepare must redraw every weight
+        for param in source.parameters():
+            param.mul_(3.0)
+    torch.manual_seed(7)
+    fresh = MedicalNetSegmentation(depth=10, n_classes=4, width=0.125).train()
+    with torch.no_grad():  # a freshly built network's features, BatchNorm normalising: RMS about 1.0
+        scale = _rms(fresh.encode(images))
+    rng = torch.get_rng_state()
+    features = {}
+    for seed in (1, 1, 2):
+        strategy = RandomEncoder(n_classes=4, seed=seed)
+        strategy.prepare(source, tiny_cohort, torch.device("cpu"))
+        features.setdefault(seed, []).append(strategy.random_features(images))
+    assert torch.equal(torch.get_rng_state(), rng)  # the caller's random stream is untouched
+    for seed in (1, 2):
+        # PyTorch's default initialisation and fresh BatchNorm statistics gave 0.02 to 0.07
+        assert 0.5 <= _rms(features[seed][0]) / scale <= 2.0
+    assert torch.equal(*features[1])  # a seed gives one encoder
+    assert _rms(features[1][0] - features[2][0]) > 0.5 * scale  # another seed another
+
+
+def _ignored_example() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits ``(2, 4, 3, 4, 4)``, labels ``(2, 3, 4, 4)`` and the bool mask of their ignored voxels."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 3, 4, 4, generator=generator)
+    labels = torch.randint(0, 4, (2, 3, 4, 4), generator=generator)
+    ignored = torch.rand(2, 3, 4, 4, generator=generator) < 0.3
+    return logits, torch.where(ignored, IGNORE_LABEL, labels), ignored
+
+
+def _with_other_logits_at(logits: torch.Tensor, ignored: torch.Tensor) -> torch.Tensor:
+    """``logits`` with large, different values on the ``ignored`` voxels."""
+    other = 20.0 * torch.randn(logits.shape, generator=torch.Generator().manual_seed(1))
+    return torch.where(ignored[:, None], other, logits)
+
+
+def test_segmentation_loss_neither_sees_nor_trains_ignored_voxels():
+    logits, labels, ignored = _ignored_example()
+    assert 0.2 < ignored.float().mean() < 0.4
+    first = logits.clone().requires_grad_(True)
+    loss = segmentation_loss(first, labels)
+    loss.backward()
+    second = _with_other_logits_at(logits, ignored).requires_grad_(True)
+    again = segmentation_loss(second, labels)
+    again.backward()
+    assert again.item() == pytest.approx(loss.item(), rel=1e-6)
+    for grad in (first.grad, second.grad):
+        assert torch.all(grad.movedim(1, -1)[ignored] == 0)  # no gradient at ignored voxels
+        assert grad.movedim(1, -1)[~ignored].abs().sum() > 0
+    # Read as background instead, the same voxels would change the loss.
+    as_background = torch.where(ignored, 0, labels)
+    assert abs(segmentation_loss(second, as_background).item() - again.item()) > 0.1
+
+
+def test_segmentation_loss_is_monai_dice_ce_without_ignored_voxels():
+    logits, labels, _ = _ignored_example()
+    labels = torch.where(labels == IGNORE_LABEL, 1, labels)
+    expected = DiceCELoss(to_onehot_y=True, softmax=True)(logits, labels[:, None])
+    assert segmentation_loss(logits, labels).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_corrupt_labels_leaves_ignored_voxels_ignored():
+    _, labels, ignored = _ignored_example()
+    corrupted = corrupt_labels(labels, 1.0, 4, torch.Generator().manual_seed(0))
+    assert torch.all(corrupted[ignored] == IGNORE_LABEL)
+    assert torch.all(corrupted[~ignored] != labels[~ignored])  # noise level 1: every scored voxel moves
+    assert set(corrupted[~ignored].unique().tolist()) == {0, 1, 2, 3}
+
+
+def test_max_loss_forget_term_is_the_cross_entropy_of_scored_voxels_only():
+    logits, labels, ignored = _ignored_example()
+    strategy = MaxLoss(n_classes=4, forget_weight=1.0, loss_ceiling=100.0)
+    scored_logits, scored_labels = logits.movedim(1, -1)[~ignored], labels[~ignored]  # (N, 4), (N,)
+    expected = F.cross_entropy(scored_logits, scored_labels).item()
+    assert strategy.forget_term(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+    other = _with_other_logits_at(logits, ignored).requires_grad_(True)
+    term = strategy.forget_term(other, labels)
+    term.backward()
+    assert term.item() == pytest.approx(expected, rel=1e-6)
+    assert torch.all(other.grad.movedim(1, -1)[ignored] == 0)

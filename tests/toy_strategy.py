@@ -1,12 +1,14 @@
-"""A toy strategy, written the way every strategy is: its class and its search space.
+"""Toy strategies, written the way every strategy is: its class and its search space.
 
 ``ToyBackground`` teaches the model that forget subjects are background everywhere. The
 test registers it with ``trainables.registry.register(ToyBackground, toy_background)``:
-the one step that trainables/__init__.py takes for each built-in strategy.
+the one step that trainables/__init__.py takes for each built-in strategy. ``ToyNaN``'s
+loss is never finite, so each of its trials diverges at epoch 1.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import optuna
@@ -36,3 +38,16 @@ def toy_background(trial: optuna.Trial) -> None:
     """The common hyperparameters and the weight of the forget subjects' background loss."""
     common(trial)
     trial.suggest_float("forget_weight", 0.1, 1.0)
+
+
+@dataclass(kw_only=True, eq=False)
+class ToyNaN(Strategy):
+    name = "toy_nan"
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return self.retain_loss(model(batch.images), batch) * math.nan
+
+
+def toy_nan(trial: optuna.Trial) -> None:
+    """The common hyperparameters alone."""
+    common(trial)

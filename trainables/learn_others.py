@@ -3,6 +3,8 @@
 ``target = "others"``: a forget image is paired with the label map of a retain subject
 drawn at random each step (LearnOthers). ``target = "noise"``: with a smooth random label
 field, redrawn each step (LearnNoise): blobs of random classes, anatomically meaningless.
+A borrowed label map keeps its own ``IGNORE_LABEL`` voxels (left out of the loss); a noise
+field holds classes only, so every voxel of the forget image is trained.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from torch import nn
 from study.config import BN_MODES
 from study.data import Cohort
 from study.metrics import derived_metrics, set_metrics
+from study.model import recalibrate_batchnorm
 from trainables.strategy import Batch, Strategy
 
 Report = Callable[[dict[str, float], dict[str, Any] | None], None]
@@ -34,6 +35,9 @@ class LoopSettings:
     ``forget_drop`` and friends; ``None`` when training the original model itself.
     ``bn_mode`` (one of ``study.config.BN_MODES``) and ``optimizer`` (one of ``OPTIMIZERS``)
     are checked here: a misspelt mode raises ``ValueError`` instead of silently training.
+    ``"recalibrate"`` trains as ``"train"``, then after each epoch re-estimates the running
+    statistics from retain subjects alone, for every evaluated and saved model (BatchNorm
+    layers of the strategy's frozen modules keep the original's, as frozen modules keep all).
     """
 
     max_epochs: int
@@ -271,6 +275,9 @@ def run_epochs(
         _set_train_mode(model, settings.bn_mode, frozen)
         batches = _batches(subjects, images, labels, settings.batch_size, generator)
         diverged = _train_epoch(model, strategy, batches, optimizer, scheduler)
+        if settings.bn_mode == "recalibrate":
+            retain = [images[s][None] for s, is_forget in subjects if not is_forget]
+            recalibrate_batchnorm(model, retain, keep=frozen)
         if diverged or epoch == settings.max_epochs or epoch % settings.eval_every == 0:
             evaluated = _evaluate(model, cohort, settings, device)
             if not diverged or _finite(evaluated):

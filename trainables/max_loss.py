@@ -1,7 +1,8 @@
 """Retain Label / Max Loss: gradient ascent on the forget subjects' loss, bounded.
 
 Loss = ``retain_weight`` x segmentation loss on retain subjects
-       - ``forget_weight`` x min(cross-entropy on forget subjects, ``loss_ceiling``).
+       - ``forget_weight`` x min(cross-entropy on forget subjects, ``loss_ceiling``),
+the cross-entropy taken over scored voxels only (``IGNORE_LABEL`` voxels left out).
 Past the ceiling the forget term is constant, so its gradient vanishes and ascent stops
 instead of driving the logits to infinity.
 """
@@ -11,10 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from trainables.strategy import Batch, Strategy
+from trainables.strategy import Batch, Strategy, cross_entropy
 
 
 @dataclass(kw_only=True, eq=False)
@@ -25,8 +25,9 @@ class MaxLoss(Strategy):
     loss_ceiling: float = 3.0
 
     def forget_term(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """min(mean cross-entropy, ``loss_ceiling``) of forget logits ``(B, C, D, H, W)``."""
-        return torch.clamp(F.cross_entropy(logits, labels), max=self.loss_ceiling)
+        """min(mean cross-entropy, ``loss_ceiling``) of forget logits ``(B, C, D, H, W)`` against
+        labels ``(B, D, H, W)``, over the voxels not labelled ``IGNORE_LABEL``."""
+        return torch.clamp(cross_entropy(logits, labels), max=self.loss_ceiling)
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         logits = model(batch.images)

@@ -1,8 +1,9 @@
 """Noisy Label: forget subjects are trained on corrupted labels, retain subjects on true ones.
 
 A fraction ``noise_level`` of each forget subject's voxels is given a random *other* class,
-redrawn every step. For ``C`` classes the expected target keeps the true class most likely
-while ``noise_level < (C - 1) / C``; above it, the model is taught to avoid the true class.
+redrawn every step; unscored voxels (``IGNORE_LABEL``) stay unscored. For ``C`` classes the
+expected target keeps the true class most likely while ``noise_level < (C - 1) / C``; above
+it, the model is taught to avoid the true class.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from study.data import IGNORE_LABEL
 from trainables.strategy import Batch, Strategy, segmentation_loss
 
 
@@ -20,11 +22,12 @@ def corrupt_labels(
 ) -> torch.Tensor:
     """Copy of ``labels`` (any shape, int64) with a ``noise_level`` fraction of voxels changed.
 
-    Each chosen voxel gets a class drawn uniformly from the ``n_classes - 1`` other classes.
+    Each chosen voxel gets a class drawn uniformly from the ``n_classes - 1`` other classes;
+    a voxel labelled ``IGNORE_LABEL`` is never changed.
     """
     chosen = torch.rand(labels.shape, generator=generator) < noise_level
     shift = torch.randint(1, n_classes, labels.shape, generator=generator)
-    chosen, shift = chosen.to(labels.device), shift.to(labels.device)
+    chosen, shift = chosen.to(labels.device) & (labels != IGNORE_LABEL), shift.to(labels.device)
     return torch.where(chosen, (labels + shift) % n_classes, labels)
 
 

@@ -3,6 +3,10 @@
 Loss = ``retain_weight`` x segmentation loss on retain subjects
        + ``feature_weight`` x mean squared distance between the encoder features of forget
        images and those of a frozen, randomly initialised encoder of the same architecture.
+The random encoder is initialised as the network initialises itself (Kaiming fan-out) and
+its BatchNorm statistics are estimated on the retain subjects, so its features have the
+scale of a network's that has seen the data (PyTorch's default initialisation with fresh
+statistics gave features 10-30 times smaller: the loss mostly shrank features to zero).
 Retain rows share the forward pass: features once, then the decoder on them.
 """
 
@@ -13,11 +17,13 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from study.data import Cohort
-from study.model import MedicalNetSegmentation
+from study.model import MedicalNetSegmentation, recalibrate_batchnorm
 from trainables.strategy import Batch, Strategy
+
+#: Added to the trial's seed before drawing the random encoder.
+SEED_OFFSET = 7_919_000
 
 
 @dataclass(kw_only=True, eq=False)
@@ -27,15 +33,25 @@ class RandomEncoder(Strategy):
     feature_weight: float = 1.0
     random_model: MedicalNetSegmentation | None = field(init=False, default=None)
 
-    def prepare(self, model: nn.Module, cohort: Cohort, device: torch.device) -> None:
-        """Builds the frozen random encoder: the same network, re-initialised from the trial's seed."""
-        random_model = copy.deepcopy(model)
-        with torch.random.fork_rng():
-            torch.manual_seed(self.seed)
-            for module in random_model.modules():
-                if isinstance(module, nn.Conv3d | nn.ConvTranspose3d | nn.BatchNorm3d):
-                    module.reset_parameters()  # BatchNorm: also its running statistics
-        self.random_model = random_model.to(device).eval().requires_grad_(False)
+    def prepare(self, model: MedicalNetSegmentation, cohort: Cohort, device: torch.device) -> None:
+        """Builds the frozen random encoder: the same network, initialised as the network
+        initialises itself (``MedicalNetSegmentation.initialise``) from the trial's seed, its
+        BatchNorm statistics then estimated on the retain subjects.
+
+        Fresh statistics (mean 0, variance 1) would make BatchNorm an identity in eval mode,
+        and the features' scale would drift with the seed instead of being the network's.
+        The weights are drawn on the CPU, leaving the caller's random stream untouched; the
+        seed is offset by ``SEED_OFFSET`` so that the encoder is never the original model's
+        own starting point (``build_model`` draws that from the study's seed, a small number).
+        """
+        random_model = copy.deepcopy(model).cpu()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(SEED_OFFSET + self.seed)
+            random_model.initialise()
+        random_model.to(device)
+        retain = [torch.tensor(cohort.images[s], device=device)[None] for s in cohort.split.retain]
+        recalibrate_batchnorm(random_model, retain)
+        self.random_model = random_model.eval().requires_grad_(False)
 
     @torch.no_grad()
     def random_features(self, images: torch.Tensor) -> torch.Tensor:

@@ -53,21 +53,30 @@ def replayed_state(
     report: Callable[[dict[str, float]], None] | None = None,
 ) -> tuple[nn.Module, dict[str, float]]:
     """The model after ``epochs`` epochs of the ``strategy`` trial with config ``params``, and
-    its last metrics.
+    its last report: the metrics with ``epoch`` (the last epoch run) and ``diverged``.
 
     Everything comes in as objects, so a Ray task on any node can run it.
     """
     torch.set_num_threads(study.cpus_per_trial)
     model, unlearning = build_trial(strategy, params, study, cohort, original_state)
     settings = dataclasses.replace(loop_settings(params, study, original_metrics, device), max_epochs=epochs)
-    metrics = run_epochs(model, unlearning, cohort, settings, lambda m, _: report and report(m))
-    return model, metrics
+    last: dict[str, float] = {}
+
+    def on_report(metrics: dict[str, float], state: Any) -> None:
+        last.clear()
+        last.update(metrics)
+        if report is not None:
+            report(metrics)
+
+    run_epochs(model, unlearning, cohort, settings, on_report)
+    return model, last
 
 
 def replay_trial(
     run_dir: Path, trial_id: str, epochs: int | None = None, quiet: bool = False
 ) -> tuple[nn.Module, dict[str, float]]:
-    """Reruns ``trial_id`` for ``epochs`` (default: all it ran); returns the model and last metrics."""
+    """Reruns ``trial_id`` for ``epochs`` (default: all it ran); returns the model and its last
+    report (metrics, ``epoch``, ``diverged``)."""
     run, study = RunDir.open(Path(run_dir))
     trials = run.read_trials()
     if trials is None:

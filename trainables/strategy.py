@@ -14,17 +14,19 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import torch
-from monai.losses import DiceCELoss
+import torch.nn.functional as F
+from monai.losses import DiceLoss
 from torch import nn
 
-from study.data import Cohort
+from study.data import IGNORE_LABEL, Cohort
 
 
 @dataclass
 class Batch:
     """Subjects trained on in one step.
 
-    ``images``: ``(B, 3, D, H, W)`` float; ``labels``: ``(B, D, H, W)`` int64 class indices;
+    ``images``: ``(B, 3, D, H, W)`` float; ``labels``: ``(B, D, H, W)`` int64 class indices,
+    ``IGNORE_LABEL`` on voxels that are not scored (MRBrainS18 labels 9 and 10);
     ``forget``: ``(B,)`` bool, which rows are forget subjects; ``generator``: the step's
     random source (seeded per trial and epoch, so resumed trials repeat their draws).
     """
@@ -35,12 +37,24 @@ class Batch:
     generator: torch.Generator
 
 
-_dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
+# MONAI's DiceCELoss takes no ignore_index; its two terms do, so they are summed here.
+_dice = DiceLoss(to_onehot_y=True, softmax=True, ignore_index=IGNORE_LABEL)
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits ``(B, C, D, H, W)`` over the voxels of labels ``(B, D, H, W)``
+    that are not ``IGNORE_LABEL`` (0, not NaN, when every voxel is ignored)."""
+    total = F.cross_entropy(logits, labels, ignore_index=IGNORE_LABEL, reduction="sum")
+    return total / (labels != IGNORE_LABEL).sum().clamp_min(1)
 
 
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Dice + cross-entropy of logits ``(B, C, D, H, W)`` against labels ``(B, D, H, W)``."""
-    return _dice_ce(logits, labels[:, None])
+    """Dice + cross-entropy of logits ``(B, C, D, H, W)`` against labels ``(B, D, H, W)``.
+
+    Voxels labelled ``IGNORE_LABEL`` take no part in either term: the loss and its gradient
+    do not depend on the logits there. Without them it equals MONAI's ``DiceCELoss``.
+    """
+    return _dice(logits, labels[:, None]) + cross_entropy(logits, labels)
 
 
 @dataclass(kw_only=True, eq=False)
