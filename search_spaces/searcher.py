@@ -19,7 +19,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces import DefineByRun, SearchSpace, starting_point
 from study.config import StudyConfig
-from study.metrics import OBJECTIVES
+from study.objectives import OBJECTIVES
 from study.results import is_diverged
 
 SAMPLERS = {"tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers.NSGAIISampler}
@@ -37,9 +37,14 @@ class StrategySearcher(Searcher):
     """
 
     def __init__(
-        self, searchers: dict[str, OptunaSearch], num_samples: int, max_concurrent: int, optuna_url: str
+        self,
+        searchers: dict[str, OptunaSearch],
+        num_samples: int,
+        max_concurrent: int,
+        optuna_url: str,
+        objectives: tuple[str, str] = OBJECTIVES["reference"],
     ) -> None:
-        super().__init__(metric=list(OBJECTIVES), mode=["max"] * len(OBJECTIVES))
+        super().__init__(metric=list(objectives), mode=["max", "max"])
         self._searchers = searchers
         self._num_samples = num_samples
         self._max_concurrent = max_concurrent
@@ -142,12 +147,14 @@ def build_searcher(
         start = [starting_point(spaces[strategy], config.search_bounds)] if config.warm_start else None
         searchers[strategy] = OptunaSearch(
             space=DefineByRun(spaces[strategy].function, bounds),
-            metric=list(OBJECTIVES),
-            mode=["max"] * len(OBJECTIVES),
+            metric=list(OBJECTIVES[config.objective]),
+            mode=["max", "max"],
             sampler=SAMPLERS[config.sampler](seed=config.seed),
             study_name=strategy,
             storage=storage,
             seed=config.seed,
             points_to_evaluate=start,
         )
-    return StrategySearcher(searchers, config.num_samples, max_concurrent, optuna_url)
+    return StrategySearcher(
+        searchers, config.num_samples, max_concurrent, optuna_url, OBJECTIVES[config.objective]
+    )

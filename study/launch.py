@@ -60,11 +60,8 @@ def run_study(config: StudyConfig, resuming: bool = False) -> Path:
 
     # The cohort goes into the object store once per study; every task gets the reference.
     handover = Handover(study=config, strategies=classes_of(config.strategies), cohort=ray.put(cohort))
-    baselines = train_or_load_baselines(config, cohort, handover.cohort, start, run, connection.local)
-    original_state, original_metrics = baselines["original"]
-    handover = dataclasses.replace(
-        handover, original_state=ray.put(original_state), original_metrics=original_metrics
-    )
+    states, reference = train_or_load_baselines(config, cohort, handover.cohort, start, run, connection.local)
+    handover = dataclasses.replace(handover, original_state=ray.put(states["original"]), reference=reference)
 
     grid = run_experiment(config, run, handover, slots, resuming)
     trials = rows_from_results(grid, config.max_epochs)
@@ -160,9 +157,8 @@ def save_recommended_model(
 
     def replay(cohort: Cohort, original_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         strategy = handover.strategies[params["strategy"]]
-        original_metrics = handover.original_metrics
         model, _ = replayed_state(
-            strategy, params, epoch, config, cohort, original_state, original_metrics, trial_device(config)
+            strategy, params, epoch, config, cohort, original_state, handover.reference, trial_device(config)
         )
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 

@@ -10,25 +10,39 @@ A subject set's figure is the mean over its subjects. With ``0`` the original mo
   ``forget_drop = (forget_dice0 - forget_dice) / forget_dice0``,
   ``retain_kept = retain_dice / retain_dice0``,
   ``score = w * forget_drop + (1 - w) * retain_kept``.
+With ``r`` the retrain reference (trained without the forget subjects):
+  ``forget_gap_to_retrain = |forget_dice - forget_dice_r|`` (and the same for MAE),
+  ``retrain_match = 1 - forget_gap_to_retrain / forget_dice0`` (``study/objectives.py``).
+Membership inference: ``study/privacy.py``.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.metrics import DiceMetric
 from torch import nn
 
-from study.data import IGNORE_LABEL, Cohort
+from study.data import IGNORE_LABEL, Cohort, Split
+from study.privacy import PRIVACY_METRICS, SLAB, privacy_metrics, slab_features
 
 SUBJECT_SETS = ("retain", "forget", "holdout")
 SET_METRICS = tuple(f"{s}_{m}" for m in ("dice", "mae") for s in SUBJECT_SETS)
-DERIVED_METRICS = ("dice_gap", "mae_gap", "forget_drop", "retain_kept", "score")
-METRICS = SET_METRICS + DERIVED_METRICS
-#: What the search maximises, both ratios of the original model's Dice.
-OBJECTIVES = ("forget_drop", "retain_kept")
+DERIVED_METRICS = (
+    "dice_gap",
+    "mae_gap",
+    "forget_drop",
+    "retain_kept",
+    "score",
+    "forget_gap_to_retrain",
+    "forget_mae_gap_to_retrain",
+    "retrain_match",
+)
+METRICS = SET_METRICS + DERIVED_METRICS + PRIVACY_METRICS
 
 
 def scored_voxels(target: torch.Tensor) -> torch.Tensor:
@@ -53,6 +67,18 @@ def dice_per_subject(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -
     return metric.aggregate()  # per-subject mean over the classes present (NaN ones left out)
 
 
+def slab_dice(prediction: torch.Tensor, target: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Foreground-mean Dice ``(S,)`` per slab of ``SLAB`` slices of class maps ``(D, H, W)``;
+    NaN for a slab without foreground."""
+    starts = range(0, target.shape[0], SLAB)
+    return torch.cat(
+        [
+            dice_per_subject(prediction[None, s : s + SLAB], target[None, s : s + SLAB], n_classes)
+            for s in starts
+        ]
+    )
+
+
 def mae_per_subject(probabilities: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """MAE ``(B,)``: mean of ``|softmax - one_hot|`` over classes and scored voxels.
 
@@ -66,50 +92,123 @@ def mae_per_subject(probabilities: torch.Tensor, target: torch.Tensor) -> torch.
     return error.flatten(1).sum(dim=1) / (scored.flatten(1).sum(dim=1) * probabilities.shape[1])
 
 
+@dataclass(frozen=True)
+class SubjectFigures:
+    """One subject's figures: Dice, MAE and its slabs' membership-inference features ``(S, 4)``."""
+
+    dice: float
+    mae: float
+    slabs: np.ndarray
+
+
 @torch.no_grad()
 def evaluate_subjects(
     model: nn.Module, cohort: Cohort, subjects: tuple[str, ...], device: torch.device
-) -> dict[str, tuple[float, float]]:
-    """``{subject: (dice, mae)}`` of ``model`` in eval mode, one subject at a time."""
+) -> dict[str, SubjectFigures]:
+    """``{subject: SubjectFigures}`` of ``model`` in eval mode, one subject at a time."""
     was_training = model.training
     model.eval()
     figures = {}
     for subject in subjects:
-        image = torch.tensor(cohort.images[subject], device=device)[
-            None
-        ]  # a copy: Ray's arrays are read-only
+        image = torch.tensor(cohort.images[subject], device=device)[None]  # a copy: Ray's are read-only
         target = torch.tensor(cohort.labels[subject], device=device)[None]
         probabilities = torch.softmax(model(image).float(), dim=1)
-        dice = dice_per_subject(probabilities.argmax(dim=1), target, cohort.n_classes)
+        prediction = probabilities.argmax(dim=1)
+        dice = dice_per_subject(prediction, target, cohort.n_classes)
         mae = mae_per_subject(probabilities, target)
-        figures[subject] = (float(dice[0]), float(mae[0]))
+        slabs = slab_features(
+            probabilities[0],
+            target[0],
+            slab_dice(prediction[0], target[0], cohort.n_classes),
+            scored_voxels(target[0]),
+        )
+        figures[subject] = SubjectFigures(float(dice[0]), float(mae[0]), slabs)
     model.train(was_training)
     return figures
+
+
+def _set_means(figures: dict[str, SubjectFigures], split: Split) -> dict[str, float]:
+    metrics = {}
+    for set_name in SUBJECT_SETS:
+        subjects = getattr(split, set_name)
+        for metric in ("dice", "mae"):
+            values = [getattr(figures[s], metric) for s in subjects]
+            metrics[f"{set_name}_{metric}"] = sum(values) / len(values) if values else math.nan
+    return metrics
 
 
 def set_metrics(model: nn.Module, cohort: Cohort, device: torch.device) -> dict[str, float]:
     """``retain_dice``, ``forget_dice``, ``holdout_dice`` and the three MAEs; NaN for an empty set."""
     split = cohort.split
-    per_subject = evaluate_subjects(model, cohort, split.training + split.holdout, device)
-    metrics = {}
-    for set_name in SUBJECT_SETS:
-        subjects = getattr(split, set_name)
-        for index, metric in enumerate(("dice", "mae")):
-            values = [per_subject[s][index] for s in subjects]
-            metrics[f"{set_name}_{metric}"] = sum(values) / len(values) if values else math.nan
-    return metrics
+    return _set_means(evaluate_subjects(model, cohort, split.training + split.holdout, device), split)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What every trial is measured against: the original model's and the retrain reference's
+    metrics, and the retrain reference's slab losses ``(F,)`` on the forget subjects."""
+
+    original: dict[str, float]
+    retrain: dict[str, float]
+    retrain_forget_losses: tuple[float, ...]
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else math.nan
 
 
 def derived_metrics(
-    metrics: dict[str, float], original: dict[str, float], score_weight: float = 0.5
+    metrics: dict[str, float], reference: Reference, score_weight: float = 0.5
 ) -> dict[str, float]:
-    """Gaps and objectives of ``metrics`` relative to the original model's ``original``."""
-    forget_drop = (original["forget_dice"] - metrics["forget_dice"]) / original["forget_dice"]
-    retain_kept = metrics["retain_dice"] / original["retain_dice"]
+    """Gaps and objectives of set ``metrics`` relative to the original and retrain models."""
+    original, retrain = reference.original, reference.retrain
+    forget_drop = _ratio(original["forget_dice"] - metrics["forget_dice"], original["forget_dice"])
+    retain_kept = _ratio(metrics["retain_dice"], original["retain_dice"])
+    gap = abs(metrics["forget_dice"] - retrain["forget_dice"])
     return {
         "dice_gap": metrics["retain_dice"] - metrics["forget_dice"],
         "mae_gap": metrics["forget_mae"] - metrics["retain_mae"],
         "forget_drop": forget_drop,
         "retain_kept": retain_kept,
         "score": score_weight * forget_drop + (1 - score_weight) * retain_kept,
+        "forget_gap_to_retrain": gap,
+        "forget_mae_gap_to_retrain": abs(metrics["forget_mae"] - retrain["forget_mae"]),
+        "retrain_match": 1 - _ratio(gap, original["forget_dice"]),
     }
+
+
+def _all_metrics(
+    figures: dict[str, SubjectFigures], split: Split, reference: Reference, score_weight: float
+) -> dict[str, float]:
+    metrics = _set_means(figures, split)
+    slabs = {subject: f.slabs for subject, f in figures.items()}
+    losses = np.asarray(reference.retrain_forget_losses)
+    privacy = privacy_metrics(slabs, split.retain, split.forget, split.holdout, losses)
+    return metrics | derived_metrics(metrics, reference, score_weight) | privacy
+
+
+def evaluate(
+    model: nn.Module, cohort: Cohort, device: torch.device, reference: Reference, score_weight: float = 0.5
+) -> dict[str, float]:
+    """Every figure of ``METRICS`` for ``model``: set means, gaps and objectives, privacy."""
+    split = cohort.split
+    figures = evaluate_subjects(model, cohort, split.training + split.holdout, device)
+    return _all_metrics(figures, split, reference, score_weight)
+
+
+def measure_reference(
+    original: nn.Module, retrain: nn.Module, cohort: Cohort, device: torch.device, score_weight: float = 0.5
+) -> Reference:
+    """The ``Reference`` of a study, its two models' metrics complete (the original's objectives
+    relative to itself, the retrain reference's gaps zero)."""
+    split = cohort.split
+    subjects = split.training + split.holdout
+    original_figures = evaluate_subjects(original, cohort, subjects, device)
+    retrain_figures = evaluate_subjects(retrain, cohort, subjects, device)
+    losses = tuple(float(x) for s in split.forget for x in retrain_figures[s].slabs[:, 0])
+    partial = Reference(_set_means(original_figures, split), _set_means(retrain_figures, split), losses)
+    return Reference(
+        original=_all_metrics(original_figures, split, partial, score_weight),
+        retrain=_all_metrics(retrain_figures, split, partial, score_weight),
+        retrain_forget_losses=losses,
+    )

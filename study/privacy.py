@@ -7,7 +7,8 @@ and the slab's foreground Dice. It is a logistic regression trained on retain sl
 (members) against holdout slabs (non-members), classes weighted equally:
 
 - ``mia_auc``: its power, the AUC on retain vs holdout slabs, each subject's slabs scored
-  by an attack fitted without that subject (leave-one-subject-out); 0.5 is no power.
+  by an attack fitted without that subject (leave-one-subject-out; leave-one-slab-out
+  when a side has a single subject); 0.5 is no power.
 - ``mia_forget``: the fraction of forget slabs it judges members (score > 0.5).
 - ``mia_forget_auc``: the simplest attack, "lower loss = member": AUC of the forget slabs'
   cross-entropy against the holdout slabs' (no fitting). The retrain reference's value,
@@ -59,19 +60,6 @@ def slab_features(
     return np.column_stack([features, dice])
 
 
-def slab_dice(prediction: torch.Tensor, target: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """Foreground-mean Dice ``(S,)`` per slab of class maps ``(D, H, W)``; NaN without foreground."""
-    from study.metrics import dice_per_subject
-
-    slabs = range(0, target.shape[0], SLAB)
-    return torch.cat(
-        [
-            dice_per_subject(prediction[None, s : s + SLAB], target[None, s : s + SLAB], n_classes)
-            for s in slabs
-        ]
-    )
-
-
 def auc(positive: np.ndarray, negative: np.ndarray) -> float:
     """Area under the ROC curve of scores ``positive`` vs ``negative`` (ties count half)."""
     if len(positive) == 0 or len(negative) == 0:
@@ -116,18 +104,22 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, weight: np.ndarray, l2: float) -
     return coef
 
 
-def _cross_validated_auc(
-    features: Mapping[str, np.ndarray], members: Sequence[str], nonmembers: Sequence[str]
-) -> float:
-    """AUC on members vs non-members, each subject scored by an attack fitted without it."""
-    scores: dict[str, np.ndarray] = {}
-    for subject in (*members, *nonmembers):
-        rest_in = [features[s] for s in members if s != subject]
-        rest_out = [features[s] for s in nonmembers if s != subject]
-        if not rest_in or not rest_out:
-            return math.nan
-        scores[subject] = Attack(np.vstack(rest_in), np.vstack(rest_out)).score(features[subject])
-    return auc(np.concatenate([scores[s] for s in members]), np.concatenate([scores[s] for s in nonmembers]))
+def _cross_validated_auc(members: list[np.ndarray], nonmembers: list[np.ndarray]) -> float:
+    """AUC on members vs non-members, each group of slabs scored by an attack fitted without it.
+
+    Groups are subjects; with fewer than two subjects on a side, single slabs.
+    """
+    if min(len(members), len(nonmembers)) < 2:
+        members, nonmembers = [s[None] for m in members for s in m], [s[None] for n in nonmembers for s in n]
+    groups = [(True, i) for i in range(len(members))] + [(False, i) for i in range(len(nonmembers))]
+    scores: dict[tuple[bool, int], np.ndarray] = {}
+    for member, index in groups:
+        rest_in = [x for i, x in enumerate(members) if not (member and i == index)]
+        rest_out = [x for i, x in enumerate(nonmembers) if member or i != index]
+        scored = (members if member else nonmembers)[index]
+        scores[member, index] = Attack(np.vstack(rest_in), np.vstack(rest_out)).score(scored)
+    positive = np.concatenate([scores[True, i] for i in range(len(members))])
+    return auc(positive, np.concatenate([scores[False, i] for i in range(len(nonmembers))]))
 
 
 def privacy_metrics(
@@ -150,7 +142,7 @@ def privacy_metrics(
         return metrics
     members, nonmembers = np.vstack([features[s] for s in retain]), np.vstack([features[s] for s in holdout])
     attack = Attack(members, nonmembers)
-    metrics["mia_auc"] = _cross_validated_auc(features, retain, holdout)
+    metrics["mia_auc"] = _cross_validated_auc([features[s] for s in retain], [features[s] for s in holdout])
     metrics["mia_forget"] = float((attack.score(forget_x) > 0.5).mean())
     metrics["mia_forget_auc"] = auc(-forget_x[:, 0], -nonmembers[:, 0])
     return metrics

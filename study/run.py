@@ -56,6 +56,11 @@ class RunDir:
         return self.path / "trials.parquet"
 
     @property
+    def seeds_file(self) -> Path:
+        """The recommended configuration rerun with fresh seeds: one row per (seed, epoch)."""
+        return self.path / "seeds.parquet"
+
+    @property
     def pareto_file(self) -> Path:
         return self.path / "pareto.parquet"
 
@@ -164,6 +169,12 @@ class RunDir:
 
     def read_trials(self) -> pd.DataFrame | None:
         return pd.read_parquet(self.trials_file) if self.trials_file.is_file() else None
+
+    def write_seed_runs(self, table: pd.DataFrame) -> None:
+        atomic_write(self.seeds_file, lambda p: table.to_parquet(p, index=False))
+
+    def read_seed_runs(self) -> pd.DataFrame | None:
+        return pd.read_parquet(self.seeds_file) if self.seeds_file.is_file() else None
 
     def write_pareto(self, table: pd.DataFrame) -> None:
         atomic_write(self.pareto_file, lambda p: table.to_parquet(p, index=False))

@@ -15,7 +15,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from study.config import BN_MODES
-from study.metrics import set_metrics
+from study.metrics import METRICS, measure_reference
 from study.model import MedicalNetSegmentation
 from trainables.loop import LoopSettings, run_epochs
 from trainables.max_loss import MaxLoss
@@ -59,10 +59,11 @@ def _running_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def test_loop_reports_every_epoch_and_checkpoints_every_second_and_the_last(tiny_cohort):
     model = _model()
-    original = set_metrics(model, tiny_cohort, torch.device("cpu"))
+    reference = measure_reference(model, model, tiny_cohort, torch.device("cpu"))
+    original = reference.original
     reports = []
     settings = LoopSettings(
-        max_epochs=3, lr=1e-3, batch_size=2, checkpoint_every=2, original_metrics=original, warmup_epochs=1
+        max_epochs=3, lr=1e-3, batch_size=2, checkpoint_every=2, reference=reference, warmup_epochs=1
     )
     strategy = NoisyLabel(n_classes=4, original_model=copy.deepcopy(model).eval(), noise_level=0.5)
     final = run_epochs(model, strategy, tiny_cohort, settings, lambda m, s: reports.append((m, s)))
@@ -73,6 +74,10 @@ def test_loop_reports_every_epoch_and_checkpoints_every_second_and_the_last(tiny
     for key in ("retain_dice", "forget_dice", "holdout_dice"):
         assert 0.0 <= final[key] <= 1.0
     assert final["retain_kept"] == pytest.approx(final["retain_dice"] / original["retain_dice"])
+    assert final["forget_gap_to_retrain"] == pytest.approx(
+        abs(final["forget_dice"] - original["forget_dice"])
+    )
+    assert set(METRICS) <= set(final) and 0.0 <= final["mia_forget"] <= 1.0 and 0.0 <= final["mia_auc"] <= 1.0
     assert reports[-1][0]["diverged"] == 0.0
 
 
@@ -227,14 +232,14 @@ def test_max_loss_forget_term_is_bounded_by_the_ceiling():
 
 def test_a_non_finite_loss_ends_the_run_as_diverged(tiny_cohort):
     model = _model()
-    original = set_metrics(model, tiny_cohort, torch.device("cpu"))
+    reference = measure_reference(model, model, tiny_cohort, torch.device("cpu"))
 
     class Exploding(NoisyLabel):
         def loss(self, model, batch):
             return super().loss(model, batch) * math.inf
 
     reports = []
-    settings = LoopSettings(max_epochs=5, lr=1e-3, batch_size=2, original_metrics=original)
+    settings = LoopSettings(max_epochs=5, lr=1e-3, batch_size=2, reference=reference)
     final = run_epochs(
         model, Exploding(n_classes=4, noise_level=0.5), tiny_cohort, settings, lambda m, s: reports.append(m)
     )

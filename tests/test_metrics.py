@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from study.data import IGNORE_LABEL
-from study.metrics import derived_metrics, dice_per_subject, mae_per_subject
+from study.metrics import Reference, derived_metrics, dice_per_subject, mae_per_subject
 
 X = IGNORE_LABEL  # an ignored voxel, one letter wide in the grids below
 
@@ -66,11 +66,26 @@ def test_mae_is_the_mean_over_scored_voxels_only():
 
 def test_derived_metrics_match_the_reference_noisy_label_row():
     original = {"retain_dice": 0.9019, "forget_dice": 0.9226}
+    retrain = {"forget_dice": 0.70, "forget_mae": 0.05}
     after = {"retain_dice": 0.7576, "forget_dice": 0.0613, "retain_mae": 0.02, "forget_mae": 0.111}
-    derived = derived_metrics(after, original, score_weight=0.5)
+    derived = derived_metrics(after, Reference(original, retrain, ()), score_weight=0.5)
     assert derived["dice_gap"] == pytest.approx(0.6963)
     assert derived["mae_gap"] == pytest.approx(0.091)
     assert derived["forget_drop"] == pytest.approx((0.9226 - 0.0613) / 0.9226)  # about 0.934
     assert derived["retain_kept"] == pytest.approx(0.7576 / 0.9019)  # about 0.84
     assert derived["score"] == pytest.approx(0.5 * derived["forget_drop"] + 0.5 * derived["retain_kept"])
     assert math.isclose(derived["score"], 0.887, abs_tol=0.005)
+    # forgotten far past what retraining forgets: a gap, and a low retrain match
+    assert derived["forget_gap_to_retrain"] == pytest.approx(0.70 - 0.0613)
+    assert derived["forget_mae_gap_to_retrain"] == pytest.approx(0.111 - 0.05)
+    assert derived["retrain_match"] == pytest.approx(1 - (0.70 - 0.0613) / 0.9226)
+    at_retrain = derived_metrics({**after, "forget_dice": 0.70}, Reference(original, retrain, ()))
+    assert at_retrain["forget_gap_to_retrain"] == 0.0 and at_retrain["retrain_match"] == 1.0
+
+
+def test_derived_metrics_are_nan_not_an_error_when_the_original_segments_nothing():
+    nothing = {"retain_dice": 0.0, "forget_dice": 0.0}
+    after = {"retain_dice": 0.1, "forget_dice": 0.0, "retain_mae": 0.3, "forget_mae": 0.3}
+    derived = derived_metrics(after, Reference(nothing, {"forget_dice": 0.0, "forget_mae": 0.3}, ()))
+    assert math.isnan(derived["forget_drop"]) and math.isnan(derived["retain_kept"])
+    assert derived["forget_gap_to_retrain"] == 0.0

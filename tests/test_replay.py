@@ -37,6 +37,7 @@ def _run_dir(tmp_path: Path, cache_home: Path) -> tuple[Path, dict[str, torch.Te
     run.write_config(study)
     state = build_model(study, n_classes=4).state_dict()
     run.record_baseline("original", state, ORIGINAL)
+    run.record_baseline("retrain", state, ORIGINAL)  # replay measures trials against both
     params = {"trial_number": 0, "lr": 1e-3, "optimizer": "adam", "weight_decay": 0.0, "warmup_epochs": 0}
     params |= {"bn_mode": "train", "retain_weight": 1.0, "noise_level": 1.0}
     history = [{**ORIGINAL, "epoch": epoch} for epoch in (1, 2)]

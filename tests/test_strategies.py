@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
 from study.data import IGNORE_LABEL
-from study.metrics import set_metrics
 from study.model import MedicalNetSegmentation
 from trainables import STRATEGIES
 from trainables.finetune import Finetune
@@ -36,8 +35,7 @@ def _unlearn(strategy_name: str, params: dict, cohort, epochs: int = 1, lr: floa
     strategy = STRATEGIES[strategy_name].strategy(
         n_classes=4, original_model=copy.deepcopy(original).eval(), **params
     )
-    metrics = set_metrics(original, cohort, torch.device("cpu"))
-    loop = LoopSettings(max_epochs=epochs, lr=lr, batch_size=2, original_metrics=metrics, **settings)
+    loop = LoopSettings(max_epochs=epochs, lr=lr, batch_size=2, **settings)
     run_epochs(model, strategy, cohort, loop, lambda m, s: None)
     return original, model, strategy
 

@@ -21,7 +21,7 @@ from torch import nn
 from study.cluster import task_options, trial_device
 from study.config import StudyConfig
 from study.data import Cohort
-from study.metrics import set_metrics
+from study.metrics import Reference, measure_reference, set_metrics
 from study.model import MedicalNetSegmentation
 from study.results import atomic_write
 from study.run import RunDir
@@ -62,7 +62,7 @@ def baseline_key(config: StudyConfig, cohort: Cohort, name: str) -> str:
         "lr": config.baseline_lr,
         "batch_size": config.batch_size,
         "seed": config.seed,
-        "loop_version": 2,
+        "loop_version": 3,  # 3: labels 9 and 10 left out of the loss
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -145,6 +145,30 @@ def train_baseline(
     return state, metrics
 
 
+def measure_baselines(
+    config: StudyConfig,
+    cohort: Cohort,
+    states: dict[str, dict[str, torch.Tensor]],
+    threads: int = 1,
+    device: str = "",
+) -> Reference:
+    """The study's ``Reference``: both baselines evaluated on every subject (set metrics,
+    gaps, membership inference) from their state dicts ``states``."""
+    torch.set_num_threads(threads)
+    models = {}
+    for name in BASELINES:
+        models[name] = build_model(config, cohort.n_classes)
+        models[name].load_state_dict(states[name])
+    on = device_for_training(device)
+    return measure_reference(
+        models["original"].to(on), models["retrain"].to(on), cohort, on, config.score_weight
+    )
+
+
+#: What the study prints of each baseline's figures.
+SHOWN = ("retain_dice", "forget_dice", "holdout_dice", "forget_gap_to_retrain", "mia_auc", "mia_forget")
+
+
 def train_or_load_baselines(
     config: StudyConfig,
     cohort: Cohort,
@@ -152,9 +176,10 @@ def train_or_load_baselines(
     start: dict[str, torch.Tensor],
     run: RunDir,
     local: bool,
-) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, float]]]:
-    """Every baseline's weights and metrics, recorded in the run directory: from the cache,
-    else trained side by side as Ray tasks (``cohort_ref``: the cohort in the object store)."""
+) -> tuple[dict[str, dict[str, torch.Tensor]], Reference]:
+    """Every baseline's weights and the study's ``Reference``, recorded in the run directory:
+    weights from the cache, else trained side by side as Ray tasks (``cohort_ref``: the cohort
+    in the object store); the figures measured in one more task."""
     import ray
 
     keys = {name: baseline_key(config, cohort, name) for name in BASELINES}
@@ -162,19 +187,23 @@ def train_or_load_baselines(
     missing = [name for name, cached in found.items() if cached is None]
     for name in found.keys() - set(missing):
         print(f"{name} model: cached ({_cache_file(config.cache_path, keys[name])})")
+    # A local Ray is ours alone: the baselines may share every core.
+    total = int(ray.cluster_resources().get("CPU", 1))
+    cpus = max(1, total // max(1, len(missing))) if local else config.cpus_per_trial
+    device = trial_device(config)
     if missing:
         print(f"training {', '.join(missing)} ({config.baseline_epochs} epochs each)")
-        # A local Ray is ours alone: the baselines may share every core.
-        total = int(ray.cluster_resources().get("CPU", 1))
-        cpus = max(1, total // len(missing)) if local else config.cpus_per_trial
         train = ray.remote(**task_options(config, cpus))(train_baseline)
         start_ref = ray.put(start)
-        device = trial_device(config)
         pending = {name: train.remote(name, config, cohort_ref, start_ref, cpus, device) for name in missing}
         for name, ref in pending.items():
             found[name] = ray.get(ref)
             store_cached(config.cache_path, keys[name], *found[name])
-    for name, (state, metrics) in found.items():
+    states = {name: state for name, (state, _) in found.items()}
+    measure = ray.remote(**task_options(config, cpus))(measure_baselines)
+    reference = ray.get(measure.remote(config, cohort_ref, states, cpus, device))
+    for name, state in states.items():
+        metrics = getattr(reference, name)
         run.record_baseline(name, state, metrics)
-        print(f"{name} model: " + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
-    return found
+        print(f"{name} model: " + "  ".join(f"{k} {metrics[k]:.3f}" for k in SHOWN))
+    return states, reference

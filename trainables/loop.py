@@ -18,7 +18,7 @@ from torch import nn
 
 from study.config import BN_MODES
 from study.data import Cohort
-from study.metrics import derived_metrics, set_metrics
+from study.metrics import Reference, evaluate, set_metrics
 from study.model import recalibrate_batchnorm
 from trainables.strategy import Batch, Strategy
 
@@ -31,8 +31,9 @@ class LoopSettings:
     """How one run of the loop trains.
 
     ``checkpoint_every``: epochs between checkpoints (0: only at ``checkpoint_epochs`` and
-    the last epoch). ``original_metrics``: the original model's set metrics, to report
-    ``forget_drop`` and friends; ``None`` when training the original model itself.
+    the last epoch). ``reference``: the original and retrain models' figures, to report
+    ``forget_drop``, the gaps to retrain and the membership inference; ``None`` when
+    training the baselines themselves (set metrics only).
     ``bn_mode`` (one of ``study.config.BN_MODES``) and ``optimizer`` (one of ``OPTIMIZERS``)
     are checked here: a misspelt mode raises ``ValueError`` instead of silently training.
     ``"recalibrate"`` trains as ``"train"``, then after each epoch re-estimates the running
@@ -52,7 +53,7 @@ class LoopSettings:
     checkpoint_every: int = 1
     checkpoint_epochs: tuple[int, ...] = ()
     eval_every: int = 1
-    original_metrics: dict[str, float] | None = None
+    reference: Reference | None = None
     score_weight: float = 0.5
     device: str = ""  # "cpu", "cuda" (the GPU Ray assigned), or empty: a GPU if torch sees one
 
@@ -123,10 +124,9 @@ def _finite(metrics: dict[str, float]) -> bool:
 def _evaluate(
     model: nn.Module, cohort: Cohort, settings: LoopSettings, device: torch.device
 ) -> dict[str, float]:
-    metrics = set_metrics(model, cohort, device)
-    if settings.original_metrics is not None:
-        metrics |= derived_metrics(metrics, settings.original_metrics, settings.score_weight)
-    return metrics
+    if settings.reference is None:
+        return set_metrics(model, cohort, device)
+    return evaluate(model, cohort, device, settings.reference, settings.score_weight)
 
 
 def _prepare_model(
@@ -213,10 +213,8 @@ def _train_epoch(
 
 def _last_finite(metrics: dict[str, float], settings: LoopSettings) -> dict[str, float]:
     """``metrics``, or when nothing finite was evaluated since the start, the original model's."""
-    if not metrics and settings.original_metrics is not None:
-        return settings.original_metrics | derived_metrics(
-            settings.original_metrics, settings.original_metrics, settings.score_weight
-        )
+    if not metrics and settings.reference is not None:
+        return dict(settings.reference.original)
     return metrics
 
 

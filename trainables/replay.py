@@ -24,9 +24,11 @@ from study.cli import run_cli
 from study.config import StudyConfig
 from study.data import Cohort, open_cohort
 from study.errors import StudyError
+from study.metrics import Reference
 from study.results import params_of
 from study.run import RunDir
 from trainables import STRATEGIES
+from trainables.baseline import BASELINES, measure_baselines
 from trainables.loop import run_epochs
 from trainables.strategy import Strategy
 from trainables.trial import build_trial, loop_settings
@@ -48,7 +50,7 @@ def replayed_state(
     study: StudyConfig,
     cohort: Cohort,
     original_state: dict[str, torch.Tensor],
-    original_metrics: dict[str, float],
+    reference: Reference,
     device: str = "",
     report: Callable[[dict[str, float]], None] | None = None,
 ) -> tuple[nn.Module, dict[str, float]]:
@@ -59,7 +61,7 @@ def replayed_state(
     """
     torch.set_num_threads(study.cpus_per_trial)
     model, unlearning = build_trial(strategy, params, study, cohort, original_state)
-    settings = dataclasses.replace(loop_settings(params, study, original_metrics, device), max_epochs=epochs)
+    settings = dataclasses.replace(loop_settings(params, study, reference, device), max_epochs=epochs)
     last: dict[str, float] = {}
 
     def on_report(metrics: dict[str, float], state: Any) -> None:
@@ -81,9 +83,11 @@ def replay_trial(
     trials = run.read_trials()
     if trials is None:
         raise StudyError(f"{run_dir} has no results table yet; the study has not finished")
-    original_state = run.load_baseline("original")
-    if original_state is None:
-        raise StudyError(f"{run_dir} holds no original model yet; the study has not trained it")
+    states = {name: run.load_baseline(name) for name in BASELINES}
+    if any(state is None for state in states.values()):
+        raise StudyError(
+            f"{run_dir} holds no original and retrain models yet; the study has not trained them"
+        )
     params = trial_params(trials, trial_id)
     if params["strategy"] not in STRATEGIES:
         raise StudyError(
@@ -102,15 +106,15 @@ def replay_trial(
 
     print(f"replaying {params['strategy']} trial {trial_id} for {epochs} epochs: {params}", flush=True)
     cohort = open_cohort(study)
-    original_metrics = run.baseline_metrics()["original"]
+    reference = measure_baselines(study, cohort, states, study.cpus_per_trial)
     return replayed_state(
         STRATEGIES[params["strategy"]].strategy,
         params,
         epochs,
         study,
         cohort,
-        original_state,
-        original_metrics,
+        states["original"],
+        reference,
         report=None if quiet else report,
     )
 

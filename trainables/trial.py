@@ -17,6 +17,7 @@ from torch import nn
 
 from study.config import StudyConfig
 from study.data import Cohort
+from study.metrics import Reference
 from study.results import NOT_SEARCHED
 from trainables.baseline import build_model
 from trainables.loop import LoopSettings
@@ -27,7 +28,7 @@ LOOP_HYPERPARAMETERS = ("lr", "optimizer", "weight_decay", "warmup_epochs", "bn_
 
 
 def loop_settings(
-    params: dict[str, Any], study: StudyConfig, original_metrics: dict[str, float], device: str = ""
+    params: dict[str, Any], study: StudyConfig, reference: Reference | None, device: str = ""
 ) -> LoopSettings:
     """The loop's settings for a trial with config ``params``."""
     return LoopSettings(
@@ -37,7 +38,7 @@ def loop_settings(
         seed=study.seed * 10_007 + int(params.get("trial_number", 0)),
         checkpoint_every=study.checkpoint_every,
         checkpoint_epochs=tuple(study.horizons),
-        original_metrics=original_metrics,
+        reference=reference,
         score_weight=study.score_weight,
         device=device,
     )

@@ -16,6 +16,7 @@ import torch
 
 from study.cluster import trial_device
 from study.config import StudyConfig
+from study.metrics import Reference
 from study.storage import STATE_FILE, trial_dirname
 from trainables.loop import run_epochs
 from trainables.strategy import Strategy
@@ -28,7 +29,8 @@ class Handover:
 
     ``cohort``: a reference to the preprocessed ``Cohort``; ``original_state``: a reference to
     the original model's state dict (``None`` while the baselines train);
-    ``original_metrics``: its set metrics; ``study``: the configuration; ``strategies``:
+    ``reference``: the original and retrain models' figures that every trial is measured
+    against; ``study``: the configuration; ``strategies``:
     the classes of the study's strategies (so a worker builds exactly what the driver checked).
     """
 
@@ -36,7 +38,7 @@ class Handover:
     strategies: dict[str, type[Strategy]]
     cohort: Any  # ray.ObjectRef[Cohort]
     original_state: Any = None  # ray.ObjectRef[dict[str, torch.Tensor]]
-    original_metrics: dict[str, float] | None = None
+    reference: Reference | None = None
 
 
 def unlearning_trial(params: dict[str, Any], *, handover: Handover) -> None:
@@ -73,7 +75,7 @@ def unlearning_trial(params: dict[str, Any], *, handover: Handover) -> None:
             saved.set_metadata({"epoch": int(state["epoch"])})
             tune.report(metrics, checkpoint=saved)
 
-    settings = loop_settings(params, study, handover.original_metrics or {}, trial_device(study))
+    settings = loop_settings(params, study, handover.reference, trial_device(study))
     run_epochs(model, strategy, cohort, settings, report, resume_state)
 
 
