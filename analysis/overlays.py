@@ -1,7 +1,9 @@
 """Overlays of one forget and one retain subject before and after unlearning.
 
-The only part of the report that loads models and images: the original model from the
-baselines, the recommended one from ``recommended.pt`` or a kept Tune checkpoint.
+The only part of the report that loads models and images: the original model and the
+retrain reference from the baselines, the recommended one from ``recommended.pt`` or a kept
+Tune checkpoint. The retrain reference's segmentation is what the recommended model's
+should look like: on a forget subject, that of a model that never saw it.
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ def overlay_figure(study: Study, recommendation: Recommendation | None) -> tuple
     if original is None:
         return None, "no overlays: the original model is not saved yet"
     states = {"original model": original}
-    note = ""
+    retrain = study.run.load_baseline("retrain")
+    if retrain is not None:
+        states["retrain reference"] = retrain
+    notes = [] if retrain is not None else ["the retrain reference is not saved yet"]
     if recommendation is not None:
         trial_id, epoch = recommendation["trial_id"], int(recommendation["epoch"])
         recommended = study.run.load_model_of(trial_id, epoch)
         if recommended is None:
-            note = (
+            notes.append(
                 f"the recommended model (trial {trial_id} after {epoch} epochs) is not saved; "
                 f"add it with: {reproduce_command(study, recommendation, out=True)}"
             )
@@ -41,7 +46,7 @@ def overlay_figure(study: Study, recommendation: Recommendation | None) -> tuple
         _panel(f"{set_name} subject {subject}", cohort, subject, models)
         for set_name, subject in (("forget", cohort.split.forget[0]), ("retain", cohort.split.retain[0]))
     ]
-    return overlay_plot(panels, CLASS_NAMES[config.label_mode]), note
+    return overlay_plot(panels, CLASS_NAMES[config.label_mode]), "; ".join(notes)
 
 
 def _model(config: StudyConfig, n_classes: int, state: dict[str, torch.Tensor]) -> nn.Module:

@@ -35,11 +35,13 @@ def pareto_front(rows: pd.DataFrame, objectives: tuple[str, ...] = OBJECTIVES) -
     return rows[mask].sort_values(list(objectives), ascending=False).reset_index(drop=True)
 
 
-def front_table(trials: pd.DataFrame) -> str:
-    """The non-dominated trials (final epochs) as a short text table; diverged trials left out."""
+def front_table(trials: pd.DataFrame, objectives: tuple[str, ...] = OBJECTIVES) -> str:
+    """The non-dominated trials (final epochs) on ``objectives`` as a short text table; diverged
+    trials left out. Holdout Dice beside retain Dice: retain Dice is measured on training subjects."""
     finals = final_rows(trials)
-    front = pareto_front(candidates(finals))
-    columns = ["strategy", "trial_id", "epoch", *OBJECTIVES, "forget_dice", "retain_dice", "score"]
+    front = pareto_front(candidates(finals), objectives)
+    figures = ["forget_dice", "retain_dice", "holdout_dice", "score"]
+    columns = ["strategy", "trial_id", "epoch", *objectives, *(f for f in figures if f not in objectives)]
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
         table = front[columns].to_string(index=False)
     diverged = len(finals) - len(candidates(finals))
@@ -65,14 +67,24 @@ def hypervolume(points: np.ndarray, reference: tuple[float, float] = (0.0, 0.0))
     return float(area)
 
 
-KNEE_RULE = (
-    "the knee is the front point closest (Euclidean distance) to the ideal point "
-    "forget_drop = 1, retain_kept = 1: everything forgotten, every retain Dice kept; "
-    "both objectives are ratios of the original model's Dice, so they share one scale"
-)
+#: What the ideal point (1, 1) of each view means, objective by objective.
+IDEALS = {
+    "forget_drop": "forget_drop = 1 (everything forgotten)",
+    "retrain_match": "retrain_match = 1 (exactly the retrain reference's forget Dice)",
+    "retain_kept": "retain_kept = 1 (every retain Dice kept)",
+}
+
+
+def knee_rule(objectives: tuple[str, ...] = OBJECTIVES) -> str:
+    """How the knee on ``objectives`` is chosen, in words."""
+    ideal = ", ".join(IDEALS[o] for o in objectives)
+    return (
+        f"the knee is the front point closest (Euclidean distance) to the ideal point {ideal}; "
+        "the objectives are ratios of the original model's Dice, so they share one scale"
+    )
 
 
 def knee_index(front: pd.DataFrame, objectives: tuple[str, ...] = OBJECTIVES) -> int:
-    """Row position in ``front`` of its knee (``KNEE_RULE``)."""
+    """Row position in ``front`` of its knee (``knee_rule``)."""
     points = front[list(objectives)].to_numpy(dtype=float)
     return int(np.argmin(np.linalg.norm(points - 1.0, axis=1)))

@@ -12,8 +12,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from analysis.pareto import pareto_front
+from analysis.pareto import OBJECTIVES, pareto_front
 from analysis.summary import diverged_label
+from study.data import IGNORE_LABEL
 from study.results import candidates
 
 
@@ -31,42 +32,66 @@ def strategy_colours(strategies: list[str]) -> dict[str, tuple]:
 
 
 DIVERGED_MARK = "x: trial that diverged later (no choice)"
+PAST_RETRAIN_MARK = "red ring: forgets past the retrain reference"
+RETRAIN_MARK = "retrain reference (exact unlearning)"
+AXIS_LABELS = {
+    "forget_drop": "forget_drop (higher: more forgotten)",
+    "retrain_match": "retrain_match (1: the retrain reference's forget Dice)",
+    "retain_kept": "retain_kept (higher: retain Dice kept)",
+}
 
 
-def _panel(axis: plt.Axes, at: pd.DataFrame, colours: dict[str, tuple], knee: pd.Series | None) -> None:
-    """One horizon's points (``at``): candidates as dots, rows of trials that diverged later as
-    labelled crosses, the candidates' front circled, the knee starred."""
+def _panel(axis: plt.Axes, at: pd.DataFrame, colours: dict[str, tuple], objectives: tuple[str, str]) -> None:
+    """One horizon's points (``at``) on ``objectives``: candidates as dots, rows of trials that
+    diverged later as labelled crosses, trials forgetting past retraining ringed, the front circled."""
+    x, y = objectives
     diverged = at["status"] == "diverged"
     for strategy, group in at[~diverged].groupby("strategy"):
-        axis.scatter(
-            group["forget_drop"], group["retain_kept"], s=30, color=colours[strategy], label=strategy
-        )
+        axis.scatter(group[x], group[y], s=30, color=colours[strategy], label=strategy)
     for _, row in at[diverged].iterrows():
-        point = (row["forget_drop"], row["retain_kept"])
-        axis.scatter(*point, marker="x", s=40, color=colours[row["strategy"]], label=DIVERGED_MARK)
+        axis.scatter(row[x], row[y], marker="x", s=40, color=colours[row["strategy"]], label=DIVERGED_MARK)
         label = diverged_label(row["diverged_at"])
-        axis.annotate(label, point, fontsize=7, ha="center", xytext=(0, 6), textcoords="offset points")
+        axis.annotate(
+            label, (row[x], row[y]), fontsize=7, ha="center", xytext=(0, 6), textcoords="offset points"
+        )
     if diverged.any():
         axis.margins(0.15)  # room for the labels at the panel's edges
-    front = pareto_front(candidates(at))
+    chosen = candidates(at)
+    past = chosen[chosen["forgets_past_retrain"]] if "forgets_past_retrain" in chosen else chosen.iloc[:0]
+    if len(past):
+        axis.scatter(past[x], past[y], s=70, facecolors="none", edgecolors="red", label=PAST_RETRAIN_MARK)
+    front = pareto_front(chosen, objectives)
     if len(front):
-        axis.step(front["forget_drop"], front["retain_kept"], where="post", color="black", lw=1, alpha=0.6)
-        axis.scatter(front["forget_drop"], front["retain_kept"], s=110, facecolors="none", edgecolors="black")
-    if knee is not None and (at["horizon"] == knee["horizon"]).any():
-        axis.scatter([knee["forget_drop"]], [knee["retain_kept"]], marker="*", s=320, color="gold",
-                     edgecolors="black", zorder=5, label="recommended")  # fmt: skip
+        axis.step(front[x], front[y], where="post", color="black", lw=1, alpha=0.6)
+        axis.scatter(front[x], front[y], s=110, facecolors="none", edgecolors="black")
 
 
-def pareto_plot(rows: pd.DataFrame, horizons: list[str], knee: pd.Series | None) -> bytes:
-    """One panel per horizon: every trial that ran to it, its strategy's colour, the overall front
-    of the candidates highlighted; a trial that diverged later is a cross labelled by its epoch."""
+def pareto_plot(
+    rows: pd.DataFrame,
+    horizons: list[str],
+    knee: pd.Series | None,
+    objectives: tuple[str, str] = OBJECTIVES,
+    retrain: pd.Series | None = None,
+    knee_label: str = "recommended",
+) -> bytes:
+    """One panel per horizon on ``objectives``: every trial that ran to it in its strategy's colour,
+    the overall front of the candidates highlighted, ``knee`` starred (``knee_label``), the
+    ``retrain`` reference's point (one model: the same in every panel) as a red plus; a trial
+    that diverged later is a cross labelled by its epoch."""
     colours = strategy_colours(list(rows["strategy"].unique()))
     figure, axes = plt.subplots(1, len(horizons), figsize=(5.2 * len(horizons), 4.4), squeeze=False)
+    x, y = objectives
     for axis, horizon in zip(axes[0], horizons, strict=True):
-        _panel(axis, rows[rows["horizon"] == horizon], colours, knee)
+        _panel(axis, rows[rows["horizon"] == horizon], colours, objectives)
+        if knee is not None and knee["horizon"] == horizon:
+            axis.scatter([knee[x]], [knee[y]], marker="*", s=320, color="gold",
+                         edgecolors="black", zorder=5, label=knee_label)  # fmt: skip
+        if retrain is not None:
+            axis.scatter([retrain[x]], [retrain[y]], marker="P", s=140, color="red",
+                         edgecolors="black", zorder=6, label=RETRAIN_MARK)  # fmt: skip
         axis.set_title(f"horizon: {horizon}" + (" epochs" if horizon.isdigit() else " epoch of each trial"))
-        axis.set_xlabel("forget_drop (higher: more forgotten)")
-        axis.set_ylabel("retain_kept (higher: retain Dice kept)")
+        axis.set_xlabel(AXIS_LABELS[x])
+        axis.set_ylabel(AXIS_LABELS[y])
         axis.grid(alpha=0.3)
     labelled = {}
     for axis in axes[0]:
@@ -78,22 +103,42 @@ def pareto_plot(rows: pd.DataFrame, horizons: list[str], knee: pd.Series | None)
     return _png(figure)
 
 
-def curves_plot(trials: pd.DataFrame, best: dict[str, str]) -> bytes:
-    """Forget and retain Dice per epoch of each strategy's best trial (``best``: strategy -> trial_id)."""
+def _level(axis: plt.Axes, value: float | None, label: str, style: str) -> None:
+    """A labelled horizontal line at ``value`` (none when it is missing or NaN)."""
+    if value is not None and np.isfinite(value):
+        axis.axhline(value, color="black", ls=style, lw=1, alpha=0.7, label=f"{label}: {value:.2f}")
+
+
+def curves_plot(trials: pd.DataFrame, best: dict[str, str], baselines: dict[str, dict[str, float]]) -> bytes:
+    """Forget, retain and holdout Dice per epoch of each strategy's best trial (``best``:
+    strategy -> trial_id; strategies named in the first panel's legend), with the retrain
+    reference's Dice on each set dashed and the original model's holdout Dice dotted."""
     colours = strategy_colours(list(best))
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4), sharex=True, sharey=True)
+    sets = ("forget", "retain", "holdout")
     for strategy, trial_id in sorted(best.items()):
         rows = trials[trials["trial_id"] == trial_id].sort_values("epoch")
-        axes[0].plot(rows["epoch"], rows["forget_dice"], color=colours[strategy], label=strategy)
-        axes[1].plot(rows["epoch"], rows["retain_dice"], color=colours[strategy], label=strategy)
-    for axis, title in zip(axes, ("forget Dice", "retain Dice"), strict=True):
-        axis.set_title(title)
+        for axis, name in zip(axes, sets, strict=True):
+            label = strategy if name == "forget" else None
+            axis.plot(rows["epoch"], rows[f"{name}_dice"], color=colours[strategy], label=label)
+    original, retrain = baselines.get("original", {}), baselines.get("retrain", {})
+    for axis, name in zip(axes, sets, strict=True):
+        _level(axis, retrain.get(f"{name}_dice"), f"retrain reference's {name} Dice", "--")
+        _level(axis, original.get("holdout_dice"), "original model's holdout Dice", ":")
+        axis.set_title(f"{name} Dice")
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)
+        if axis.get_legend_handles_labels()[1]:
+            axis.legend(fontsize=7)
+    if trials["holdout_dice"].isna().all():
+        axes[2].text(0.5, 0.5, "no holdout Dice reported", ha="center", transform=axes[2].transAxes)
     axes[0].set_ylabel("Dice")
-    if best:  # none while every trial diverged
-        axes[1].legend(fontsize=8)
     return _png(figure)
+
+
+def shown_classes(classes: np.ndarray) -> np.ma.MaskedArray:
+    """A class map ``(H, W)`` as overlaid: background and unscored voxels (``IGNORE_LABEL``) clear."""
+    return np.ma.masked_where((classes == 0) | (classes == IGNORE_LABEL), classes)
 
 
 def overlay_plot(
@@ -111,8 +156,9 @@ def overlay_plot(
         axes[row][0].set_title(f"{title}: T1", fontsize=9)
         for column, (name, classes) in enumerate(maps, start=1):
             axes[row][column].imshow(image, cmap="gray")
-            overlay = np.ma.masked_where(classes == 0, classes)
-            axes[row][column].imshow(overlay, cmap=cmap, vmin=0, vmax=max(n_classes - 1, 1), alpha=0.55)
+            axes[row][column].imshow(
+                shown_classes(classes), cmap=cmap, vmin=0, vmax=max(n_classes - 1, 1), alpha=0.55
+            )
             axes[row][column].set_title(name, fontsize=9)
     for axis in axes.flat:
         axis.axis("off")

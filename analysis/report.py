@@ -17,34 +17,61 @@ import pandas as pd
 
 from analysis.document import Bullets, Code, Figure, Paragraph, Section, Table, render_html, render_markdown
 from analysis.overlays import overlay_figure
-from analysis.pareto import KNEE_RULE
+from analysis.pareto import knee_rule
 from analysis.plots import curves_plot, pareto_plot
+from analysis.sections import privacy_section, seeds_section, views_section
 from analysis.study_state import Recommendation, Study, load_study, recommendation_of, reproduce_command
 from analysis.summary import (
     BEST_RULE,
     FINAL,
     best_trials,
     diverged_label,
-    fronts,
     horizon_rows,
     hypervolumes,
     paper_table,
+    recommend,
 )
+from analysis.views import forgets_past_retrain, fronts_by_view, past_retrain_text, retrain_point
 from study.cli import run_cli
 from study.errors import StudyError
+from study.objectives import OBJECTIVES
 from study.results import atomic_write, params_of
 
-#: The figures of the recommended trial that its table shows.
-SHOWN_FIGURES = ("forget_drop", "retain_kept", "forget_dice", "retain_dice", "dice_gap", "mae_gap", "score")
+#: The figures of the recommended trial that its table shows; holdout Dice beside retain Dice
+#: (retain_kept is measured on training subjects, holdout ones were never trained on).
+SHOWN_FIGURES = (
+    "forget_drop",
+    "retain_kept",
+    "retrain_match",
+    "forget_dice",
+    "retain_dice",
+    "holdout_dice",
+    "forget_gap_to_retrain",
+    "dice_gap",
+    "mae_gap",
+    "score",
+)
 
 NOT_YET = "no trial has reached a configured horizon yet"
 FRONT_RULE = (
-    "Circles: the front over all strategies at that horizon; star: the recommendation; crosses: "
-    "trials that diverged later (left out of fronts and hypervolumes). "
-    "Hypervolume (reference point (0, 0); higher is better):"
+    "Circles: the front over all strategies at that horizon; star: the recommendation; red plus: "
+    "the retrain reference; red ring: a trial that forgets past it; crosses: trials that diverged "
+    "later (left out of fronts and hypervolumes). Hypervolume on the searched objectives "
+    "(reference point (0, 0); higher is better):"
 )
-PAPER_RULE = f"Per strategy and horizon, {BEST_RULE}. The last row is the reference paper's published figure, not ours."
-OVERLAY_RULE = "Middle slice; colours: classes (background clear)."
+PAPER_RULE = (
+    f"Per strategy and horizon, {BEST_RULE}. Holdout Dice beside retain Dice: retain subjects were "
+    "trained on, holdout ones never. The last row is the reference paper's published figure, not ours."
+)
+OVERLAY_RULE = (
+    "Middle slice; colours: classes (background and unscored voxels clear). The retrain reference's "
+    "segmentation is what exact unlearning gives: the recommended model's should resemble it."
+)
+CURVES_RULE = (
+    "Each strategy's trial with the highest score at its final epoch. Dashed: the retrain "
+    "reference's Dice on that set (where unlearning should go); dotted: the original model's "
+    "holdout Dice (subjects it never saw)."
+)
 DIVERGED_RULE = (
     "A trial whose loss turned non-finite ended at that epoch. Its last figures are those of its "
     "last finite model, so it is shown only at the horizons it ran past, as a cross, and is never "
@@ -78,9 +105,11 @@ def _heading(study: Study) -> Section:
 
 def _recommended(study: Study, recommendation: Recommendation | None) -> Section:
     horizons = ", ".join(str(h) for h in sorted(study.config.horizons))
+    objectives = OBJECTIVES[study.config.objective]
     rule = Paragraph(
         f"Rule: among the trials read at the configured horizons ({horizons} epochs), the "
-        f"non-dominated ones on (forget_drop, retain_kept); {KNEE_RULE}.",
+        f"non-dominated ones on ({', '.join(objectives)}), the objectives the search maximised "
+        f"(view {study.config.objective}); {knee_rule(objectives)}.",
         rule=True,
     )
     if recommendation is None:
@@ -90,6 +119,7 @@ def _recommended(study: Study, recommendation: Recommendation | None) -> Section
         "trial_id": recommendation["trial_id"],
         "epochs (horizon)": int(recommendation["epoch"]),
         **{k: recommendation[k] for k in SHOWN_FIGURES},
+        "forgets past retraining": past_retrain_text(recommendation, study.baselines),
         **params_of(recommendation),
     }
     table = Table(pd.DataFrame({"": list(facts), "value": list(facts.values())}))
@@ -119,32 +149,51 @@ def _sections(
 ) -> list[Section]:
     """The report, top to bottom; every figure named here is in ``figures``."""
     shown = rows[rows["horizon"].isin([str(h) for h in study.config.horizons])]
-    hypervolume = hypervolumes(shown).reset_index(names="strategy")
+    objective = study.config.objective
+    hypervolume = hypervolumes(shown, OBJECTIVES[objective]).reset_index(names="strategy")
     table = paper_table(rows, study.baselines, sorted(study.config.horizons))
     overlays = [Figure("overlays")] if "overlays" in figures else []
+    notes = [Paragraph(overlay_note)] if overlay_note else []
+    front = [Figure(f"pareto-{objective}"), Paragraph(FRONT_RULE, rule=True), Table(hypervolume)]
     return [
         _heading(study),
         _recommended(study, recommendation),
-        Section("Pareto front", [Figure("pareto"), Paragraph(FRONT_RULE, rule=True), Table(hypervolume)]),
+        Section(("Pareto front: the searched view ", Code(objective)), front),
+        views_section(study, rows, _other_view(objective)),
         Section("Results in the reference paper's form", [Paragraph(PAPER_RULE, rule=True), Table(table)]),
-        Section("Per-epoch Dice of each strategy's best trial", [Figure("curves")]),
+        privacy_section(study, recommendation, rows),
+        seeds_section(study, recommendation),
         Section(
-            "Before and after unlearning", [*overlays, Paragraph(overlay_note or OVERLAY_RULE, rule=True)]
+            "Per-epoch Dice of each strategy's best trial",
+            [Figure("curves"), Paragraph(CURVES_RULE, rule=True)],
         ),
+        Section("Before and after unlearning", [*overlays, *notes, Paragraph(OVERLAY_RULE, rule=True)]),
         _diverged(study),
         Section("Missing", [Bullets(tuple(study.missing) or ("nothing: the study is complete",))]),
     ]
 
 
+def _other_view(view: str) -> str:
+    return next(v for v in OBJECTIVES if v != view)
+
+
 def _figures(
     study: Study, recommendation: Recommendation | None, rows: pd.DataFrame, overlays: bool
 ) -> tuple[dict[str, bytes], str]:
-    """The report's PNG figures by name, and the note on the overlays."""
-    figures = {"pareto": pareto_plot(rows, [str(h) for h in sorted(study.config.horizons)], recommendation)}
+    """The report's PNG figures by name (a front per view), and the note on the overlays."""
+    horizons, retrain = sorted(study.config.horizons), retrain_point(study.baselines)
+    shown = [str(h) for h in horizons]
+    objective, other = study.config.objective, _other_view(study.config.objective)
+    other_knee = recommend(rows, horizons, OBJECTIVES[other])
+    figures = {
+        f"pareto-{objective}": pareto_plot(rows, shown, recommendation, OBJECTIVES[objective], retrain),
+        f"pareto-{other}": pareto_plot(
+            rows, shown, other_knee, OBJECTIVES[other], retrain, f"knee under {other}"
+        ),
+    }
     finals = best_trials(rows[rows["horizon"] == FINAL])
-    figures["curves"] = curves_plot(
-        study.trials, dict(zip(finals["strategy"], finals["trial_id"], strict=True))
-    )
+    best = dict(zip(finals["strategy"], finals["trial_id"], strict=True))
+    figures["curves"] = curves_plot(study.trials, best, study.baselines)
     if not overlays:
         return figures, "overlays left out (--no-overlays)"
     png, note = overlay_figure(study, recommendation)
@@ -157,7 +206,8 @@ def build_report(study: Study, recommendation: Recommendation | None, overlays: 
         raise StudyError(f"{study.run_dir}: no trial has reported yet; nothing to report")
     run = study.run
     rows = horizon_rows(study.trials, sorted(study.config.horizons))
-    run.write_pareto(fronts(rows))
+    rows = rows.assign(forgets_past_retrain=forgets_past_retrain(rows, study.baselines))
+    run.write_pareto(fronts_by_view(rows))
     figures, overlay_note = _figures(study, recommendation, rows, overlays)
     sections = _sections(study, recommendation, rows, figures, overlay_note)
     run.report_files.mkdir(exist_ok=True)
@@ -171,7 +221,8 @@ def build_report(study: Study, recommendation: Recommendation | None, overlays: 
     if recommendation is not None:
         r = recommendation
         text += f"recommended: {r['strategy']} trial {r['trial_id']} at {int(r['epoch'])} epochs "
-        text += f"(forget_drop {r['forget_drop']:.3f}, retain_kept {r['retain_kept']:.3f})\n"
+        text += f"(forget_drop {r['forget_drop']:.3f}, retain_kept {r['retain_kept']:.3f}, "
+        text += f"retrain_match {r['retrain_match']:.3f})\n"
         text += f"  {params_of(r)}\n  reproduce: {reproduce_command(study, r)}"
     return Report(run.report_html, run.report_markdown, run.pareto_file, recommendation, text)
 

@@ -14,6 +14,8 @@ import pandas as pd
 
 from analysis.summary import horizon_rows, recommend
 from study.config import StudyConfig
+from study.metrics import METRICS
+from study.objectives import OBJECTIVES
 from study.results import combine, incomplete_trials, rows_from_experiment
 from study.run import RunDir
 
@@ -53,6 +55,8 @@ def load_study(run_dir: Path) -> Study:
         except (ValueError, OSError):  # Tune has saved no experiment state yet
             trials = combine([])
         missing.append(f"{run.trials_file.name} is not written yet: the study is running or was interrupted")
+    # A table written before a metric existed lacks its column: NaN, as for an absent set.
+    trials = trials.assign(**{m: float("nan") for m in METRICS if m not in trials})
     baselines = run.baseline_metrics()
     missing += [f"baseline '{b}' has no metrics yet" for b in ("original", "retrain") if b not in baselines]
     return Study(run, config, trials, baselines, missing + _missing_trials(config, trials))
@@ -76,11 +80,13 @@ def _missing_trials(config: StudyConfig, trials: pd.DataFrame) -> list[str]:
     return missing + [f"trial {t}: {what}" for t, what in problems.items() if t not in running.index]
 
 
-def recommendation_of(study: Study) -> Recommendation | None:
-    """The knee of the front pooled over the configured horizons, or ``None`` before any
-    trial reached one."""
+def recommendation_of(study: Study, view: str | None = None) -> Recommendation | None:
+    """The knee of the front pooled over the configured horizons under ``view`` (one of
+    ``study/objectives.py``'s; default: the study's ``objective``, the one its search used),
+    or ``None`` before any trial reached one."""
     horizons = sorted(study.config.horizons)
-    return recommend(horizon_rows(study.trials, horizons), horizons)
+    objectives = OBJECTIVES[view or study.config.objective]
+    return recommend(horizon_rows(study.trials, horizons), horizons, objectives)
 
 
 def missing_recommended_model(study: Study, recommendation: Recommendation | None) -> tuple[str, int] | None:

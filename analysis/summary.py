@@ -6,6 +6,8 @@ Everything here is computed from ``trials.parquet`` (one row per trial per epoch
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from analysis.pareto import OBJECTIVES, hypervolume, knee_index, pareto_front
@@ -22,7 +24,10 @@ PUBLISHED_NOISY_LABEL = {
     "mae_gap": 0.091,
 }
 
-BEST_RULE = "each strategy's trial with the highest score at that horizon, diverged trials left out"
+BEST_RULE = (
+    "each strategy's trial with the highest score at that horizon, diverged trials left out: "
+    "a maximum over the strategy's trials, an optimistic pick rather than a typical trial"
+)
 
 
 def diverged_label(epoch: float) -> str:
@@ -51,22 +56,22 @@ def horizon_rows(trials: pd.DataFrame, horizons: list[int]) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True)
 
 
-def fronts(rows: pd.DataFrame) -> pd.DataFrame:
-    """The non-dominated rows over all strategies, per horizon (the ``pareto.parquet`` table);
-    diverged trials take no part."""
-    tables = [pareto_front(group) for _, group in candidates(rows).groupby("horizon", sort=False)]
+def fronts(rows: pd.DataFrame, objectives: tuple[str, ...] = OBJECTIVES) -> pd.DataFrame:
+    """The non-dominated rows on ``objectives`` over all strategies, per horizon; diverged
+    trials take no part."""
+    tables = [pareto_front(g, objectives) for _, g in candidates(rows).groupby("horizon", sort=False)]
     tables = [t for t in tables if len(t)]
     table = pd.concat(tables, ignore_index=True) if tables else rows.iloc[:0]
     return table.drop(columns="diverged_at", errors="ignore")  # NaN on every row of a front
 
 
-def hypervolumes(rows: pd.DataFrame) -> pd.DataFrame:
-    """Hypervolume (reference point (0, 0)) per strategy and overall, one column per horizon;
-    diverged trials add nothing."""
+def hypervolumes(rows: pd.DataFrame, objectives: tuple[str, ...] = OBJECTIVES) -> pd.DataFrame:
+    """Hypervolume on ``objectives`` (reference point (0, 0)) per strategy and overall, one
+    column per horizon; diverged trials add nothing."""
     table = {}
     for horizon, group in candidates(rows).groupby("horizon", sort=False):
-        column = {s: hypervolume(g[list(OBJECTIVES)].to_numpy()) for s, g in group.groupby("strategy")}
-        column["all strategies"] = hypervolume(group[list(OBJECTIVES)].to_numpy())
+        column = {s: hypervolume(g[list(objectives)].to_numpy()) for s, g in group.groupby("strategy")}
+        column["all strategies"] = hypervolume(group[list(objectives)].to_numpy())
         table[f"horizon {horizon}"] = column
     return pd.DataFrame(table)
 
@@ -80,7 +85,8 @@ def best_trials(rows: pd.DataFrame) -> pd.DataFrame:
 def paper_table(
     rows: pd.DataFrame, baselines: dict[str, dict[str, float]], horizons: list[int]
 ) -> pd.DataFrame:
-    """The reference paper's table: strategy x horizon with retain/forget Dice, Dice and MAE gaps.
+    """The reference paper's table: strategy x horizon with retain/forget Dice, Dice and MAE gaps,
+    and holdout Dice beside retain Dice (retain subjects were trained on; holdout ones never).
 
     First the original model and the retrain reference, then each strategy's best trial at
     each configured horizon, then the paper's published Noisy Label figures (not ours).
@@ -94,6 +100,7 @@ def paper_table(
                 {
                     "row": label,
                     "retain_dice": m["retain_dice"],
+                    "holdout_dice": m.get("holdout_dice", math.nan),
                     "forget_dice": m["forget_dice"],
                     "dice_gap": m["retain_dice"] - m["forget_dice"],
                     "mae_gap": m["forget_mae"] - m["retain_mae"],
@@ -107,6 +114,7 @@ def paper_table(
             {
                 "row": f"{row.strategy} @ {int(row.epoch)} epochs",
                 "retain_dice": row.retain_dice,
+                "holdout_dice": row.holdout_dice,
                 "forget_dice": row.forget_dice,
                 "dice_gap": row.dice_gap,
                 "mae_gap": row.mae_gap,
@@ -119,14 +127,17 @@ def paper_table(
     return pd.DataFrame(lines)
 
 
-def recommend(rows: pd.DataFrame, horizons: list[int]) -> pd.Series | None:
-    """The knee of the front pooled over every configured horizon, or ``None`` without points.
+def recommend(
+    rows: pd.DataFrame, horizons: list[int], objectives: tuple[str, ...] = OBJECTIVES
+) -> pd.Series | None:
+    """The knee on ``objectives`` of the front pooled over every configured horizon, or ``None``
+    without points.
 
     Each point is one trial read at one horizon, so the recommendation names a strategy,
     its hyperparameters and how many epochs to run it. A diverged trial is never one.
     """
     pooled = candidates(rows[rows["horizon"].isin([str(h) for h in horizons])])
-    front = pareto_front(pooled)
+    front = pareto_front(pooled, objectives)
     if front.empty:
         return None
-    return front.iloc[knee_index(front)]
+    return front.iloc[knee_index(front, objectives)]

@@ -53,6 +53,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-trial", dest="gpus_per_trial", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument(
+        "--seed-reruns",
+        dest="seed_reruns",
+        type=int,
+        help="rerun the recommended configuration with this many fresh seeds (default 3; 0: none)",
+    )
+    p.add_argument(
         "--objective",
         choices=tuple(OBJECTIVES),
         help="what the search maximises: forget_drop (reference, default) or closeness to the "

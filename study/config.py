@@ -66,6 +66,7 @@ class StudyConfig:
     search_bounds: dict[str, list[float]] = field(default_factory=dict)
     score_weight: float = 0.5
     seed: int = 0
+    seed_reruns: int = 3  # the recommended configuration rerun with this many fresh seeds (0: none)
     # Ray
     address: str = ""  # empty: start a local Ray; "auto" or host:port joins a cluster
     # Where Tune keeps results and checkpoints: empty for <run_dir>/ray_results, a folder every
@@ -145,7 +146,13 @@ class StudyConfig:
             raise StudyError(f"score_weight must lie in [0, 1], got {self.score_weight}")
 
     def _check_resources(self) -> None:
-        for name in ("gpus_per_trial", "checkpoint_every", "max_failures", "concurrent_per_strategy"):
+        for name in (
+            "gpus_per_trial",
+            "checkpoint_every",
+            "max_failures",
+            "concurrent_per_strategy",
+            "seed_reruns",
+        ):
             if getattr(self, name) < 0:
                 raise StudyError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.resource_wait_s < 0:

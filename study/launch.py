@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from analysis.pareto import front_table
@@ -28,12 +29,13 @@ from study.cluster import check_cluster, connect, task_options, trial_device, tr
 from study.config import StudyConfig
 from study.data import Cohort, open_cohort
 from study.errors import StudyIncomplete, StudyInterrupted
+from study.objectives import OBJECTIVES
 from study.results import incomplete_trials, rows_from_results
 from study.run import RunDir
 from study.storage import trial_id_of
 from trainables.baseline import initial_state, train_or_load_baselines
 from trainables.registry import check_config, classes_of, spaces_of
-from trainables.replay import replayed_state, trial_params
+from trainables.replay import replayed_state, seed_rerun, trial_params
 from trainables.tune_trainable import Handover
 
 
@@ -75,10 +77,11 @@ def run_study(config: StudyConfig, resuming: bool = False) -> Path:
     problems = never_reported | incomplete_trials(trials, config.max_epochs)
     run.write_trials(trials)
     if not trials.empty:
-        print(front_table(trials))
+        print(front_table(trials, OBJECTIVES[config.objective]))
         study = load_study(run.path)
         recommendation = recommendation_of(study)
         save_recommended_model(config, study, recommendation, handover)
+        rerun_with_fresh_seeds(config, study, recommendation, handover)
         print("\n" + build_report(study, recommendation).text)
     print(f"\nrun directory: {run.path}")
     if problems:
@@ -165,6 +168,42 @@ def save_recommended_model(
     task = ray.remote(**task_options(config, config.cpus_per_trial))(replay)
     state = ray.get(task.remote(handover.cohort, handover.original_state))
     study.run.save_recommended(trial_id, epoch, state)
+
+
+def rerun_with_fresh_seeds(
+    config: StudyConfig, study: Study, recommendation: Recommendation | None, handover: Handover
+) -> None:
+    """Reruns the ``recommendation`` with ``config.seed_reruns`` fresh seeds side by side on the
+    cluster, into ``seeds.parquet``, so the report can say how much of it was luck."""
+    import ray
+
+    if recommendation is None or config.seed_reruns == 0:
+        return
+    trial_id, epoch = recommendation["trial_id"], int(recommendation["epoch"])
+    done = study.run.read_seed_runs()
+    if (
+        done is not None
+        and set(done["trial_id"]) == {trial_id}
+        and done["seed"].nunique() == config.seed_reruns
+    ):
+        return
+    print(f"rerunning trial {trial_id} to epoch {epoch} with {config.seed_reruns} fresh seeds")
+    params = trial_params(study.trials, trial_id)
+    strategy = handover.strategies[params["strategy"]]
+    task = ray.remote(**task_options(config, config.cpus_per_trial))(seed_rerun)
+    objects, device = (handover.cohort, handover.original_state, handover.reference), trial_device(config)
+    pending = [
+        task.remote(strategy, params, epoch, config, *objects, k, device) for k in range(config.seed_reruns)
+    ]
+    rows = pd.DataFrame([row for ref in pending for row in ray.get(ref)])
+    rows.insert(0, "trial_id", trial_id)
+    rows.insert(0, "strategy", params["strategy"])
+    study.run.write_seed_runs(rows)
+    last = rows[rows["epoch"] == rows["epoch"].max()]
+    spread = ", ".join(
+        f"{m} {last[m].mean():.3f} ± {last[m].std():.3f}" for m in ("forget_drop", "retain_kept")
+    )
+    print(f"over {config.seed_reruns} fresh seeds at epoch {int(last['epoch'].iloc[0])}: {spread}")
 
 
 def main(argv: list[str] | None = None) -> int:

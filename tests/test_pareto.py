@@ -20,6 +20,7 @@ from analysis.summary import (
     paper_table,
     recommend,
 )
+from study.objectives import OBJECTIVES
 from study.results import combine, trial_rows
 
 
@@ -129,3 +130,41 @@ def test_diverged_trials_are_never_a_choice():
     assert set(table["trial_id"].dropna()) == {"good", "ok"}
     assert "noisy_label @ 4 epochs" in set(table["row"])
     assert "diverged, left out" in front_table(trials) and "blew" not in front_table(trials)
+
+
+def test_each_view_has_its_own_front_and_knee_and_tables_show_holdout_dice():
+    """deep forgets everything; match forgets as much as the retrain reference (retrain_match 1)."""
+    figures = {
+        "deep": {"forget_drop": 0.95, "retrain_match": 0.4, "retain_kept": 0.9, "holdout_dice": 0.5},
+        "match": {"forget_drop": 0.4, "retrain_match": 1.0, "retain_kept": 0.95, "holdout_dice": 0.55},
+        "worse": {"forget_drop": 0.3, "retrain_match": 0.9, "retain_kept": 0.85, "holdout_dice": 0.6},
+    }
+    trials = combine(
+        trial_rows(
+            "noisy_label",
+            t,
+            {"trial_number": 0},
+            [{"epoch": 1, "score": f["forget_drop"], **f}],
+            "terminated",
+        )
+        for t, f in figures.items()
+    )
+    rows = horizon_rows(trials, [1])
+    assert recommend(rows, [1], OBJECTIVES["reference"])["trial_id"] == "deep"
+    assert recommend(rows, [1], OBJECTIVES["retrain-match"])["trial_id"] == "match"
+    at_1 = fronts(rows, OBJECTIVES["retrain-match"]).query("horizon == '1'")
+    assert at_1["trial_id"].tolist() == ["match"]  # deep's retrain_match 0.4 is dominated
+
+    original = {
+        "retain_dice": 0.8,
+        "holdout_dice": 0.62,
+        "forget_dice": 0.8,
+        "retain_mae": 0.1,
+        "forget_mae": 0.1,
+    }
+    table = paper_table(rows, {"original": original}, [1])
+    assert table.columns[1:4].tolist() == ["retain_dice", "holdout_dice", "forget_dice"]
+    assert table.set_index("row")["holdout_dice"].iloc[:2].tolist() == [0.62, 0.5]  # original, deep
+    assert "holdout_dice" in front_table(trials) and "retrain_match" in front_table(
+        trials, OBJECTIVES["retrain-match"]
+    )

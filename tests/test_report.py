@@ -132,17 +132,17 @@ def test_report_from_a_small_trials_table(tmp_path: Path, capsys):
     assert "<b>adam</b>" not in page
     assert not re.search(r'(src|href)="https?:', page)
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    assert len(images) == 2  # front and curves; no overlays without a saved original model
+    assert len(images) == 3  # a front per view and curves; no overlays without a saved original model
     assert all(base64.b64decode(i).startswith(b"\x89PNG\r\n\x1a\n") for i in images)
     assert "no overlays" in page
 
     pareto = pd.read_parquet(RunDir(run_dir).pareto_file)
-    assert set(pareto["horizon"]) == {"2", "4", "final"}
-    at_4 = pareto[pareto["horizon"] == "4"]
+    assert set(pareto["horizon"]) == {"2", "4", "final"} and set(pareto["view"]) == {"reference"}
+    at_4 = pareto[pareto["horizon"] == "4"]  # no retrain-match front: the rows lack retrain_match
     assert set(at_4["trial_id"]) == {"aaaa1111"}  # it dominates the others at epoch 4
     markdown = report.markdown.read_text()
-    assert "## Recommended configuration" in markdown and "report_files/pareto.png" in markdown
-    assert (RunDir(run_dir).report_files / "pareto.png").is_file()
+    assert "## Recommended configuration" in markdown and "report_files/pareto-reference.png" in markdown
+    assert (RunDir(run_dir).report_files / "pareto-retrain-match.png").is_file()
     # One document: the same sections in the same order, the same figures in both files.
     in_html, in_markdown = _headings(page, markdown)
     assert (
@@ -151,8 +151,11 @@ def test_report_from_a_small_trials_table(tmp_path: Path, capsys):
         == [
             f"Unlearning study {run_dir}",
             "Recommended configuration",
-            "Pareto front",
+            "Pareto front: the searched view reference",
+            "The front under both views",
             "Results in the reference paper's form",
+            "Privacy: membership inference",
+            "Recommended configuration over fresh seeds",
             "Per-epoch Dice of each strategy's best trial",
             "Before and after unlearning",
             "Diverged trials",

@@ -89,7 +89,7 @@ def test_smoke_study_writes_one_row_per_trial_and_epoch(ray_local, cache_env, tm
     assert f"report: {run_dir / 'report.html'}" in out and "recommended: " in out
     assert RunDir(run_dir).pareto_file.is_file() and RunDir(run_dir).report_markdown.is_file()
     page = RunDir(run_dir).report_html.read_text()
-    assert page.count("data:image/png;base64,") == 3  # front, curves, overlays
+    assert page.count("data:image/png;base64,") == 4  # a front per view, curves, overlays
     assert "is not saved" not in page  # the recommended model's overlay is there
 
     # One trial rerun without Ray, from what the run directory holds, lands on its figures.

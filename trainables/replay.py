@@ -74,6 +74,29 @@ def replayed_state(
     return model, last
 
 
+#: Fresh seeds are trial numbers from here on, which no search reaches.
+FRESH_SEEDS = 1_000_000
+
+
+def seed_rerun(
+    strategy: type[Strategy],
+    params: dict[str, Any],
+    epochs: int,
+    study: StudyConfig,
+    cohort: Cohort,
+    original_state: dict[str, torch.Tensor],
+    reference: Reference,
+    index: int,
+    device: str = "",
+) -> list[dict[str, float]]:
+    """Every epoch's report of the trial ``params`` rerun with fresh seed number ``index``
+    (its trial number, which seeds the loop and the strategy, set to ``FRESH_SEEDS + index``)."""
+    reports: list[dict[str, float]] = []
+    fresh = {**params, "trial_number": FRESH_SEEDS + index}
+    replayed_state(strategy, fresh, epochs, study, cohort, original_state, reference, device, reports.append)
+    return [{**report, "seed": index} for report in reports]
+
+
 def replay_trial(
     run_dir: Path, trial_id: str, epochs: int | None = None, quiet: bool = False
 ) -> tuple[nn.Module, dict[str, float]]:

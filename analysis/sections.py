@@ -1,0 +1,197 @@
+"""The report's sections on the two views, on membership inference and on fresh seeds.
+
+Each builder takes what ``analysis/report.py`` has computed once (the study, its
+recommendation, its rows per horizon) and returns one ``Section``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from analysis.document import Code, Figure, Paragraph, Section, Table
+from analysis.pareto import knee_rule
+from analysis.study_state import Recommendation, Study
+from analysis.summary import best_trials
+from analysis.views import (
+    OVERFORGET_RULE,
+    OVERFORGET_TOLERANCE,
+    knees_by_view,
+    overforget_below,
+    overforgetting_counts,
+)
+from study.objectives import OBJECTIVES
+from study.privacy import PRIVACY_METRICS
+
+#: The figures whose spread over fresh seeds the report shows.
+SEED_FIGURES = (
+    "forget_dice",
+    "retain_dice",
+    "holdout_dice",
+    "forget_drop",
+    "retain_kept",
+    "retrain_match",
+    "mia_forget",
+)
+PRIVACY_RULE = (
+    "mia_auc: the attack's power on that model (cross-validated AUC, retain vs holdout slabs; "
+    "0.5: none). mia_forget: the fraction of forget slabs the attack judges members; compare "
+    "with the retrain reference's. mia_forget_auc: AUC of the forget slabs' loss against the "
+    "holdout slabs' (lower loss: member). forget_loss_gap_to_retrain: mean |slab loss - the "
+    "retrain reference's| on the forget slabs (0: exact), which needs no holdout. A strategy's "
+    "best row is its trial with the highest score over all its trials and configured horizons: "
+    "a maximum, an optimistic pick."
+)
+
+
+def views_section(study: Study, rows: pd.DataFrame, other: str) -> Section:
+    """The front under the view the search did not use, the knee under each view beside the
+    retrain reference, and the trials that forget past it."""
+    config, baselines = study.config, study.baselines
+    horizons = sorted(config.horizons)
+    intro = Paragraph(
+        f"The search maximised ({', '.join(OBJECTIVES[config.objective])}) (view ",
+        Code(config.objective),
+        "); its knee is the recommendation. The same trials under the view ",
+        Code(other),
+        f" ({', '.join(OBJECTIVES[other])}):",
+    )
+    rule = Paragraph(
+        f"Under {other}, {knee_rule(OBJECTIVES[other])}. Red plus: the retrain reference; star: "
+        "this view's knee; red ring: a trial that forgets past retraining.",
+        rule=True,
+    )
+    counts = overforgetting_counts(rows, baselines, [str(h) for h in horizons])
+    flagged, total = counts.iloc[-1]["forgets_past_retraining"], counts.iloc[-1]["trials"]
+    if "retrain" in baselines:
+        below = f"forget Dice below {overforget_below(baselines):.2f}: the retrain reference's "
+        below += f"{baselines['retrain']['forget_dice']:.2f} less {OVERFORGET_TOLERANCE}"
+        past = Paragraph(
+            f"{flagged} of {total} trials forget past retraining at a configured horizon ({below})."
+        )
+    else:
+        past = Paragraph(
+            "The retrain reference has no metrics yet: no trial can be flagged for over-forgetting."
+        )
+    return Section(
+        "The front under both views",
+        [
+            intro,
+            Figure(f"pareto-{other}"),
+            rule,
+            Table(knees_by_view(rows, horizons, baselines, config.objective)),
+            past,
+            Table(counts),
+            Paragraph(OVERFORGET_RULE, rule=True),
+        ],
+    )
+
+
+def attack_power(original: dict[str, float]) -> str | None:
+    """The sentence on the attack's power, from the original model's ``mia_auc``; ``None``
+    without one (no holdout, or the original model not measured yet)."""
+    auc = original.get("mia_auc", math.nan)
+    if not math.isfinite(auc):
+        return None
+    if auc >= 0.7:
+        verdict = "it has power"
+    elif auc >= 0.6:
+        verdict = "it has little power; read the figures below with care"
+    else:
+        verdict = "no power; the figures below say little"
+    return (
+        f"The attack separates retain from holdout slabs with AUC {auc:.2f} on the original model: {verdict}."
+    )
+
+
+def privacy_table(study: Study, recommendation: Recommendation | None, rows: pd.DataFrame) -> pd.DataFrame:
+    """The membership-inference figures of the original model, the retrain reference, the
+    recommended trial at its horizon and each strategy's best (``PRIVACY_RULE``)."""
+    names = {"original": "original model", "retrain": "retrain reference (target)"}
+    lines = [
+        {"row": label} | {m: study.baselines[b].get(m, math.nan) for m in PRIVACY_METRICS}
+        for b, label in names.items()
+        if b in study.baselines
+    ]
+    picks = []
+    if recommendation is not None:
+        picks.append((f"recommended: {recommendation['strategy']}", recommendation))
+    shown = rows[rows["horizon"].isin([str(h) for h in study.config.horizons])]
+    best = best_trials(shown.assign(horizon="any configured")).sort_values("strategy")
+    picks += [(f"{r['strategy']} best", r) for _, r in best.iterrows()]
+    for label, r in picks:
+        line = {"row": f"{label} {r['trial_id']} @ {int(r['epoch'])} epochs"}
+        lines.append(line | {m: r[m] for m in PRIVACY_METRICS})
+    return pd.DataFrame(lines, columns=["row", *PRIVACY_METRICS])
+
+
+def privacy_section(study: Study, recommendation: Recommendation | None, rows: pd.DataFrame) -> Section:
+    """Membership inference: the attack's power first, then the figures, then how to read them."""
+    table = privacy_table(study, recommendation, rows)
+    power = attack_power(study.baselines.get("original", {}))
+    attack = ["mia_auc", "mia_forget", "mia_forget_auc"]
+    if power is None and table[attack].isna().all().all():
+        lead = Paragraph(
+            "No membership-inference attack could be trained: there is no holdout subject (or the "
+            "original model is not measured yet), so only forget_loss_gap_to_retrain is shown."
+        )
+        table = table.drop(columns=attack)
+    else:
+        lead = Paragraph(
+            power or "The original model's mia_auc is not recorded: the attack's power is unknown."
+        )
+    blocks = [lead]
+    target = study.baselines.get("retrain", {}).get("mia_forget_auc", math.nan)
+    if "mia_forget_auc" in table and math.isfinite(target):
+        blocks.append(
+            Paragraph(
+                f"The retrain reference's mia_forget_auc, {target:.2f}, is the target: above it the "
+                "forget subjects still look like members; far below it they stand out as forgotten."
+            )
+        )
+    return Section(
+        "Privacy: membership inference", [*blocks, Table(table), Paragraph(PRIVACY_RULE, rule=True)]
+    )
+
+
+def seed_spread(seeds: pd.DataFrame, epoch: int, recommendation: Recommendation) -> pd.DataFrame:
+    """Per figure of ``SEED_FIGURES``: mean, std (sample, n - 1), min and max over the seeds'
+    rows at ``epoch``, beside the recommended trial's own figure."""
+    at = seeds[seeds["epoch"] == epoch].drop_duplicates("seed", keep="last")
+    figures = [f for f in SEED_FIGURES if f in at]
+    # Rounded: equal values give a std of ~1e-17 in floating point, which would read as a spread.
+    table = at[figures].agg(["mean", "std", "min", "max"]).T.round(6)
+    table["in the search"] = [recommendation.get(f, math.nan) for f in figures]
+    return table.reset_index(names="figure")
+
+
+def seeds_section(study: Study, recommendation: Recommendation | None) -> Section:
+    """The recommended configuration rerun with fresh seeds (``seeds.parquet``), or why not."""
+    title = "Recommended configuration over fresh seeds"
+    seeds = study.run.read_seed_runs()
+    if recommendation is None:
+        return Section(title, [Paragraph("No recommendation yet, so no seed reruns.")])
+    if seeds is None:
+        return Section(title, [Paragraph(f"Not run: the run directory has no {study.run.seeds_file.name}.")])
+    epoch = int(recommendation["epoch"])
+    count = seeds.loc[seeds["epoch"] == epoch, "seed"].nunique()
+    if count == 0:
+        return Section(title, [Paragraph(f"{study.run.seeds_file.name} has no row at epoch {epoch}.")])
+    table = seed_spread(seeds, epoch, recommendation)
+    lead = Paragraph(
+        f"The recommended configuration ({recommendation['strategy']}, its hyperparameters, {epoch} "
+        f"epochs) rerun with {count} fresh seeds; at epoch {epoch}, over the seeds: mean, standard "
+        "deviation (n - 1), min, max. 'in the search': the recommended trial itself, one draw."
+    )
+    blocks = [lead, Table(table)]
+    spread = table.set_index("figure")["std"].get("forget_dice", math.nan)
+    if math.isfinite(spread):
+        blocks.append(
+            Paragraph(
+                f"Forget Dice varies with the seed by {spread:.3f} (std); the over-forgetting "
+                f"tolerance is {OVERFORGET_TOLERANCE}.",
+                rule=True,
+            )
+        )
+    return Section(title, blocks)

@@ -1,0 +1,111 @@
+"""The retrain reference on the fronts of both views (``study/objectives.py``), and over-forgetting.
+
+The retrain reference (the original recipe on retain subjects only) is exact unlearning: its
+point on each view's plane is where a good trial lands. A trial whose forget Dice lies well
+below the retrain reference's forgets more than exact unlearning does: it over-forgets, and
+a forget set segmented worse than unseen subjects is itself a sign of membership.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from analysis.summary import fronts, recommend
+from study.metrics import Reference, derived_metrics
+from study.objectives import OBJECTIVES
+from study.results import candidates
+
+#: Forget Dice this far (absolute) below the retrain reference's is over-forgetting. Two
+#: trainings of a small 3D segmentation network that differ only in their seed differ by a
+#: few hundredths of Dice on a handful of subjects; 0.05 is past that noise, and a tenth of a
+#: typical forget Dice of 0.5-0.8, so a flag means a real difference, not chance.
+OVERFORGET_TOLERANCE = 0.05
+OVERFORGET_RULE = (
+    f"A trial forgets past retraining (over-forgets) when its forget Dice lies more than "
+    f"{OVERFORGET_TOLERANCE} (absolute) below the retrain reference's: it then forgets more than "
+    "exact unlearning does. The tolerance is past the seed-to-seed spread of Dice expected on a "
+    "handful of subjects; the fresh-seed section measures that spread for the recommendation."
+)
+#: The figures that each knee's row shows, holdout Dice beside retain Dice.
+KNEE_FIGURES = (
+    "forget_dice",
+    "retain_dice",
+    "holdout_dice",
+    "forget_drop",
+    "retain_kept",
+    "retrain_match",
+)
+
+
+def retrain_point(baselines: dict[str, dict[str, float]]) -> pd.Series | None:
+    """The retrain reference's figures with the objectives of both views (its ``retrain_match``
+    is 1), computed as every trial's are; ``None`` until both baselines are recorded."""
+    if not {"original", "retrain"} <= baselines.keys():
+        return None
+    original, retrain = baselines["original"], baselines["retrain"]
+    return pd.Series(retrain | derived_metrics(retrain, Reference(original, retrain, ())))
+
+
+def overforget_below(baselines: dict[str, dict[str, float]]) -> float:
+    """The forget Dice under which a trial forgets past retraining; -inf (never) while the
+    retrain reference has no metrics."""
+    if "retrain" not in baselines:
+        return -math.inf
+    return baselines["retrain"]["forget_dice"] - OVERFORGET_TOLERANCE
+
+
+def forgets_past_retrain(rows: pd.DataFrame, baselines: dict[str, dict[str, float]]) -> pd.Series:
+    """Bool per row of ``rows``: its forget Dice lies below ``overforget_below``."""
+    return rows["forget_dice"] < overforget_below(baselines)
+
+
+def past_retrain_text(row: pd.Series, baselines: dict[str, dict[str, float]]) -> str:
+    """``yes (forget Dice 0.10 vs 0.70, ...)``: the verdict on one trial row, or why there is none."""
+    if "retrain" not in baselines:
+        return "unknown: the retrain reference has no metrics yet"
+    verdict = "yes" if row["forget_dice"] < overforget_below(baselines) else "no"
+    versus = f"forget Dice {row['forget_dice']:.2f} vs {baselines['retrain']['forget_dice']:.2f}"
+    return f"{verdict} ({versus} of the retrain reference, tolerance {OVERFORGET_TOLERANCE})"
+
+
+def overforgetting_counts(
+    rows: pd.DataFrame, baselines: dict[str, dict[str, float]], horizons: list[str]
+) -> pd.DataFrame:
+    """Per strategy and over all: trials read at ``horizons`` and how many of them forget past
+    retraining at one of those horizons or more; diverged trials left out."""
+    shown = candidates(rows[rows["horizon"].isin(horizons)])
+    past = shown.assign(past=forgets_past_retrain(shown, baselines))
+    per_trial = past.groupby(["strategy", "trial_id"])["past"].any().reset_index()
+    table = per_trial.groupby("strategy")["past"].agg(trials="size", forgets_past_retraining="sum")
+    table.loc["all strategies"] = [len(per_trial), int(per_trial["past"].sum())]
+    return table.astype(int).reset_index(names="strategy")
+
+
+def fronts_by_view(rows: pd.DataFrame) -> pd.DataFrame:
+    """Every view's fronts per horizon in one table with a ``view`` column (``pareto.parquet``)."""
+    return pd.concat([fronts(rows, o).assign(view=v) for v, o in OBJECTIVES.items()], ignore_index=True)
+
+
+def knees_by_view(
+    rows: pd.DataFrame, horizons: list[int], baselines: dict[str, dict[str, float]], searched: str
+) -> pd.DataFrame:
+    """One row per view, its knee pooled over ``horizons`` (``searched``: the study's view), then
+    the retrain reference's row: the point each view's knee should approach."""
+    lines = []
+    for view, objectives in OBJECTIVES.items():
+        knee = recommend(rows, horizons, objectives)
+        line = {"view": view + (" (searched; the recommendation)" if view == searched else "")}
+        line["maximises"] = ", ".join(objectives)
+        if knee is None:
+            lines.append(line | {"trial": "none: no trial has these figures at a configured horizon"})
+            continue
+        line["trial"] = f"{knee['strategy']} {knee['trial_id']} @ {int(knee['epoch'])} epochs"
+        line |= {f: knee[f] for f in KNEE_FIGURES}
+        lines.append(line | {"forgets past retraining": past_retrain_text(knee, baselines)})
+    retrain = retrain_point(baselines)
+    if retrain is not None:
+        figures = {f: retrain.get(f, math.nan) for f in KNEE_FIGURES}
+        lines.append({"view": "retrain reference (target)", "trial": "exact unlearning"} | figures)
+    return pd.DataFrame(lines)

@@ -1,0 +1,288 @@
+"""The report against the retrain reference: both views' fronts and knees, over-forgetting,
+membership inference, fresh seeds, the reference levels in the curves, the overlays."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.plots import PAST_RETRAIN_MARK, RETRAIN_MARK, shown_classes
+from analysis.report import build_report
+from analysis.sections import attack_power
+from analysis.study_state import load_study, recommendation_of
+from study.config import StudyConfig
+from study.data import IGNORE_LABEL
+from study.metrics import Reference, derived_metrics
+from study.results import combine, trial_rows
+from study.run import RunDir
+
+PRIVACY = ("mia_auc", "mia_forget", "mia_forget_auc", "forget_loss_gap_to_retrain")
+SETS = {"retain_mae": 0.02, "forget_mae": 0.03, "holdout_dice": 0.6, "holdout_mae": 0.05}
+ORIGINAL = {"retain_dice": 0.8, "forget_dice": 0.8, **SETS} | dict(
+    zip(PRIVACY, (0.88, 0.9, 0.8, 0.3), strict=True)
+)
+RETRAIN = {"retain_dice": 0.8, "forget_dice": 0.5, **SETS} | dict(
+    zip(PRIVACY, (0.6, 0.4, 0.55, 0.0), strict=True)
+)
+NO_HOLDOUT = dict.fromkeys(
+    ["holdout_dice", "holdout_mae", "mia_auc", "mia_forget", "mia_forget_auc"], math.nan
+)
+
+
+def _figures(forget_dice: float, retain_dice: float, privacy: tuple[float, ...], **sets) -> dict:
+    """A model's full row of figures, the derived ones computed as the study computes them."""
+    metrics = {**SETS, "forget_dice": forget_dice, "retain_dice": retain_dice, **sets}
+    reference = Reference(ORIGINAL | sets, RETRAIN | sets, ())
+    return metrics | derived_metrics(metrics, reference) | dict(zip(PRIVACY, privacy, strict=True)) | sets
+
+
+def _trial(
+    strategy: str, trial_id: str, forget: float, retain: float, privacy: tuple, **sets
+) -> pd.DataFrame:
+    """Four epochs ending at (``forget``, ``retain``) Dice; earlier epochs keep less retain Dice."""
+    history = [
+        {"epoch": e, **_figures(forget, retain - 0.04 * (4 - e), privacy, **sets)} for e in range(1, 5)
+    ]
+    return trial_rows(strategy, trial_id, {"trial_number": 0, "lr": 1e-3}, history, "terminated")
+
+
+def _trials(**sets) -> pd.DataFrame:
+    """The retrain reference forgets down to forget Dice 0.5. Under "reference" the knee is
+    deep0000 (forget_drop 0.94, retain_kept 0.9; 0.12 from (1, 1)); under "retrain-match" it is
+    match000 (forget Dice 0.5 exactly: retrain_match 1, retain_kept 0.95). deep0000 and over0000
+    forget past retraining (forget Dice 0.05 and 0.2 < 0.5 - 0.05)."""
+    return combine(
+        [
+            _trial("max_loss", "deep0000", 0.05, 0.72, (0.85, 0.1, 0.2, 0.9), **sets),
+            _trial("max_loss", "over0000", 0.2, 0.6, (0.8, 0.2, 0.3, 0.7), **sets),
+            _trial("noisy_label", "match000", 0.5, 0.76, (0.84, 0.45, 0.56, 0.05), **sets),
+            _trial("noisy_label", "mild0000", 0.7, 0.8, (0.86, 0.8, 0.7, 0.2), **sets),
+        ]
+    )
+
+
+def _run_dir(tmp_path: Path, trials: pd.DataFrame, baselines: dict | None = None, **config) -> Path:
+    run = RunDir(tmp_path / "run")
+    run.baseline_dir.mkdir(parents=True)
+    settings = {
+        "max_epochs": 4,
+        "horizons": [2, 4],
+        "num_samples": 2,
+        "strategies": ["max_loss", "noisy_label"],
+    }
+    run.write_config(StudyConfig(run_dir=str(run.path), **(settings | config)))
+    run.baseline_metrics_file.write_text(json.dumps(baselines or {"original": ORIGINAL, "retrain": RETRAIN}))
+    run.write_trials(trials)
+    return run.path
+
+
+def _drawn(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, dict]]:
+    """For each figure drawn: panel title -> {"points": {label: offsets}, "texts": [...]}."""
+    import analysis.plots
+
+    drawn, to_png = [], analysis.plots._png
+
+    def record(figure) -> bytes:
+        panels = {}
+        for axis in figure.axes:
+            legend = axis.get_legend()
+            texts = [t.get_text() for t in axis.texts] + (
+                [t.get_text() for t in legend.get_texts()] if legend else []
+            )
+            points = {c.get_label(): np.asarray(c.get_offsets()).round(4).tolist() for c in axis.collections}
+            panels[axis.get_title()] = {"points": points, "texts": texts}
+        drawn.append(panels)
+        return to_png(figure)
+
+    monkeypatch.setattr(analysis.plots, "_png", record)
+    return drawn
+
+
+def _section(page: str, heading: str) -> str:
+    return page.split(f"<h2>{heading}")[1].split("<h2>")[0]
+
+
+def test_both_views_with_the_retrain_reference_and_over_forgetting(tmp_path: Path, monkeypatch):
+    drawn = _drawn(monkeypatch)
+    study = load_study(_run_dir(tmp_path, _trials()))
+    report = build_report(study, recommendation_of(study))
+    assert report.recommendation["trial_id"] == "deep0000" and int(report.recommendation["epoch"]) == 4
+    assert recommendation_of(study, "retrain-match")["trial_id"] == "match000"
+
+    # The retrain reference is a point on both fronts: forget_drop (0.8 - 0.5) / 0.8, retain_kept 1;
+    # and retrain_match 1. Under "reference" deep0000 and over0000 at horizon 4 are ringed.
+    reference, retrain_match = drawn[0]["horizon: 4 epochs"], drawn[1]["horizon: 4 epochs"]
+    assert reference["points"][RETRAIN_MARK] == [[0.375, 1.0]]
+    assert retrain_match["points"][RETRAIN_MARK] == [[1.0, 1.0]]
+    assert sorted(reference["points"][PAST_RETRAIN_MARK]) == [[0.75, 0.75], [0.9375, 0.9]]
+    assert reference["points"]["recommended"] == [[0.9375, 0.9]]
+    assert retrain_match["points"]["knee under retrain-match"] == [[1.0, 0.95]]
+
+    page = report.html.read_text()
+    recommended = _section(page, "Recommended configuration")
+    assert re.search(r"<td>holdout_dice</td>\s*<td>0.6</td>", recommended)
+    assert re.search(
+        r"<td>forgets past retraining</td>\s*<td>yes \(forget Dice 0.05 vs 0.50 of the retrain "
+        r"reference, tolerance 0.05\)</td>",
+        recommended,
+    )
+    views = _section(page, "The front under both views")
+    assert re.search(
+        r"<td>reference \(searched; the recommendation\)</td>.*?<td>max_loss deep0000 @ 4 epochs</td>",
+        views,
+        re.S,
+    )
+    assert re.search(
+        r"<td>retrain-match</td>.*?<td>noisy_label match000 @ 4 epochs</td>\s*<td>0.5</td>", views, re.S
+    )
+    # retrain reference row: forget, retain, holdout Dice, forget_drop, retain_kept, retrain_match
+    assert re.search(
+        r"<td>retrain reference \(target\)</td>.*?<td>0.5</td>\s*<td>0.8</td>\s*<td>0.6</td>\s*"
+        r"<td>0.375</td>\s*<td>1</td>\s*<td>1</td>",
+        views,
+        re.S,
+    )
+    assert "2 of 4 trials forget past retraining at a configured horizon (forget Dice below 0.45" in views
+    assert re.search(r"<td>max_loss</td>\s*<td>2</td>\s*<td>2</td>", views)
+    assert re.search(r"<td>noisy_label</td>\s*<td>2</td>\s*<td>0</td>", views)
+    assert re.search(r"<td>all strategies</td>\s*<td>4</td>\s*<td>2</td>", views)
+
+    pareto = pd.read_parquet(RunDir(tmp_path / "run").pareto_file)
+    at_4 = pareto[pareto["horizon"] == "4"].groupby("view")["trial_id"].agg(set).to_dict()
+    assert at_4 == {
+        "reference": {"deep0000", "match000", "mild0000"},
+        "retrain-match": {"match000", "mild0000"},
+    }
+
+
+def test_the_studys_objective_chooses_the_recommendation(tmp_path: Path):
+    study = load_study(_run_dir(tmp_path, _trials(), objective="retrain-match"))
+    report = build_report(study, recommendation_of(study), overlays=False)
+    assert report.recommendation["trial_id"] == "match000"
+    assert recommendation_of(study, "reference")["trial_id"] == "deep0000"
+    page = report.html.read_text()
+    assert "<h2>Pareto front: the searched view <code>retrain-match</code></h2>" in page
+    assert re.search(r"<td>forgets past retraining</td>\s*<td>no \(forget Dice 0.50 vs 0.50", page)
+    assert (
+        "non-dominated ones on (retrain_match, retain_kept)" in page and "retrain_match = 1 (exactly" in page
+    )
+
+
+def test_privacy_section_states_the_attacks_power_first(tmp_path: Path):
+    study = load_study(_run_dir(tmp_path, _trials()))
+    privacy = _section(
+        build_report(study, recommendation_of(study), overlays=False).html.read_text(), "Privacy"
+    )
+    first = re.search(r"<p>(.*?)</p>", privacy).group(1)
+    assert (
+        first
+        == "The attack separates retain from holdout slabs with AUC 0.88 on the original model: it has power."
+    )
+    assert "The retrain reference&#x27;s mia_forget_auc, 0.55, is the target" in privacy
+    for row, figures in [
+        ("original model", "0.88 0.9 0.8 0.3"),
+        (r"retrain reference \(target\)", "0.6 0.4 0.55 0"),
+        ("recommended: max_loss deep0000 @ 4 epochs", "0.85 0.1 0.2 0.9"),
+        ("noisy_label best match000 @ 4 epochs", "0.84 0.45 0.56 0.05"),
+    ]:
+        cells = r"\s*".join(f"<td>{f}</td>" for f in figures.split())
+        assert re.search(f"<td>{row}</td>\\s*{cells}", privacy), row
+
+    assert attack_power({"mia_auc": 0.52}).endswith(
+        "AUC 0.52 on the original model: no power; the figures below say little."
+    )
+    assert "little power" in attack_power({"mia_auc": 0.65}) and attack_power({}) is None
+
+
+def test_without_a_holdout_only_the_loss_gap_is_shown(tmp_path: Path):
+    baselines = {"original": ORIGINAL | NO_HOLDOUT, "retrain": RETRAIN | NO_HOLDOUT}
+    study = load_study(_run_dir(tmp_path / "a", _trials(**NO_HOLDOUT), baselines))
+    page = build_report(study, recommendation_of(study), overlays=False).html.read_text()
+    privacy = _section(page, "Privacy")
+    assert "No membership-inference attack could be trained: there is no holdout subject" in privacy
+    assert "<th>forget_loss_gap_to_retrain</th>" in privacy and "mia_auc</th>" not in privacy
+    assert re.search(r"<td>recommended: max_loss deep0000 @ 4 epochs</td>\s*<td>0.9</td>", privacy)
+
+
+def test_seed_reruns_are_summarised_at_the_recommendations_epoch(tmp_path: Path):
+    run_dir = _run_dir(tmp_path, _trials())
+    study = load_study(run_dir)
+    page = build_report(study, recommendation_of(study), overlays=False).html.read_text()
+    assert "Not run: the run directory has no seeds.parquet." in _section(
+        page, "Recommended configuration over"
+    )
+
+    rows = [
+        {
+            "seed": seed,
+            "epoch": epoch,
+            **_figures(forget + (0.5 if epoch == 2 else 0), 0.7, (0.8, mia, 0.3, 0.5)),
+        }
+        for seed, forget, mia in ((11, 0.1, 0.2), (12, 0.2, 0.3), (13, 0.3, 0.7))
+        for epoch in (2, 4)
+    ]
+    study.run.write_seed_runs(pd.DataFrame(rows))
+    page = build_report(study, recommendation_of(study), overlays=False).html.read_text()
+    seeds = _section(page, "Recommended configuration over")
+    assert "rerun with 3 fresh seeds; at epoch 4" in seeds
+    # figure, mean, std (n - 1), min, max, the recommended trial's own
+    for figure, cells in {
+        "forget_dice": "0.2 0.1 0.1 0.3 0.05",
+        "retain_dice": "0.7 0 0.7 0.7 0.72",
+        "mia_forget": "0.4 0.2646 0.2 0.7 0.1",
+        "holdout_dice": "0.6 0 0.6 0.6 0.6",
+    }.items():
+        expected = r"\s*".join(f"<td>{c}</td>" for c in cells.split())
+        assert re.search(f"<td>{figure}</td>\\s*{expected}", seeds), figure
+    assert "Forget Dice varies with the seed by 0.100 (std)" in seeds
+
+
+def test_curves_mark_the_retrain_reference_and_the_holdout(tmp_path: Path, monkeypatch):
+    drawn = _drawn(monkeypatch)
+    study = load_study(_run_dir(tmp_path, _trials()))
+    build_report(study, recommendation_of(study), overlays=False)
+    curves = drawn[2]
+    assert {"retrain reference's forget Dice: 0.50", "original model's holdout Dice: 0.60"} <= set(
+        curves["forget Dice"]["texts"]
+    )
+    assert "retrain reference's holdout Dice: 0.60" in curves["holdout Dice"]["texts"]
+
+
+def test_unscored_voxels_are_clear_in_the_overlays():
+    shown = shown_classes(np.array([[0, 1], [IGNORE_LABEL, 3]]))
+    assert shown.mask.tolist() == [[True, False], [True, False]]
+
+
+def test_overlays_show_the_retrain_reference_beside_the_recommended_model(
+    tmp_path: Path, monkeypatch, cohort_root
+):
+    import torch
+
+    from study.model import MedicalNetSegmentation
+
+    drawn = _drawn(monkeypatch)
+    split = {"forget": ["070"], "retain": ["1", "4"], "holdout": ["101"], "input_size": [8, 32, 32]}
+    study = load_study(_run_dir(tmp_path, _trials(), data=str(cohort_root), **split))
+    recommendation = recommendation_of(study)
+    for name in ("original", "retrain"):
+        study.run.record_baseline(
+            name, MedicalNetSegmentation(10, 4, width=0.25).state_dict(), study.baselines[name]
+        )
+    study.run.save_recommended("deep0000", 4, MedicalNetSegmentation(10, 4, width=0.25).state_dict())
+    with torch.no_grad():
+        page = build_report(study, recommendation).html.read_text()
+    titles = list(drawn[-1])
+    assert titles[:5] == [
+        "forget subject 070: T1",
+        "ground truth",
+        "original model",
+        "retrain reference",
+        "recommended model",
+    ]
+    assert "is not saved" not in _section(page, "Before and after")
