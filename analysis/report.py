@@ -19,7 +19,7 @@ from analysis.document import Bullets, Code, Figure, Paragraph, Section, Table, 
 from analysis.overlays import overlay_figure
 from analysis.pareto import knee_rule
 from analysis.plots import curves_plot, pareto_plot
-from analysis.sections import privacy_section, seeds_section, views_section
+from analysis.sections import bn_modes_section, privacy_section, seeds_section, views_section
 from analysis.study_state import Recommendation, Study, load_study, recommendation_of, reproduce_command
 from analysis.summary import (
     BEST_RULE,
@@ -163,6 +163,7 @@ def _sections(
         Section("Results in the reference paper's form", [Paragraph(PAPER_RULE, rule=True), Table(table)]),
         privacy_section(study, recommendation, rows),
         seeds_section(study, recommendation),
+        bn_modes_section(study, recommendation),
         Section(
             "Per-epoch Dice of each strategy's best trial",
             [Figure("curves"), Paragraph(CURVES_RULE, rule=True)],

@@ -195,3 +195,41 @@ def seeds_section(study: Study, recommendation: Recommendation | None) -> Sectio
             )
         )
     return Section(title, blocks)
+
+
+#: What the BatchNorm comparison shows: where the model lands and what the attack sees.
+BN_FIGURES = (
+    "forget_dice",
+    "retain_dice",
+    "holdout_dice",
+    "mia_forget",
+    "mia_forget_auc",
+    "forget_loss_gap_to_retrain",
+)
+
+
+def bn_modes_section(study: Study, recommendation: Recommendation | None) -> Section:
+    """The recommended configuration at its own seed under each ``bn_mode`` (``bn_modes.parquet``)."""
+    title = "BatchNorm statistics as a channel"
+    reruns = study.run.read_bn_mode_runs()
+    if recommendation is None or reruns is None:
+        return Section(
+            title, [Paragraph(f"Not run: the run directory has no {study.run.bn_modes_file.name}.")]
+        )
+    epoch = int(recommendation["epoch"])
+    own = {"bn_mode": f"{recommendation.get('param_bn_mode', '')} (the trial itself)".lstrip()} | {
+        f: recommendation[f] for f in BN_FIGURES
+    }
+    at = reruns[reruns["epoch"] == epoch].drop_duplicates("bn_mode", keep="last")
+    lines = [own, *({"bn_mode": r["bn_mode"]} | {f: r[f] for f in BN_FIGURES} for _, r in at.iterrows())]
+    if "retrain" in study.baselines:
+        lines.append(
+            {"bn_mode": "retrain reference (target)"} | {f: study.baselines["retrain"][f] for f in BN_FIGURES}
+        )
+    lead = Paragraph(
+        f"The recommended trial rerun at its own seed for {epoch} epochs with every other bn_mode, all else equal. "
+        "frozen keeps the original model's running statistics (computed with the forget subjects), train "
+        "updates them from every batch (forget batches included), recalibrate re-estimates them on retain "
+        "subjects only before every evaluation."
+    )
+    return Section(title, [lead, Table(pd.DataFrame(lines, columns=["bn_mode", *BN_FIGURES]))])

@@ -26,7 +26,7 @@ from analysis.study_state import (
 )
 from study.cli import config_from_args, run_cli
 from study.cluster import check_cluster, connect, task_options, trial_device, trial_request
-from study.config import StudyConfig
+from study.config import BN_MODES, StudyConfig
 from study.data import Cohort, open_cohort
 from study.errors import StudyIncomplete, StudyInterrupted
 from study.objectives import OBJECTIVES
@@ -35,7 +35,7 @@ from study.run import RunDir
 from study.storage import trial_id_of
 from trainables.baseline import initial_state, train_or_load_baselines
 from trainables.registry import check_config, classes_of, spaces_of
-from trainables.replay import replayed_state, seed_rerun, trial_params
+from trainables.replay import FRESH_SEEDS, replayed_state, rerun, trial_params
 from trainables.tune_trainable import Handover
 
 
@@ -81,7 +81,7 @@ def run_study(config: StudyConfig, resuming: bool = False) -> Path:
         study = load_study(run.path)
         recommendation = recommendation_of(study)
         save_recommended_model(config, study, recommendation, handover)
-        rerun_with_fresh_seeds(config, study, recommendation, handover)
+        rerun_recommendation(config, study, recommendation, handover)
         print("\n" + build_report(study, recommendation).text)
     print(f"\nrun directory: {run.path}")
     if problems:
@@ -170,40 +170,44 @@ def save_recommended_model(
     study.run.save_recommended(trial_id, epoch, state)
 
 
-def rerun_with_fresh_seeds(
+def rerun_recommendation(
     config: StudyConfig, study: Study, recommendation: Recommendation | None, handover: Handover
 ) -> None:
-    """Reruns the ``recommendation`` with ``config.seed_reruns`` fresh seeds side by side on the
-    cluster, into ``seeds.parquet``, so the report can say how much of it was luck."""
+    """Reruns the ``recommendation`` side by side on the cluster: with ``config.seed_reruns``
+    fresh seeds (``seeds.parquet``: how much of it was luck) and, at its own seed, under every
+    other ``bn_mode`` (``bn_modes.parquet``: BatchNorm statistics as a channel of their own)."""
     import ray
 
-    if recommendation is None or config.seed_reruns == 0:
+    if recommendation is None:
         return
-    trial_id, epoch = recommendation["trial_id"], int(recommendation["epoch"])
-    done = study.run.read_seed_runs()
-    if (
-        done is not None
-        and set(done["trial_id"]) == {trial_id}
-        and done["seed"].nunique() == config.seed_reruns
-    ):
-        return
-    print(f"rerunning trial {trial_id} to epoch {epoch} with {config.seed_reruns} fresh seeds")
+    run, trial_id, epoch = study.run, recommendation["trial_id"], int(recommendation["epoch"])
     params = trial_params(study.trials, trial_id)
-    strategy = handover.strategies[params["strategy"]]
-    task = ray.remote(**task_options(config, config.cpus_per_trial))(seed_rerun)
-    objects, device = (handover.cohort, handover.original_state, handover.reference), trial_device(config)
-    pending = [
-        task.remote(strategy, params, epoch, config, *objects, k, device) for k in range(config.seed_reruns)
+    variants = {}
+    if config.seed_reruns and not _done(run.read_seed_runs(), trial_id, "seed", config.seed_reruns):
+        variants |= {("seed", k): {"trial_number": FRESH_SEEDS + k} for k in range(config.seed_reruns)}
+    others = [m for m in BN_MODES if m != params["bn_mode"]]
+    if not _done(run.read_bn_mode_runs(), trial_id, "bn_mode", len(others)):
+        variants |= {("bn_mode", m): {"bn_mode": m} for m in others}
+    if not variants:
+        return
+    print(f"rerunning trial {trial_id} to epoch {epoch}: {', '.join(f'{k} {v}' for k, v in variants)}")
+    task = ray.remote(**task_options(config, config.cpus_per_trial))(rerun)
+    objects = (handover.strategies[params["strategy"]], params, epoch, config, handover.cohort)
+    objects += (handover.original_state, handover.reference)
+    pending = {key: task.remote(*objects, changes, trial_device(config)) for key, changes in variants.items()}
+    rows = [
+        {"strategy": params["strategy"], "trial_id": trial_id, key[0]: key[1], **report}
+        for key, ref in pending.items()
+        for report in ray.get(ref)
     ]
-    rows = pd.DataFrame([row for ref in pending for row in ray.get(ref)])
-    rows.insert(0, "trial_id", trial_id)
-    rows.insert(0, "strategy", params["strategy"])
-    study.run.write_seed_runs(rows)
-    last = rows[rows["epoch"] == rows["epoch"].max()]
-    spread = ", ".join(
-        f"{m} {last[m].mean():.3f} ± {last[m].std():.3f}" for m in ("forget_drop", "retain_kept")
-    )
-    print(f"over {config.seed_reruns} fresh seeds at epoch {int(last['epoch'].iloc[0])}: {spread}")
+    for column, write in (("seed", run.write_seed_runs), ("bn_mode", run.write_bn_mode_runs)):
+        if any(key[0] == column for key in variants):
+            write(pd.DataFrame([row for row in rows if column in row]))
+
+
+def _done(table: pd.DataFrame | None, trial_id: str, column: str, count: int) -> bool:
+    """Whether ``table`` already holds ``count`` reruns (values of ``column``) of ``trial_id``."""
+    return table is not None and set(table["trial_id"]) == {trial_id} and table[column].nunique() == count
 
 
 def main(argv: list[str] | None = None) -> int:

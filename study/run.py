@@ -61,6 +61,11 @@ class RunDir:
         return self.path / "seeds.parquet"
 
     @property
+    def bn_modes_file(self) -> Path:
+        """The recommended configuration rerun at its seed under every other ``bn_mode``."""
+        return self.path / "bn_modes.parquet"
+
+    @property
     def pareto_file(self) -> Path:
         return self.path / "pareto.parquet"
 
@@ -175,6 +180,12 @@ class RunDir:
 
     def read_seed_runs(self) -> pd.DataFrame | None:
         return pd.read_parquet(self.seeds_file) if self.seeds_file.is_file() else None
+
+    def write_bn_mode_runs(self, table: pd.DataFrame) -> None:
+        atomic_write(self.bn_modes_file, lambda p: table.to_parquet(p, index=False))
+
+    def read_bn_mode_runs(self) -> pd.DataFrame | None:
+        return pd.read_parquet(self.bn_modes_file) if self.bn_modes_file.is_file() else None
 
     def write_pareto(self, table: pd.DataFrame) -> None:
         atomic_write(self.pareto_file, lambda p: table.to_parquet(p, index=False))

@@ -156,6 +156,7 @@ def test_report_from_a_small_trials_table(tmp_path: Path, capsys):
             "Results in the reference paper's form",
             "Privacy: membership inference",
             "Recommended configuration over fresh seeds",
+            "BatchNorm statistics as a channel",
             "Per-epoch Dice of each strategy's best trial",
             "Before and after unlearning",
             "Diverged trials",

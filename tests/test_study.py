@@ -13,6 +13,7 @@ import pytest
 from study.config import config_from_toml, load_config
 from study.errors import StudyError
 from study.launch import main
+from study.metrics import METRICS
 from study.run import RunDir
 from trainables import STRATEGIES
 from trainables.replay import replay_trial
@@ -46,12 +47,28 @@ def _assert_one_row_per_trial_and_epoch(trials: pd.DataFrame) -> None:
     assert trials.groupby("strategy")["trial_number"].apply(lambda n: sorted(set(n))).tolist() == [[0, 1]] * 2
 
 
+def _assert_reruns_of_the_recommendation(run: RunDir, out: str) -> None:
+    """The smoke preset's 2 fresh seeds and the 2 other bn_modes, every epoch, the same trial."""
+    trial_id = out.split("recommended: ")[1].split(" trial ")[1].split()[0]
+    seeds, bn_modes = run.read_seed_runs(), run.read_bn_mode_runs()
+    assert set(seeds["trial_id"]) == set(bn_modes["trial_id"]) == {trial_id}
+    assert sorted(zip(seeds["seed"], seeds["epoch"], strict=True)) == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    recommended = pd.read_parquet(run.trials_file).query("trial_id == @trial_id")["param_bn_mode"].iloc[0]
+    assert set(bn_modes["bn_mode"]) == {"train", "frozen", "recalibrate"} - {recommended}
+    assert seeds["forget_dice"].between(0, 1).all() and bn_modes["mia_forget"].between(0, 1).all()
+    page = run.report_html.read_text()
+    assert "rerun with 2 fresh seeds" in page and "(the trial itself)" in page
+
+
 def _assert_baselines_and_config(run_dir: Path) -> None:
     """Both baselines' metrics and weights, and a config.toml that reads back as the study's config."""
     baseline = json.loads(RunDir(run_dir).baseline_metrics_file.read_text())
-    sets = ("retain", "forget", "holdout")
-    assert set(baseline["original"]) == {f"{s}_{m}" for s in sets for m in ("dice", "mae")}
-    assert set(baseline["retrain"]) == set(baseline["original"])
+    assert set(baseline["original"]) == set(baseline["retrain"]) == set(METRICS)
+    assert baseline["retrain"]["forget_gap_to_retrain"] == 0.0 and baseline["retrain"]["retrain_match"] == 1.0
+    assert baseline["original"]["forget_drop"] == 0.0 and baseline["original"]["retain_kept"] == 1.0
+    assert baseline["original"]["forget_gap_to_retrain"] == pytest.approx(
+        abs(baseline["original"]["forget_dice"] - baseline["retrain"]["forget_dice"])
+    )
     assert RunDir(run_dir).baseline_model("original").is_file()
     assert RunDir(run_dir).baseline_model("retrain").is_file()
     saved = config_from_toml(RunDir(run_dir).config_file)
@@ -91,6 +108,7 @@ def test_smoke_study_writes_one_row_per_trial_and_epoch(ray_local, cache_env, tm
     page = RunDir(run_dir).report_html.read_text()
     assert page.count("data:image/png;base64,") == 4  # a front per view, curves, overlays
     assert "is not saved" not in page  # the recommended model's overlay is there
+    _assert_reruns_of_the_recommendation(RunDir(run_dir), out)
 
     # One trial rerun without Ray, from what the run directory holds, lands on its figures.
     finals = trials[trials["epoch"] == 2]

@@ -78,7 +78,7 @@ def replayed_state(
 FRESH_SEEDS = 1_000_000
 
 
-def seed_rerun(
+def rerun(
     strategy: type[Strategy],
     params: dict[str, Any],
     epochs: int,
@@ -86,15 +86,18 @@ def seed_rerun(
     cohort: Cohort,
     original_state: dict[str, torch.Tensor],
     reference: Reference,
-    index: int,
+    changes: dict[str, Any],
     device: str = "",
 ) -> list[dict[str, float]]:
-    """Every epoch's report of the trial ``params`` rerun with fresh seed number ``index``
-    (its trial number, which seeds the loop and the strategy, set to ``FRESH_SEEDS + index``)."""
+    """Every epoch's report of the trial ``params`` rerun with ``changes`` to its config: a fresh
+    seed (``{"trial_number": FRESH_SEEDS + k}``, which seeds the loop and the strategy) or
+    another ``bn_mode``."""
     reports: list[dict[str, float]] = []
-    fresh = {**params, "trial_number": FRESH_SEEDS + index}
-    replayed_state(strategy, fresh, epochs, study, cohort, original_state, reference, device, reports.append)
-    return [{**report, "seed": index} for report in reports]
+    changed = {**params, **changes}
+    replayed_state(
+        strategy, changed, epochs, study, cohort, original_state, reference, device, reports.append
+    )
+    return reports
 
 
 def replay_trial(
