@@ -67,6 +67,7 @@ class StudyConfig:
     score_weight: float = 0.5
     seed: int = 0
     seed_reruns: int = 3  # the recommended configuration rerun with this many fresh seeds (0: none)
+    bn_mode_reruns: bool = True  # ... and at its own seed under every other bn_mode
     # Ray
     address: str = ""  # empty: start a local Ray; "auto" or host:port joins a cluster
     # Where Tune keeps results and checkpoints: empty for <run_dir>/ray_results, a folder every

@@ -186,7 +186,7 @@ def rerun_recommendation(
     if config.seed_reruns and not _done(run.read_seed_runs(), trial_id, "seed", config.seed_reruns):
         variants |= {("seed", k): {"trial_number": FRESH_SEEDS + k} for k in range(config.seed_reruns)}
     others = [m for m in BN_MODES if m != params["bn_mode"]]
-    if not _done(run.read_bn_mode_runs(), trial_id, "bn_mode", len(others)):
+    if config.bn_mode_reruns and not _done(run.read_bn_mode_runs(), trial_id, "bn_mode", len(others)):
         variants |= {("bn_mode", m): {"bn_mode": m} for m in others}
     if not variants:
         return

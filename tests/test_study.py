@@ -72,7 +72,8 @@ def _assert_baselines_and_config(run_dir: Path) -> None:
     assert RunDir(run_dir).baseline_model("original").is_file()
     assert RunDir(run_dir).baseline_model("retrain").is_file()
     saved = config_from_toml(RunDir(run_dir).config_file)
-    assert saved == load_config("smoke", overrides={"run_dir": str(run_dir)})
+    reruns = {"seed_reruns": 2, "bn_mode_reruns": True}  # the test's --config file
+    assert saved == load_config("smoke", overrides={"run_dir": str(run_dir), **reruns})
     assert saved.preset == "smoke" and saved.run_dir == str(run_dir)  # what the command line said
     assert saved.strategies == ["noisy_label", "max_loss"] and saved.max_epochs == 2  # the preset's
 
@@ -93,8 +94,9 @@ def _assert_tune_and_optuna_storage(run_dir: Path, trials: pd.DataFrame) -> None
 
 @pytest.mark.slow
 def test_smoke_study_writes_one_row_per_trial_and_epoch(ray_local, cache_env, tmp_path: Path, capsys):
-    run_dir = tmp_path / "run"
-    assert main(["--preset", "smoke", "--run-dir", str(run_dir)]) == 0
+    run_dir, reruns = tmp_path / "run", tmp_path / "reruns.toml"
+    reruns.write_text("seed_reruns = 2\nbn_mode_reruns = true\n")  # off in the smoke preset
+    assert main(["--preset", "smoke", "--config", str(reruns), "--run-dir", str(run_dir)]) == 0
 
     trials = pd.read_parquet(RunDir(run_dir).trials_file)
     _assert_one_row_per_trial_and_epoch(trials)
