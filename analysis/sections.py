@@ -15,6 +15,7 @@ from analysis.pareto import knee_rule
 from analysis.study_state import Recommendation, Study
 from analysis.summary import best_trials
 from analysis.views import (
+    KNEE_FIGURES,
     OVERFORGET_RULE,
     OVERFORGET_TOLERANCE,
     knees_by_view,
@@ -25,15 +26,7 @@ from study.objectives import OBJECTIVES
 from study.privacy import PRIVACY_METRICS
 
 #: The figures whose spread over fresh seeds the report shows.
-SEED_FIGURES = (
-    "forget_dice",
-    "retain_dice",
-    "holdout_dice",
-    "forget_drop",
-    "retain_kept",
-    "retrain_match",
-    "mia_forget",
-)
+SEED_FIGURES = (*KNEE_FIGURES, "mia_forget")
 PRIVACY_RULE = (
     "mia_auc: the attack's power on that model (cross-validated AUC, retain vs holdout slabs; "
     "0.5: none). mia_forget: the fraction of forget slabs the attack judges members; compare "
