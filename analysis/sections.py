@@ -148,38 +148,68 @@ def privacy_section(study: Study, recommendation: Recommendation | None, rows: p
     )
 
 
-def seed_spread(seeds: pd.DataFrame, epoch: int, recommendation: Recommendation) -> pd.DataFrame:
+def seed_spread(seeds: pd.DataFrame, epoch: int, recommendation: Recommendation | None) -> pd.DataFrame:
     """Per figure of ``SEED_FIGURES``: mean, std (sample, n - 1), min and max over the seeds'
-    rows at ``epoch``, beside the recommended trial's own figure."""
+    rows at ``epoch``, beside the recommended trial's own figure (when ``recommendation``)."""
     at = seeds[seeds["epoch"] == epoch].drop_duplicates("seed", keep="last")
     figures = [f for f in SEED_FIGURES if f in at]
     # Rounded: equal values give a std of ~1e-17 in floating point, which would read as a spread.
     table = at[figures].agg(["mean", "std", "min", "max"]).T.round(6)
-    table["in the search"] = [recommendation.get(f, math.nan) for f in figures]
+    if recommendation is not None:
+        table["in the search"] = [recommendation.get(f, math.nan) for f in figures]
     return table.reset_index(names="figure")
 
 
 def seeds_section(study: Study, recommendation: Recommendation | None) -> Section:
-    """The recommended configuration rerun with fresh seeds (``seeds.parquet``), or why not."""
+    """The recommended configuration rerun with fresh seeds (``seeds.parquet``), on the study's
+    forget set and on another one, or why not."""
     title = "Recommended configuration over fresh seeds"
     seeds = study.run.read_seed_runs()
     if recommendation is None:
         return Section(title, [Paragraph("No recommendation yet, so no seed reruns.")])
     if seeds is None:
         return Section(title, [Paragraph(f"Not run: the run directory has no {study.run.seeds_file.name}.")])
-    epoch = int(recommendation["epoch"])
-    count = seeds.loc[seeds["epoch"] == epoch, "seed"].nunique()
-    if count == 0:
+    epoch, own = int(recommendation["epoch"]), ",".join(study.config.forget)
+    seeds = seeds[seeds["epoch"] == epoch]
+    if "forget" not in seeds:
+        seeds = seeds.assign(forget=own)
+    if seeds.empty:
         return Section(title, [Paragraph(f"{study.run.seeds_file.name} has no row at epoch {epoch}.")])
-    table = seed_spread(seeds, epoch, recommendation)
-    lead = Paragraph(
-        f"The recommended configuration ({recommendation['strategy']}, its hyperparameters, {epoch} "
-        f"epochs) rerun with {count} fresh seeds; at epoch {epoch}, over the seeds: mean, standard "
-        "deviation (n - 1), min, max. 'in the search': the recommended trial itself, one draw."
-    )
-    blocks = [lead, Table(table)]
+    blocks = [
+        Paragraph(
+            f"The recommended configuration ({recommendation['strategy']}, its hyperparameters, {epoch} "
+            "epochs) rerun with fresh seeds; at that epoch, over the seeds: mean, standard deviation "
+            "(n - 1), min, max."
+        )
+    ]
+    for forget, rows in sorted(seeds.groupby("forget"), key=lambda item: item[0] != own):
+        blocks += _forget_set_blocks(rows, forget == own, recommendation)
+    return Section(title, blocks)
+
+
+def _forget_set_blocks(rows: pd.DataFrame, own: bool, recommendation: Recommendation) -> list:
+    """The spread over seeds on one forget set, and what it is measured against."""
+    count, forget = rows["seed"].nunique(), rows["forget"].iloc[0]
+    table = seed_spread(rows, int(recommendation["epoch"]), recommendation if own else None)
+    if own:
+        lead = (
+            f"On the study's forget set ({forget}), {count} seeds. 'in the search': the recommended "
+            "trial itself, one draw."
+        )
+    else:
+        lead = (
+            f"On another forget set ({forget}; the study's forget subjects join the retain set, the "
+            f"original model is the same), {count} seeds, each figure against this set's own retrain "
+            "reference: does the configuration carry over to other subjects?"
+        )
+    references = [
+        f"{name} {rows[column].iloc[0]:.3f}" for name, column in _REFERENCE_COLUMNS if column in rows
+    ]
+    if references:
+        lead += " Forget Dice of the " + ", of the ".join(references) + "."
+    blocks = [Paragraph(lead), Table(table)]
     spread = table.set_index("figure")["std"].get("forget_dice", math.nan)
-    if math.isfinite(spread):
+    if own and math.isfinite(spread):
         blocks.append(
             Paragraph(
                 f"Forget Dice varies with the seed by {spread:.3f} (std); the over-forgetting "
@@ -187,7 +217,13 @@ def seeds_section(study: Study, recommendation: Recommendation | None) -> Sectio
                 rule=True,
             )
         )
-    return Section(title, blocks)
+    return blocks
+
+
+_REFERENCE_COLUMNS = (
+    ("original model", "original_forget_dice"),
+    ("retrain reference", "retrain_forget_dice"),
+)
 
 
 #: What the BatchNorm comparison shows: where the model lands and what the attack sees.

@@ -59,6 +59,13 @@ def parser() -> argparse.ArgumentParser:
         help="rerun the recommended configuration with this many fresh seeds (default 3; 0: none)",
     )
     p.add_argument(
+        "--other-forget",
+        dest="other_forget",
+        type=_ids,
+        help="rerun it with fresh seeds on this forget set too, e.g. 1,4 (default: the first "
+        "retain subjects, as many as --forget names; '' for none)",
+    )
+    p.add_argument(
         "--objective",
         choices=tuple(OBJECTIVES),
         help="what the search maximises: forget_drop (reference, default) or closeness to the "

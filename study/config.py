@@ -68,6 +68,9 @@ class StudyConfig:
     seed: int = 0
     seed_reruns: int = 3  # the recommended configuration rerun with this many fresh seeds (0: none)
     bn_mode_reruns: bool = True  # ... and at its own seed under every other bn_mode
+    # ... and the seed reruns on this forget set too, with its own retrain reference
+    # (None: the first len(forget) retain subjects; []: not at all)
+    other_forget: list[str] | None = None
     # Ray
     address: str = ""  # empty: start a local Ray; "auto" or host:port joins a cluster
     # Where Tune keeps results and checkpoints: empty for <run_dir>/ray_results, a folder every
@@ -228,14 +231,17 @@ def _apply(config: StudyConfig, values: dict[str, Any], source: str) -> None:
         if key not in types:
             raise StudyError(f"{source}: unknown setting {key!r}; see README.md for the settings")
         expected = type(getattr(StudyConfig(), key))
-        if key in ("retain", "holdout"):
+        if key in ("retain", "holdout", "other_forget"):
             expected = list
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             raise StudyError(f"{source}: {key} must be a {expected.__name__}, got {value!r}")
         if expected is list:
-            value = [str(v) if key in ("forget", "retain", "holdout", "strategies") else v for v in value]
+            value = [
+                str(v) if key in ("forget", "retain", "holdout", "other_forget", "strategies") else v
+                for v in value
+            ]
         if key == "search_bounds":  # name -> [low, high]
             if not all(isinstance(v, list) and all(_is_number(x) for x in v) for v in value.values()):
                 raise StudyError(f"{source}: {key} must map names to [low, high] number pairs")

@@ -245,3 +245,29 @@ def open_cohort(config: StudyConfig) -> Cohort:
     holdout = default_holdout if config.holdout is None else config.holdout
     split = resolve_split(find_subjects(root), config.forget, config.retain, holdout, source)
     return load_cohort(root, split, tuple(config.input_size), config.label_mode)
+
+
+def with_other_forget(cohort: Cohort, other: list[str] | None) -> Cohort | None:
+    """The same subjects with another forget set, for asking whether a configuration carries
+    over to other subjects; ``None`` when there is none to ask with.
+
+    ``other=None``: the first ``len(forget)`` retain subjects (``None`` when there are fewer);
+    ``[]``: none. The old forget subjects join the retain set, the holdout stays; the training
+    set, and so the original model, is the same.
+    """
+    split = cohort.split
+    if other is None:
+        other = list(split.retain[: len(split.forget)]) if len(split.retain) >= len(split.forget) else []
+    if not other:
+        return None
+    if outside := [s for s in other if s not in split.retain]:
+        raise StudyError(
+            f"other_forget names {', '.join(outside)}, which are not retain subjects; "
+            f"choose from {', '.join(split.retain)}"
+        )
+    if len(set(other)) != len(other):
+        raise StudyError(f"other_forget names a subject twice: {', '.join(other)}")
+    retain = tuple(s for s in split.training if s not in other)
+    moved = Split(forget=tuple(other), retain=retain, holdout=split.holdout)
+    digest = hashlib.sha256((cohort.digest + repr(moved)).encode()).hexdigest()
+    return Cohort(cohort.images, cohort.labels, moved, cohort.n_classes, digest)

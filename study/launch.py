@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 
 from analysis.pareto import front_table
@@ -26,8 +25,8 @@ from analysis.study_state import (
 )
 from study.cli import config_from_args, run_cli
 from study.cluster import check_cluster, connect, task_options, trial_device, trial_request
-from study.config import BN_MODES, StudyConfig
-from study.data import Cohort, open_cohort
+from study.config import StudyConfig
+from study.data import Cohort, open_cohort, with_other_forget
 from study.errors import StudyIncomplete, StudyInterrupted
 from study.objectives import OBJECTIVES
 from study.results import incomplete_trials, rows_from_results
@@ -35,7 +34,8 @@ from study.run import RunDir
 from study.storage import trial_id_of
 from trainables.baseline import initial_state, train_or_load_baselines
 from trainables.registry import check_config, classes_of, spaces_of
-from trainables.replay import FRESH_SEEDS, replayed_state, rerun, trial_params
+from trainables.replay import replayed_state, trial_params
+from trainables.reruns import rerun_recommendation
 from trainables.tune_trainable import Handover
 
 
@@ -47,8 +47,11 @@ def run_study(config: StudyConfig, resuming: bool = False) -> Path:
     run = RunDir.of(config)
     cohort = open_cohort(config)
     start, start_note = initial_state(config, cohort.n_classes)  # a bad weights file fails here
+    other = with_other_forget(cohort, config.other_forget)  # a bad subject id fails here
     split = cohort.split
     print(f"cohort: forget {list(split.forget)}, retain {list(split.retain)}, holdout {list(split.holdout)}")
+    if other is not None and (config.seed_reruns > 0):
+        print(f"the recommendation's fresh seeds are rerun on forget set {list(other.split.forget)} too")
     print(f"original model starts from: {start_note}")
 
     with run.creating(resuming):  # nothing stays behind if the cluster cannot run the study
@@ -81,7 +84,9 @@ def run_study(config: StudyConfig, resuming: bool = False) -> Path:
         study = load_study(run.path)
         recommendation = recommendation_of(study)
         save_recommended_model(config, study, recommendation, handover)
-        rerun_recommendation(config, study, recommendation, handover)
+        if recommendation is not None:
+            trial_id, epoch = recommendation["trial_id"], int(recommendation["epoch"])
+            rerun_recommendation(config, run, trial_id, epoch, handover, other, start)
         print("\n" + build_report(study, recommendation).text)
     print(f"\nrun directory: {run.path}")
     if problems:
@@ -168,46 +173,6 @@ def save_recommended_model(
     task = ray.remote(**task_options(config, config.cpus_per_trial))(replay)
     state = ray.get(task.remote(handover.cohort, handover.original_state))
     study.run.save_recommended(trial_id, epoch, state)
-
-
-def rerun_recommendation(
-    config: StudyConfig, study: Study, recommendation: Recommendation | None, handover: Handover
-) -> None:
-    """Reruns the ``recommendation`` side by side on the cluster: with ``config.seed_reruns``
-    fresh seeds (``seeds.parquet``: how much of it was luck) and, at its own seed, under every
-    other ``bn_mode`` (``bn_modes.parquet``: BatchNorm statistics as a channel of their own)."""
-    import ray
-
-    if recommendation is None:
-        return
-    run, trial_id, epoch = study.run, recommendation["trial_id"], int(recommendation["epoch"])
-    params = trial_params(study.trials, trial_id)
-    variants = {}
-    if config.seed_reruns and not _done(run.read_seed_runs(), trial_id, "seed", config.seed_reruns):
-        variants |= {("seed", k): {"trial_number": FRESH_SEEDS + k} for k in range(config.seed_reruns)}
-    others = [m for m in BN_MODES if m != params["bn_mode"]]
-    if config.bn_mode_reruns and not _done(run.read_bn_mode_runs(), trial_id, "bn_mode", len(others)):
-        variants |= {("bn_mode", m): {"bn_mode": m} for m in others}
-    if not variants:
-        return
-    print(f"rerunning trial {trial_id} to epoch {epoch}: {', '.join(f'{k} {v}' for k, v in variants)}")
-    task = ray.remote(**task_options(config, config.cpus_per_trial))(rerun)
-    objects = (handover.strategies[params["strategy"]], params, epoch, config, handover.cohort)
-    objects += (handover.original_state, handover.reference)
-    pending = {key: task.remote(*objects, changes, trial_device(config)) for key, changes in variants.items()}
-    rows = [
-        {"strategy": params["strategy"], "trial_id": trial_id, key[0]: key[1], **report}
-        for key, ref in pending.items()
-        for report in ray.get(ref)
-    ]
-    for column, write in (("seed", run.write_seed_runs), ("bn_mode", run.write_bn_mode_runs)):
-        if any(key[0] == column for key in variants):
-            write(pd.DataFrame([row for row in rows if column in row]))
-
-
-def _done(table: pd.DataFrame | None, trial_id: str, column: str, count: int) -> bool:
-    """Whether ``table`` already holds ``count`` reruns (values of ``column``) of ``trial_id``."""
-    return table is not None and set(table["trial_id"]) == {trial_id} and table[column].nunique() == count
 
 
 def main(argv: list[str] | None = None) -> int:

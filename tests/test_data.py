@@ -9,7 +9,17 @@ import numpy as np
 import pytest
 
 from study import synthetic
-from study.data import IGNORE_LABEL, find_subjects, load_cohort, preprocess, read_subject, resolve_split
+from study.data import (
+    IGNORE_LABEL,
+    Cohort,
+    Split,
+    find_subjects,
+    load_cohort,
+    preprocess,
+    read_subject,
+    resolve_split,
+    with_other_forget,
+)
 from study.errors import StudyError
 
 
@@ -161,3 +171,35 @@ def test_bad_splits_are_refused(forget, retain, holdout, message):
 def test_default_retain_is_everyone_else():
     split = resolve_split(["1", "4", "070", "148", "101"], ["070", "148"], None, ["101"], "test")
     assert split.retain == ("1", "4") and split.training == ("1", "4", "070", "148")
+
+
+def _cohort_of(split: Split) -> Cohort:
+    subjects = split.training + split.holdout
+    images = {s: np.zeros((3, 2, 2, 2), np.float32) for s in subjects}
+    labels = {s: np.zeros((2, 2, 2), np.uint8) for s in subjects}
+    return Cohort(images, labels, split, 4, "d")
+
+
+def test_another_forget_set_moves_the_first_retain_subjects_and_keeps_the_training_set():
+    cohort = _cohort_of(Split(forget=("070", "148"), retain=("1", "4", "5"), holdout=("101",)))
+    other = with_other_forget(cohort, None)
+    assert other.split == Split(forget=("1", "4"), retain=("5", "070", "148"), holdout=("101",))
+    assert set(other.split.training) == set(cohort.split.training)  # so the original model stays
+    assert other.images is cohort.images and other.digest != cohort.digest
+    named = with_other_forget(cohort, ["5"])
+    assert named.split.forget == ("5",) and named.split.retain == ("1", "4", "070", "148")
+    assert named.digest not in (cohort.digest, other.digest)
+    assert with_other_forget(cohort, []) is None
+
+
+def test_another_forget_set_needs_enough_retain_subjects_and_retain_ids():
+    small = _cohort_of(Split(forget=("070", "148"), retain=("1",)))
+    assert with_other_forget(small, None) is None  # the cohort does not allow one of the same size
+    cohort = _cohort_of(Split(forget=("070", "148"), retain=("1", "4"), holdout=("101",)))
+    for named, message in (
+        (["101"], "not retain subjects"),
+        (["070"], "not retain subjects"),
+        (["1", "1"], "twice"),
+    ):
+        with pytest.raises(StudyError, match=message):
+            with_other_forget(cohort, named)

@@ -230,7 +230,8 @@ def test_seed_reruns_are_summarised_at_the_recommendations_epoch(tmp_path: Path)
     study.run.write_seed_runs(pd.DataFrame(rows))
     page = build_report(study, recommendation_of(study), overlays=False).html.read_text()
     seeds = _section(page, "Recommended configuration over")
-    assert "rerun with 3 fresh seeds; at epoch 4" in seeds
+    assert "rerun with fresh seeds; at that epoch" in seeds
+    assert "the study&#x27;s forget set (070,148), 3 seeds." in seeds  # a table without a forget column
     # figure, mean, std (n - 1), min, max, the recommended trial's own
     for figure, cells in {
         "forget_dice": "0.2 0.1 0.1 0.3 0.05",
@@ -241,6 +242,29 @@ def test_seed_reruns_are_summarised_at_the_recommendations_epoch(tmp_path: Path)
         expected = r"\s*".join(f"<td>{c}</td>" for c in cells.split())
         assert re.search(f"<td>{figure}</td>\\s*{expected}", seeds), figure
     assert "Forget Dice varies with the seed by 0.100 (std)" in seeds
+
+    # The same seeds on another forget set, each against that set's own retrain reference.
+    other = [
+        {
+            "seed": seed,
+            "epoch": 4,
+            "forget": "1,4",
+            "retrain_forget_dice": 0.45,
+            **_figures(dice, 0.7, (0.8, 0.5, 0.3, 0.5)),
+        }
+        for seed, dice in ((0, 0.4), (1, 0.6))
+    ]
+    study.run.write_seed_runs(pd.DataFrame([{**r, "forget": "070,148"} for r in rows] + other))
+    page = build_report(study, recommendation_of(study), overlays=False).html.read_text()
+    seeds = _section(page, "Recommended configuration over")
+    assert seeds.index("forget set (070,148)") < seeds.index("another forget set (1,4;")
+    elsewhere = seeds[seeds.index("another forget set") :]
+    assert "2 seeds, each figure against this set&#x27;s own retrain reference" in elsewhere
+    assert "Forget Dice of the retrain reference 0.450." in elsewhere and "in the search" not in elsewhere
+    assert re.search(
+        r"<td>forget_dice</td>\s*<td>0.5</td>\s*<td>0.1414</td>\s*<td>0.4</td>\s*<td>0.6</td>\s*</tr>",
+        elsewhere,
+    )
 
 
 def test_curves_mark_the_retrain_reference_and_the_holdout(tmp_path: Path, monkeypatch):

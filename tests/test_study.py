@@ -11,11 +11,13 @@ import pandas as pd
 import pytest
 
 from study.config import config_from_toml, load_config
+from study.data import open_cohort, with_other_forget
 from study.errors import StudyError
 from study.launch import main
 from study.metrics import METRICS
 from study.run import RunDir
 from trainables import STRATEGIES
+from trainables.baseline import baseline_key, load_cached
 from trainables.replay import replay_trial
 
 
@@ -48,16 +50,30 @@ def _assert_one_row_per_trial_and_epoch(trials: pd.DataFrame) -> None:
 
 
 def _assert_reruns_of_the_recommendation(run: RunDir, out: str) -> None:
-    """The smoke preset's 2 fresh seeds and the 2 other bn_modes, every epoch, the same trial."""
+    """The smoke preset's 2 fresh seeds (on two forget sets) and the 2 other bn_modes, every
+    epoch, the same trial."""
     trial_id = out.split("recommended: ")[1].split(" trial ")[1].split()[0]
     seeds, bn_modes = run.read_seed_runs(), run.read_bn_mode_runs()
     assert set(seeds["trial_id"]) == set(bn_modes["trial_id"]) == {trial_id}
-    assert sorted(zip(seeds["seed"], seeds["epoch"], strict=True)) == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    # The same 2 seeds on the study's forget set and on the first 2 retain subjects.
+    for forget in ("070,148", "1,14"):
+        on = seeds[seeds["forget"] == forget]
+        assert sorted(zip(on["seed"], on["epoch"], strict=True)) == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    # Each set's figures against its own retrain reference, trained once and cached.
+    references = seeds.groupby("forget")["retrain_forget_dice"].agg(["min", "max"])
+    assert (references["min"] == references["max"]).all() and references["max"].nunique() == 2
+    assert seeds["forget_gap_to_retrain"].to_numpy() == pytest.approx(
+        (seeds["forget_dice"] - seeds["retrain_forget_dice"]).abs().to_numpy(), abs=1e-6
+    )
+    config = RunDir.open(run.path)[1]
+    other = with_other_forget(open_cohort(config), config.other_forget)
+    assert load_cached(config.cache_path, baseline_key(config, other, "retrain")) is not None
     recommended = pd.read_parquet(run.trials_file).query("trial_id == @trial_id")["param_bn_mode"].iloc[0]
     assert set(bn_modes["bn_mode"]) == {"train", "frozen", "recalibrate"} - {recommended}
     assert seeds["forget_dice"].between(0, 1).all() and bn_modes["mia_forget"].between(0, 1).all()
     page = run.report_html.read_text()
-    assert "rerun with 2 fresh seeds" in page and "(the trial itself)" in page
+    assert "forget set (070,148), 2 seeds" in page and "another forget set (1,14;" in page
+    assert "(the trial itself)" in page
 
 
 def _assert_baselines_and_config(run_dir: Path) -> None:

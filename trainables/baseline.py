@@ -169,6 +169,65 @@ def measure_baselines(
 SHOWN = ("retain_dice", "forget_dice", "holdout_dice", "forget_gap_to_retrain", "mia_auc", "mia_forget")
 
 
+def trained_baselines(
+    config: StudyConfig, cohort: Cohort, cohort_ref: Any, start_ref: Any, names: list[str], cpus: int
+) -> dict[str, Any]:
+    """Per baseline in ``names``: ``(state_dict, metrics)`` from the cache, else the ``ObjectRef``
+    of a Ray task now training it (``cohort_ref``, ``start_ref``: the cohort and the initial
+    state in the object store). ``cached_baselines`` waits for those and caches them."""
+    import ray
+
+    found: dict[str, Any] = {}
+    for name in names:
+        key = baseline_key(config, cohort, name)
+        found[name] = load_cached(config.cache_path, key)
+        if found[name] is not None:
+            print(
+                f"{name} model for forget set {','.join(cohort.split.forget)}: cached "
+                f"({_cache_file(config.cache_path, key)})"
+            )
+    if missing := [name for name, cached in found.items() if cached is None]:
+        print(f"training {', '.join(missing)} ({config.baseline_epochs} epochs each)")
+        train = ray.remote(**task_options(config, cpus))(train_baseline)
+        for name in missing:
+            found[name] = train.remote(name, config, cohort_ref, start_ref, cpus, trial_device(config))
+    return found
+
+
+def cached_baselines(
+    config: StudyConfig, cohort: Cohort, found: dict[str, Any]
+) -> dict[str, dict[str, torch.Tensor]]:
+    """The state dicts of ``trained_baselines``' answer, each trained one cached once done."""
+    import ray
+
+    states = {}
+    for name, value in found.items():
+        if not isinstance(value, tuple):
+            value = ray.get(value)
+            store_cached(config.cache_path, baseline_key(config, cohort, name), *value)
+        states[name] = value[0]
+    return states
+
+
+def measured_reference(
+    config: StudyConfig, cohort_ref: Any, states: dict[str, dict[str, torch.Tensor]], cpus: int
+) -> Reference:
+    """``measure_baselines`` run as a Ray task."""
+    import ray
+
+    measure = ray.remote(**task_options(config, cpus))(measure_baselines)
+    return ray.get(measure.remote(config, cohort_ref, states, cpus, trial_device(config)))
+
+
+def baseline_cpus(config: StudyConfig, local: bool, tasks: int) -> int:
+    """CPUs per baseline task: a local Ray is ours alone, so ``tasks`` of them share every core."""
+    import ray
+
+    if not local:
+        return config.cpus_per_trial
+    return max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, tasks))
+
+
 def train_or_load_baselines(
     config: StudyConfig,
     cohort: Cohort,
@@ -183,25 +242,12 @@ def train_or_load_baselines(
     import ray
 
     keys = {name: baseline_key(config, cohort, name) for name in BASELINES}
-    found = {name: load_cached(config.cache_path, key) for name, key in keys.items()}
-    missing = [name for name, cached in found.items() if cached is None]
-    for name in found.keys() - set(missing):
-        print(f"{name} model: cached ({_cache_file(config.cache_path, keys[name])})")
-    # A local Ray is ours alone: the baselines may share every core.
-    total = int(ray.cluster_resources().get("CPU", 1))
-    cpus = max(1, total // max(1, len(missing))) if local else config.cpus_per_trial
-    device = trial_device(config)
-    if missing:
-        print(f"training {', '.join(missing)} ({config.baseline_epochs} epochs each)")
-        train = ray.remote(**task_options(config, cpus))(train_baseline)
-        start_ref = ray.put(start)
-        pending = {name: train.remote(name, config, cohort_ref, start_ref, cpus, device) for name in missing}
-        for name, ref in pending.items():
-            found[name] = ray.get(ref)
-            store_cached(config.cache_path, keys[name], *found[name])
-    states = {name: state for name, (state, _) in found.items()}
-    measure = ray.remote(**task_options(config, cpus))(measure_baselines)
-    reference = ray.get(measure.remote(config, cohort_ref, states, cpus, device))
+    missing = [name for name, key in keys.items() if not _cache_file(config.cache_path, key).is_file()]
+    cpus = baseline_cpus(config, local, len(missing))
+    states = cached_baselines(
+        config, cohort, trained_baselines(config, cohort, cohort_ref, ray.put(start), list(BASELINES), cpus)
+    )
+    reference = measured_reference(config, cohort_ref, states, cpus)
     for name, state in states.items():
         metrics = getattr(reference, name)
         run.record_baseline(name, state, metrics)

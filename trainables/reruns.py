@@ -1,0 +1,132 @@
+"""The recommended configuration rerun side by side on the cluster, to its horizon.
+
+- with ``config.seed_reruns`` fresh seeds: how much of its figures was luck;
+- the same seeds on another forget set of the cohort (``config.other_forget``), against that
+  set's own retrain reference: whether the configuration carries over to other subjects;
+- at its own seed under every other ``bn_mode``: BatchNorm statistics as a channel.
+
+One row per rerun and epoch, the figures of ``trials.parquet`` plus what was changed, go to
+``seeds.parquet`` (column ``forget``: the forget set) and ``bn_modes.parquet``. A rerun
+already in those tables (a resumed study) is not run again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+
+from study.cluster import task_options, trial_device
+from study.config import BN_MODES, StudyConfig
+from study.data import Cohort
+from study.metrics import Reference
+from study.run import RunDir
+from trainables.baseline import cached_baselines, measured_reference, trained_baselines
+from trainables.replay import FRESH_SEEDS, rerun, trial_params
+from trainables.tune_trainable import Handover
+
+
+@dataclass(frozen=True)
+class Rerun:
+    """One rerun: ``column`` (``"seed"`` or ``"bn_mode"``) set to ``value`` on forget set ``forget``."""
+
+    column: str
+    value: Any
+    forget: str  # subject ids joined by ","
+
+    @property
+    def changes(self) -> dict[str, Any]:
+        """What differs from the trial's own config."""
+        if self.column == "seed":
+            return {"trial_number": FRESH_SEEDS + self.value}
+        return {"bn_mode": self.value}
+
+
+def forget_label(cohort: Cohort) -> str:
+    """How the tables name ``cohort``'s forget set: ``"070,148"``."""
+    return ",".join(cohort.split.forget)
+
+
+def planned_reruns(config: StudyConfig, bn_mode: str, own: str, other: str | None) -> list[Rerun]:
+    """Every rerun ``config`` asks for, of a trial run with ``bn_mode`` on forget set ``own``."""
+    seeds = range(config.seed_reruns)
+    planned = [Rerun("seed", k, own) for k in seeds]
+    if other is not None:
+        planned += [Rerun("seed", k, other) for k in seeds]
+    if config.bn_mode_reruns:
+        planned += [Rerun("bn_mode", m, own) for m in BN_MODES if m != bn_mode]
+    return planned
+
+
+def done_reruns(run: RunDir, trial_id: str, own: str) -> dict[str, list[dict[str, Any]]]:
+    """Per column (``"seed"``, ``"bn_mode"``): the rows of ``trial_id``'s reruns already in the
+    run directory's tables."""
+    rows: dict[str, list[dict[str, Any]]] = {"seed": [], "bn_mode": []}
+    for column, table in (("seed", run.read_seed_runs()), ("bn_mode", run.read_bn_mode_runs())):
+        if table is not None:
+            table = table[table["trial_id"] == trial_id]
+            if "forget" not in table:  # written before other forget sets were rerun
+                table = table.assign(forget=own)
+            rows[column] = table.to_dict("records")
+    return rows
+
+
+def rerun_recommendation(
+    config: StudyConfig,
+    run: RunDir,
+    trial_id: str,
+    epoch: int,
+    handover: Handover,
+    other: Cohort | None,
+    start: dict[str, torch.Tensor],
+) -> None:
+    """Runs the reruns of trial ``trial_id`` to ``epoch`` that the tables do not hold yet.
+
+    ``other``: the cohort with another forget set (``None``: none); its retrain reference is
+    trained from ``start`` (or found in the cache) while the study's own reruns run.
+    """
+    import ray
+
+    params = trial_params(run.read_trials(), trial_id)
+    own = ",".join(config.forget)
+    rows = done_reruns(run, trial_id, own)
+    done = {Rerun(column, row[column], row["forget"]) for column, table in rows.items() for row in table}
+    other_label = forget_label(other) if other is not None else None
+    todo = [r for r in planned_reruns(config, params["bn_mode"], own, other_label) if r not in done]
+    if not todo:
+        return
+    print(
+        f"rerunning trial {trial_id} to epoch {epoch}: "
+        + ", ".join(f"{r.column} {r.value} on {r.forget}" for r in todo)
+    )
+    task = ray.remote(**task_options(config, config.cpus_per_trial))(rerun)
+    strategy, device = handover.strategies[params["strategy"]], trial_device(config)
+
+    def submit(
+        reruns: list[Rerun], cohort_ref: Any, reference: Reference
+    ) -> dict[Rerun, tuple[Reference, Any]]:
+        objects = (strategy, params, epoch, config, cohort_ref, handover.original_state, reference)
+        return {r: (reference, task.remote(*objects, r.changes, device)) for r in reruns}
+
+    elsewhere = [r for r in todo if r.forget != own]
+    if elsewhere:  # its retrain reference trains first, beside the study's own reruns
+        other_ref = ray.put(other)
+        retrain = trained_baselines(
+            config, other, other_ref, ray.put(start), ["retrain"], config.cpus_per_trial
+        )
+    pending = submit([r for r in todo if r.forget == own], handover.cohort, handover.reference)
+    if elsewhere:
+        states = {"original": ray.get(handover.original_state), **cached_baselines(config, other, retrain)}
+        pending |= submit(
+            elsewhere, other_ref, measured_reference(config, other_ref, states, config.cpus_per_trial)
+        )
+    for r, (reference, ref) in pending.items():
+        base = {"strategy": params["strategy"], "trial_id": trial_id, "forget": r.forget, r.column: r.value}
+        base |= {"original_forget_dice": reference.original["forget_dice"]}
+        base |= {"retrain_forget_dice": reference.retrain["forget_dice"]}
+        rows[r.column] += [base | report for report in ray.get(ref)]
+    for column, write in (("seed", run.write_seed_runs), ("bn_mode", run.write_bn_mode_runs)):
+        if any(r.column == column for r in todo):
+            write(pd.DataFrame(rows[column]))
