@@ -19,8 +19,12 @@ from study.data import CLASS_NAMES, Cohort, open_cohort
 from study.model import MedicalNetSegmentation
 
 
-def overlay_figure(study: Study, recommendation: Recommendation | None) -> tuple[bytes | None, str]:
-    """The overlay figure (``None`` while no original model is saved) and a note on what it lacks."""
+def overlay_figure(
+    study: Study, recommendation: Recommendation | None, cohort: Cohort | None = None
+) -> tuple[bytes | None, str]:
+    """The overlay figure (``None`` while no original model is saved) and a note on what it lacks.
+
+    ``cohort``: the study's, when the caller holds it; read from disk otherwise."""
     original = study.run.load_baseline("original")
     if original is None:
         return None, "no overlays: the original model is not saved yet"
@@ -40,7 +44,7 @@ def overlay_figure(study: Study, recommendation: Recommendation | None) -> tuple
         else:
             states["recommended model"] = recommended
     config = study.config
-    cohort = open_cohort(config)
+    cohort = open_cohort(config) if cohort is None else cohort
     models = {name: _model(config, cohort.n_classes, state) for name, state in states.items()}
     panels = [
         _panel(f"{set_name} subject {subject}", cohort, subject, models)

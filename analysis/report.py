@@ -33,6 +33,7 @@ from analysis.summary import (
 )
 from analysis.views import forgets_past_retrain, fronts_by_view, past_retrain_text, retrain_point
 from study.cli import run_cli
+from study.data import Cohort
 from study.errors import StudyError
 from study.objectives import OBJECTIVES
 from study.results import atomic_write, params_of
@@ -179,7 +180,11 @@ def _other_view(view: str) -> str:
 
 
 def _figures(
-    study: Study, recommendation: Recommendation | None, rows: pd.DataFrame, overlays: bool
+    study: Study,
+    recommendation: Recommendation | None,
+    rows: pd.DataFrame,
+    overlays: bool,
+    cohort: Cohort | None,
 ) -> tuple[dict[str, bytes], str]:
     """The report's PNG figures by name (a front per view), and the note on the overlays."""
     horizons, retrain = sorted(study.config.horizons), retrain_point(study.baselines)
@@ -197,19 +202,24 @@ def _figures(
     figures["curves"] = curves_plot(study.trials, best, study.baselines)
     if not overlays:
         return figures, "overlays left out (--no-overlays)"
-    png, note = overlay_figure(study, recommendation)
+    png, note = overlay_figure(study, recommendation, cohort)
     return figures | ({"overlays": png} if png is not None else {}), note
 
 
-def build_report(study: Study, recommendation: Recommendation | None, overlays: bool = True) -> Report:
-    """Writes the report on ``study`` and its ``recommendation`` (``recommendation_of``); returns the paths."""
+def build_report(
+    study: Study, recommendation: Recommendation | None, overlays: bool = True, cohort: Cohort | None = None
+) -> Report:
+    """Writes the report on ``study`` and its ``recommendation`` (``recommendation_of``); returns the paths.
+
+    ``cohort``: the study's, when the caller holds it (the overlays read it from disk otherwise).
+    """
     if study.trials.empty:
         raise StudyError(f"{study.run_dir}: no trial has reported yet; nothing to report")
     run = study.run
     rows = horizon_rows(study.trials, sorted(study.config.horizons))
     rows = rows.assign(forgets_past_retrain=forgets_past_retrain(rows, study.baselines))
     run.write_pareto(fronts_by_view(rows))
-    figures, overlay_note = _figures(study, recommendation, rows, overlays)
+    figures, overlay_note = _figures(study, recommendation, rows, overlays, cohort)
     sections = _sections(study, recommendation, rows, figures, overlay_note)
     run.report_files.mkdir(exist_ok=True)
     for name, png in figures.items():

@@ -22,7 +22,25 @@ from study.config import StudyConfig
 from study.objectives import OBJECTIVES
 from study.results import is_diverged
 
-SAMPLERS = {"tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers.NSGAIISampler}
+
+def make_sampler(name: str, seed: int, budget: int, parallel: int) -> optuna.samplers.BaseSampler:
+    """Optuna's sampler ``name`` ("tpe", "nsga2" or "random") fitted to ``budget`` trials of
+    which up to ``parallel`` run at once.
+
+    TPE's default start-up phase (10 random trials) would spend most of a small budget at
+    random: a quarter of the budget (at least 2) is random here, and with trials in flight
+    the constant liar keeps TPE from proposing the same point twice. NSGA-II's default
+    population (50) would never reach a second generation: a population of a quarter of the
+    budget (at least 4) gets several.
+    """
+    if name == "tpe":
+        startup = min(10, max(2, budget // 4))
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, constant_liar=parallel > 1)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, budget // 4))
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"unknown sampler {name!r}")
 
 
 class StrategySearcher(Searcher):
@@ -149,7 +167,7 @@ def build_searcher(
             space=DefineByRun(spaces[strategy].function, bounds),
             metric=list(OBJECTIVES[config.objective]),
             mode=["max", "max"],
-            sampler=SAMPLERS[config.sampler](seed=config.seed),
+            sampler=make_sampler(config.sampler, config.seed, config.num_samples, max_concurrent),
             study_name=strategy,
             storage=storage,
             seed=config.seed,

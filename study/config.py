@@ -24,6 +24,7 @@ PRESETS = ("demo", "smoke", "paper")
 SAMPLERS = ("tpe", "nsga2")
 LABEL_MODES = ("4class", "8class")
 BN_MODES = ("train", "frozen", "recalibrate")  # see trainables/loop.py LoopSettings
+PRECISIONS = ("fp32", "bf16")  # of the training steps' forward passes; see LoopSettings
 
 
 def default_cache_dir() -> Path:
@@ -54,6 +55,10 @@ class StudyConfig:
     baseline_epochs: int = 100
     baseline_lr: float = 3e-3
     batch_size: int = 2
+    precision: str = (
+        "fp32"  # "bf16": training forward passes under bf16 autocast (python -m study.bench epoch)
+    )
+    channels_last: bool = False  # images and weights in the channels_last_3d memory format
     # The search
     strategies: list[str] = field(default_factory=list)  # empty: every registered strategy
     num_samples: int = 4
@@ -115,6 +120,13 @@ class StudyConfig:
                 f"strategies: unknown {', '.join(unknown)}; choose from {', '.join(known_strategies)}"
             )
         self._check_training()
+        if self.precision not in PRECISIONS:
+            raise StudyError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.precision == "bf16" and self.gpus_per_trial <= 0:
+            raise StudyError(
+                "precision bf16 needs gpus_per_trial > 0: on a CPU, bf16 autocast trained this "
+                "network neither reproducibly nor stably"
+            )
         self._check_resources()
         self._check_search_bounds(numeric_bounds)
         if not self.data and not self.allow_synthetic:

@@ -87,7 +87,7 @@ def run_study(config: StudyConfig, resuming: bool = False) -> Path:
         if recommendation is not None:
             trial_id, epoch = recommendation["trial_id"], int(recommendation["epoch"])
             rerun_recommendation(config, run, trial_id, epoch, handover, other, start)
-        print("\n" + build_report(study, recommendation).text)
+        print("\n" + build_report(study, recommendation, cohort=cohort).text)
     print(f"\nrun directory: {run.path}")
     if problems:
         listed = "; ".join(f"trial {t} ({what})" for t, what in problems.items())

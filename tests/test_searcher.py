@@ -13,7 +13,7 @@ import ray.cloudpickle
 import toy_strategy
 from ray.tune.search import Searcher
 
-from search_spaces.searcher import build_searcher
+from search_spaces.searcher import build_searcher, make_sampler
 from study.config import load_config
 from study.launch import main
 from study.run import RunDir
@@ -160,3 +160,13 @@ def test_a_strategy_that_diverges_at_epoch_1_fails_in_optuna_and_is_not_recommen
     assert "recommended: noisy_label trial" in capsys.readouterr().out
     page = run.report_html.read_text()
     assert "2 diverged, 0 failed" in page and page.count("diverged at epoch 1") == 2
+
+
+def test_the_samplers_fit_the_budget():
+    tpe = make_sampler("tpe", seed=0, budget=16, parallel=2)
+    assert tpe._n_startup_trials == 4 and tpe._constant_liar  # a quarter of the budget is random
+    assert make_sampler("tpe", 0, budget=4, parallel=1)._n_startup_trials == 2
+    assert not make_sampler("tpe", 0, budget=4, parallel=1)._constant_liar
+    assert make_sampler("tpe", 0, budget=200, parallel=8)._n_startup_trials == 10  # Optuna's default at most
+    assert make_sampler("nsga2", 0, budget=32, parallel=4)._population_size == 8
+    assert isinstance(make_sampler("random", 0, 8, 2), optuna.samplers.RandomSampler)

@@ -64,6 +64,8 @@ def baseline_key(config: StudyConfig, cohort: Cohort, name: str) -> str:
         "seed": config.seed,
         "loop_version": 3,  # 3: labels 9 and 10 left out of the loss
     }
+    if config.precision != "fp32" or config.channels_last:  # so the fp32 keys stay as they were
+        recipe |= {"precision": config.precision, "channels_last": config.channels_last}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -127,6 +129,8 @@ def train_baseline(
         cosine_decay=True,
         eval_every=max(1, config.baseline_epochs // 5),
         device=device,
+        precision=config.precision,
+        channels_last=config.channels_last,
     )
     started = time.monotonic()
 
@@ -187,7 +191,10 @@ def trained_baselines(
                 f"({_cache_file(config.cache_path, key)})"
             )
     if missing := [name for name, cached in found.items() if cached is None]:
-        print(f"training {', '.join(missing)} ({config.baseline_epochs} epochs each)")
+        print(
+            f"training {', '.join(missing)} for forget set {','.join(cohort.split.forget)} "
+            f"({config.baseline_epochs} epochs each)"
+        )
         train = ray.remote(**task_options(config, cpus))(train_baseline)
         for name in missing:
             found[name] = train.remote(name, config, cohort_ref, start_ref, cpus, trial_device(config))

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from study.config import BN_MODES
+from study.config import BN_MODES, PRECISIONS
 from study.data import Cohort
 from study.metrics import Reference, evaluate, set_metrics
 from study.model import recalibrate_batchnorm
@@ -39,6 +39,10 @@ class LoopSettings:
     ``"recalibrate"`` trains as ``"train"``, then after each epoch re-estimates the running
     statistics from retain subjects alone, for every evaluated and saved model (BatchNorm
     layers of the strategy's frozen modules keep the original's, as frozen modules keep all).
+    ``precision``: ``"bf16"`` runs the training steps' forward passes under bf16 autocast,
+    on a GPU only (weights, optimizer, the logits the losses see and evaluation stay fp32;
+    on a CPU, bf16 autocast trained this network neither reproducibly nor stably);
+    ``channels_last``: images and weights in the ``channels_last_3d`` memory format.
     """
 
     max_epochs: int
@@ -56,8 +60,12 @@ class LoopSettings:
     reference: Reference | None = None
     score_weight: float = 0.5
     device: str = ""  # "cpu", "cuda" (the GPU Ray assigned), or empty: a GPU if torch sees one
+    precision: str = "fp32"
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode must be one of {', '.join(BN_MODES)}, got {self.bn_mode!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -74,6 +82,11 @@ def device_for_training(requested: str = "") -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("this trial asked for a GPU, but torch sees none on its node")
     return torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def fp32_logits(model: nn.Module) -> None:
+    """Makes ``model`` return fp32 logits under autocast, so that every loss is computed in fp32."""
+    model.register_forward_hook(lambda module, inputs, logits: logits.float())
 
 
 def _optimizer(params: list[nn.Parameter], settings: LoopSettings) -> torch.optim.Optimizer:
@@ -97,17 +110,18 @@ def _batches(
     subjects: list[tuple[str, bool]],
     images: dict[str, torch.Tensor],
     labels: dict[str, torch.Tensor],
-    batch_size: int,
+    settings: LoopSettings,
     generator: torch.Generator,
 ) -> list[Batch]:
     """Every training subject once, shuffled, in batches that may mix retain and forget."""
     order = torch.randperm(len(subjects), generator=generator).tolist()
+    layout = torch.channels_last_3d if settings.channels_last else torch.contiguous_format
     batches = []
-    for start in range(0, len(order), batch_size):
-        chosen = [subjects[i] for i in order[start : start + batch_size]]
+    for start in range(0, len(order), settings.batch_size):
+        chosen = [subjects[i] for i in order[start : start + settings.batch_size]]
         batches.append(
             Batch(
-                images=torch.stack([images[s] for s, _ in chosen]),
+                images=torch.stack([images[s] for s, _ in chosen]).contiguous(memory_format=layout),
                 labels=torch.stack([labels[s] for s, _ in chosen]),
                 forget=torch.tensor([is_forget for _, is_forget in chosen]),
                 generator=generator,
@@ -197,10 +211,13 @@ def _train_epoch(
     batches: list[Batch],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    precision: str = "fp32",
 ) -> bool:
     """One step per batch; returns whether a loss was not finite (the epoch stops before stepping)."""
+    device_type = next(model.parameters()).device.type
     for batch in batches:
-        loss = strategy.loss(model, batch)
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = strategy.loss(model, batch)
         if not torch.isfinite(loss):
             return True
         optimizer.zero_grad(set_to_none=True)
@@ -261,7 +278,15 @@ def run_epochs(
     ``diverged = 1.0`` and the metrics of the last finite model.
     """
     device = device_for_training(settings.device)
-    model.to(device)
+    model.to(
+        device, memory_format=torch.channels_last_3d if settings.channels_last else torch.preserve_format
+    )
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # every batch has the same shape
+    if settings.precision == "bf16":
+        if device.type != "cuda":
+            raise ValueError("precision bf16 runs on a GPU only; this trial runs on the CPU")
+        fp32_logits(model)
     frozen = _prepare_model(model, strategy, cohort, device)
     optimizer = _optimizer([p for p in model.parameters() if p.requires_grad], settings)
     subjects, images, labels = _training_set(strategy, cohort, device)
@@ -271,8 +296,8 @@ def run_epochs(
     for epoch in range(first_epoch, settings.max_epochs + 1):
         generator = torch.Generator().manual_seed(settings.seed * 100_003 + epoch)
         _set_train_mode(model, settings.bn_mode, frozen)
-        batches = _batches(subjects, images, labels, settings.batch_size, generator)
-        diverged = _train_epoch(model, strategy, batches, optimizer, scheduler)
+        batches = _batches(subjects, images, labels, settings, generator)
+        diverged = _train_epoch(model, strategy, batches, optimizer, scheduler, settings.precision)
         if settings.bn_mode == "recalibrate":
             retain = [images[s][None] for s, is_forget in subjects if not is_forget]
             recalibrate_batchnorm(model, retain, keep=frozen)

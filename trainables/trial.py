@@ -41,6 +41,8 @@ def loop_settings(
         reference=reference,
         score_weight=study.score_weight,
         device=device,
+        precision=study.precision,
+        channels_last=study.channels_last,
     )
 
 

@@ -1,0 +1,105 @@
+"""``python -m study.bench {overhead,search,epoch,data}``: measure, print a table, write JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from study.cli import run_cli
+from study.results import atomic_write
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, help="JSON file (default runs/bench/<subcommand>-<time>.json)")
+    sub = p.add_subparsers(dest="command", required=True)
+    epoch = sub.add_parser("epoch", help="seconds per subject-epoch of the loop, without Ray")
+    epoch.add_argument(
+        "--sizes",
+        help="comma-separated: demo, paper, paper-net-small-input (default: "
+        "demo,paper on a GPU, demo,paper-net-small-input on a CPU)",
+    )
+    epoch.add_argument("--steps", type=int, help="timed steps per variant (default 20 on a GPU, 3 on a CPU)")
+    epoch.add_argument(
+        "--threads", type=int, default=1, help="torch threads on a CPU (default 1, as a trial)"
+    )
+    search = sub.add_parser("search", help="hypervolume of Optuna's sampler against random search")
+    search.add_argument("--strategies", default="noisy_label,max_loss")
+    search.add_argument("--seeds", type=int, default=5)
+    search.add_argument("--budget", type=int, default=12, help="trials per search")
+    search.add_argument("--parallel", type=int, default=2, help="trials in flight per search")
+    search.add_argument("--sampler", default="tpe", choices=("tpe", "nsga2"))
+    sub.add_parser("data", help="NIfTI decodes and bytes read by one smoke study")
+    overhead = sub.add_parser("overhead", help="where a study's wall time goes, on a local Ray")
+    overhead.add_argument("--preset", default="demo")
+    overhead.add_argument("--strategies", help="comma-separated (default: the preset's)")
+    overhead.add_argument("--num-samples", type=int, help="trials per strategy (default: the preset's)")
+    return p
+
+
+def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The rows of the subcommand ``args.command``."""
+    if args.command == "epoch":
+        from study.bench import epoch
+
+        cuda = torch.cuda.is_available()
+        sizes = (
+            args.sizes.split(",") if args.sizes else ["demo", "paper" if cuda else "paper-net-small-input"]
+        )
+        return epoch.run(sizes, args.steps or (20 if cuda else 3), args.threads)
+    if args.command == "search":
+        from study.bench import search
+
+        return search.run(args.strategies.split(","), args.seeds, args.budget, args.parallel, args.sampler)
+    if args.command == "data":
+        from study.bench import data
+
+        return data.run()
+    from study.bench import overhead
+
+    strategies = args.strategies.split(",") if args.strategies else None
+    return overhead.run(args.preset, strategies, args.num_samples)
+
+
+def machine() -> dict[str, Any]:
+    """Where the figures were measured."""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "platform": platform.platform(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    out = args.out or Path("runs") / "bench" / f"{args.command}-{datetime.now():%Y%m%d-%H%M%S}.json"
+
+    def bench() -> None:
+        rows = measure(args)
+        with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 4):
+            print(pd.DataFrame(rows).to_string(index=False))
+        record = {
+            "command": f"python -m study.bench {' '.join(argv or sys.argv[1:])}",
+            "machine": machine(),
+            "rows": rows,
+        }
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(out, lambda p: p.write_text(json.dumps(record, indent=1, default=str)))
+        print(f"\nwritten: {out}")
+
+    return run_cli(bench)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""``python -m study.bench``'s parts on tiny inputs: what they count and how they divide."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from study.bench import data, epoch, search
+from study.metrics import measure_reference
+from study.model import MedicalNetSegmentation
+from trainables.registry import STRATEGIES
+
+
+def test_the_epoch_bench_times_a_real_step_and_counts_its_flops():
+    row = epoch.measure("demo", epoch.Variant("fp32", channels_last=False, cudnn_benchmark=False), 1, 1)
+    assert row["size"] == "demo" and row["device"] == "cpu" and row["memory"] == "process peak RSS"
+    assert 0 < row["eval_s_per_subject"] < row["train_s_per_subject"] < 60
+    # A ResNet-10 x 0.25 step on 2 x 3 x 16 x 64 x 64 volumes: a few GFLOP, forward and backward.
+    assert 1e-3 < row["tflop_per_step"] < 1e-2
+    assert row["achieved_tflops"] == pytest.approx(row["tflop_per_step"] / (2 * row["train_s_per_subject"]))
+    assert math.isnan(row["mfu"])  # no known peak for a CPU
+    assert [v.name for v in epoch.variants(cuda=False)] == [
+        "fp32",
+        "fp32+channels_last",
+        "bf16",
+        "bf16+channels_last",
+    ]
+    assert len(epoch.variants(cuda=True)) == 8
+
+
+def test_the_data_bench_counts_every_decode_and_the_passes_it_makes(tmp_path: Path, monkeypatch):
+    log = tmp_path / "decodes.tsv"
+    monkeypatch.setenv(data.LOG_VARIABLE, str(log))
+    monkeypatch.setattr(nib, "load", nib.load)  # restored after the test
+    root = tmp_path / "cohort"
+    for subject in ("1", "070"):
+        (root / subject / "pre").mkdir(parents=True)
+        volume = nib.Nifti1Image(np.zeros((4, 4, 2), np.float32), np.eye(4))
+        nib.save(volume, root / subject / "pre" / "reg_T1.nii.gz")
+        nib.save(volume, root / subject / "segm.nii.gz")
+    (root / "9" / "pre").mkdir(parents=True)  # a subject the study does not use: not the cohort
+    nib.save(volume, root / "9" / "pre" / "reg_T1.nii.gz")
+    data.count_decodes()
+    for path in [root / "1" / "pre" / "reg_T1.nii.gz"] * 2 + [root / "070" / "pre" / "reg_T1.nii.gz"]:
+        nib.load(path)
+    for path in (root / "1" / "segm.nii.gz", root / "070" / "segm.nii.gz"):
+        nib.load(path)
+    rows = {row["files"]: row for row in data._rows(log, root, driver=-1)}
+    assert rows["images"]["in the cohort"] == 2 and rows["images"]["decodes"] == 3
+    assert rows["images"]["passes"] == pytest.approx(1.5) and rows["labels"]["passes"] == pytest.approx(1.0)
+    assert rows["images"]["decodes outside the driver"] == 3  # pid -1 is nobody's
+
+
+def test_a_search_runs_its_budget_and_scores_its_hypervolume(tiny_cohort):
+    torch.manual_seed(0)
+    original = MedicalNetSegmentation(depth=10, n_classes=4, width=0.125)
+    config = search.setting.__globals__["load_config"](
+        "smoke", overrides={"run_dir": "unused", "max_epochs": 1}
+    )
+    reference = measure_reference(original, original, tiny_cohort, torch.device("cpu"))
+    state = {k: v.clone() for k, v in original.state_dict().items()}
+    s = search.Setting(dataclasses.replace(config, strategies=["noisy_label"]), tiny_cohort, state, reference)
+    found = search.search(s, "noisy_label", "tpe", seed=0, budget=3, parallel=2)
+    assert found["hypervolume"] >= 0 and 0 < found["seconds_per_suggestion"] < 1
+    again = search.search(s, "noisy_label", "tpe", seed=0, budget=3, parallel=2)
+    assert again["hypervolume"] == pytest.approx(found["hypervolume"])  # seeded: the same search
+    assert "noisy_label" in STRATEGIES
