@@ -2,6 +2,8 @@
 
 It runs without Ray: results go to a ``report(metrics, state)`` callback, where ``state``
 is a checkpoint (a dict of tensors and numbers) on checkpoint epochs and ``None`` otherwise.
+Each report also says how long the epoch trained (``seconds_train``) and was evaluated
+(``seconds_eval``), for ``python -m study.bench overhead``.
 The Tune trainable, the original model and the retrain reference all train through it.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -294,6 +297,7 @@ def run_epochs(
     first_epoch, metrics = _resume(resume_state, model, optimizer, scheduler)
 
     for epoch in range(first_epoch, settings.max_epochs + 1):
+        started = time.perf_counter()
         generator = torch.Generator().manual_seed(settings.seed * 100_003 + epoch)
         _set_train_mode(model, settings.bn_mode, frozen)
         batches = _batches(subjects, images, labels, settings, generator)
@@ -301,18 +305,22 @@ def run_epochs(
         if settings.bn_mode == "recalibrate":
             retain = [images[s][None] for s, is_forget in subjects if not is_forget]
             recalibrate_batchnorm(model, retain, keep=frozen)
+        trained = time.perf_counter()
         if diverged or epoch == settings.max_epochs or epoch % settings.eval_every == 0:
             evaluated = _evaluate(model, cohort, settings, device)
             if not diverged or _finite(evaluated):
                 metrics = evaluated
+        timing = {"seconds_train": trained - started, "seconds_eval": time.perf_counter() - trained}
         if diverged:
             metrics = _last_finite(metrics, settings)
-            report({**metrics, "epoch": epoch, "diverged": 1.0}, None)
+            report({**metrics, "epoch": epoch, "diverged": 1.0, **timing}, None)
             return metrics
+        snapshot = time.perf_counter()
         state = (
             _snapshot(epoch, model, optimizer, scheduler, metrics)
             if _checkpoint_now(epoch, settings)
             else None
         )
-        report({**metrics, "epoch": epoch, "diverged": 0.0}, state)
+        timing["seconds_snapshot"] = time.perf_counter() - snapshot
+        report({**metrics, "epoch": epoch, "diverged": 0.0, **timing}, state)
     return metrics

@@ -7,7 +7,9 @@ opens a file of the driver's.
 
 from __future__ import annotations
 
+import resource
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,7 @@ def unlearning_trial(params: dict[str, Any], *, handover: Handover) -> None:
     import ray
     from ray import tune
 
+    entered = time.time()
     study = handover.study
     torch.set_num_threads(study.cpus_per_trial)
     cohort, original_state = ray.get([handover.cohort, handover.original_state])
@@ -63,17 +66,27 @@ def unlearning_trial(params: dict[str, Any], *, handover: Handover) -> None:
             resume_state = None
 
     node = ray.get_runtime_context().get_node_id()  # which node ran it, in Tune's result files
+    # Where the trial's time goes (python -m study.bench overhead): its set-up before the
+    # first epoch, told with the first report; each report's checkpoint write and hand-over to
+    # Tune, told with the next one.
+    timing = {"entered_at": entered, "seconds_report": 0.0}
 
     def report(metrics: dict[str, float], state: dict[str, Any] | None) -> None:
-        metrics = {**metrics, "node_id": node}
+        started = time.time()
+        if "seconds_setup" not in timing:
+            epoch = sum(metrics.get(k, 0.0) for k in ("seconds_train", "seconds_eval", "seconds_snapshot"))
+            timing["seconds_setup"] = started - entered - epoch
+        peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        metrics = {**metrics, **timing, "node_id": node, "reported_at": started, "peak_rss_mb": peak_rss_mb}
         if state is None:
             tune.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as folder:
-            torch.save(state, Path(folder) / STATE_FILE)
-            saved = tune.Checkpoint.from_directory(folder)
-            saved.set_metadata({"epoch": int(state["epoch"])})
-            tune.report(metrics, checkpoint=saved)
+        else:
+            with tempfile.TemporaryDirectory() as folder:
+                torch.save(state, Path(folder) / STATE_FILE)
+                saved = tune.Checkpoint.from_directory(folder)
+                saved.set_metadata({"epoch": int(state["epoch"])})
+                tune.report(metrics, checkpoint=saved)
+        timing.update(seconds_setup=0.0, seconds_report=time.time() - started)
 
     settings = loop_settings(params, study, handover.reference, trial_device(study))
     run_epochs(model, strategy, cohort, settings, report, resume_state)

@@ -1,0 +1,164 @@
+"""``python -m study.bench overhead``: where a study's wall time goes, on a local Ray.
+
+A study of the chosen preset runs as ``python -m study.launch`` runs it, in a fresh cache
+(cohort written, baselines trained: a first run on a new machine), with the reruns of the
+recommendation left out. Its phases are timed on the driver; each trial's parts come from
+what every report carries into Tune's results (``seconds_train``, ``seconds_eval``,
+``seconds_snapshot``, ``seconds_setup``, ``seconds_report``, ``entered_at``, ``reported_at``,
+``peak_rss_mb``; see ``trainables/tune_trainable.py``), read back with Tune's
+``ExperimentAnalysis``. Then one trial runs bare (no Ray, in this process, one thread):
+the ideal study is trials x that time / slots.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+#: The parts of a trial's span, as its reports name them.
+PARTS = ("seconds_setup", "seconds_train", "seconds_eval", "seconds_snapshot", "seconds_report")
+
+
+def _timed(module: Any, name: str, phases: dict[str, float]) -> None:
+    """Wraps ``module.name`` so that each call's wall time adds to ``phases[name]``."""
+    function = getattr(module, name)
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        phases[f"{name} started at"] = time.time()
+        started = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            phases[name] = phases.get(name, 0.0) + time.perf_counter() - started
+
+    setattr(module, name, timed)
+
+
+def run(preset: str, strategies: list[str] | None, num_samples: int | None) -> list[dict[str, Any]]:
+    """The study's phases, its trials' parts summed, slot use and the ratio to the ideal."""
+    import ray
+
+    from study import launch
+    from study.config import load_config
+    from trainables.registry import check_config
+
+    work = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+    overrides = {"run_dir": str(work / "run"), "cache_dir": str(work / "cache"), "seed_reruns": 0}
+    overrides |= {"bn_mode_reruns": False, "strategies": strategies, "num_samples": num_samples}
+    config = check_config(
+        load_config(preset, overrides={k: v for k, v in overrides.items() if v is not None})
+    )
+    phases: dict[str, float] = {}
+    for name in ("open_cohort", "train_or_load_baselines", "run_experiment"):
+        _timed(launch, name, phases)
+    started = time.perf_counter()
+    try:
+        launch.run_study(config)
+        total = time.perf_counter() - started
+        slots = int(ray.cluster_resources().get("CPU", 1)) // config.cpus_per_trial
+        ray.shutdown()
+        trials = _trial_parts(work / "run")
+        bare = _bare_trial_seconds(work / "run")
+    finally:
+        ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+    return _rows(trials, phases, total, slots, bare)
+
+
+def _trial_parts(run_dir: Path) -> pd.DataFrame:
+    """Per trial: each part summed over its reports, its span and its worker's peak RSS."""
+    from ray.tune import ExperimentAnalysis
+
+    from study.run import RunDir
+
+    storage = RunDir.open(run_dir)[0].storage
+    fs, _ = storage.filesystem()
+    analysis = ExperimentAnalysis(storage.experiment_path, storage_filesystem=fs)
+    rows = []
+    for trial_id, frame in analysis.trial_dataframes.items():
+        if frame.empty or "seconds_train" not in frame:
+            continue
+        parts = {part: float(frame[part].fillna(0).sum()) for part in PARTS}
+        last_report = parts["seconds_report"] / max(1, len(frame) - 1)  # the last one is told to nobody
+        parts["seconds_report"] += last_report
+        entered, ended = float(frame["entered_at"].min()), float(frame["reported_at"].max()) + last_report
+        rows.append(
+            {"trial_id": trial_id, "pid": int(frame["pid"].iloc[0]), "entered_at": entered, "ended_at": ended}
+            | parts
+            | {"span": ended - entered, "peak_rss_mb": float(frame["peak_rss_mb"].max())}
+        )
+    return pd.DataFrame(rows)
+
+
+def _bare_trial_seconds(run_dir: Path) -> float:
+    """Wall seconds of the study's first trial run again in this process, without Ray, one thread."""
+    from study.data import open_cohort
+    from study.run import RunDir
+    from trainables.baseline import measure_baselines
+    from trainables.registry import STRATEGIES
+    from trainables.replay import replayed_state, trial_params
+
+    run, config = RunDir.open(run_dir)
+    trials = run.read_trials()
+    params = trial_params(trials, trials["trial_id"].iloc[0])
+    cohort = open_cohort(config)
+    states = {name: run.load_baseline(name) for name in ("original", "retrain")}
+    reference = measure_baselines(config, cohort, states, config.cpus_per_trial)
+    strategy = STRATEGIES[params["strategy"]].strategy
+    started = time.perf_counter()
+    replayed_state(strategy, params, config.max_epochs, config, cohort, states["original"], reference, "cpu")
+    seconds = time.perf_counter() - started
+    torch.set_num_threads(1)
+    return seconds
+
+
+def _rows(
+    trials: pd.DataFrame, phases: dict[str, float], total: float, slots: int, bare: float
+) -> list[dict]:
+    """The table: the phases, each trial part's share, slot use, compute share, the ideal ratio."""
+    search = phases["run_experiment"]
+    slot_time = slots * search
+    first_entry = trials.groupby("pid")["entered_at"].min()
+    # A worker's gaps: from a trial's end to its next trial's entry on the same process.
+    gaps = sum(
+        (group["entered_at"].iloc[1:].to_numpy() - group["ended_at"].iloc[:-1].to_numpy()).clip(0).sum()
+        for _, group in trials.sort_values("entered_at").groupby("pid")
+    )
+    worker_start = float((first_entry - phases["run_experiment started at"]).sum())
+    rows = [
+        {"part": "whole run (cohort, baselines, search, report)", "seconds": total},
+        {"part": "cohort read", "seconds": phases.get("open_cohort", 0.0)},
+        {"part": "baselines (trained, measured)", "seconds": phases.get("train_or_load_baselines", 0.0)},
+        {"part": f"search phase (Tune experiment, {slots} slots)", "seconds": search},
+    ]
+    for part in PARTS:
+        rows.append(
+            {"part": f"trials: {part.removeprefix('seconds_')}", "seconds": float(trials[part].sum())}
+        )
+    rows += [
+        {"part": "trials: gaps between trials on a worker", "seconds": float(gaps)},
+        {"part": "workers: from the experiment's start to their first trial", "seconds": worker_start},
+    ]
+    for row in rows[4:]:
+        row["share of slot time"] = row["seconds"] / slot_time
+    compute = float((trials["seconds_train"] + trials["seconds_eval"]).sum())
+    ideal = len(trials) * bare / slots
+    rows += [
+        {"part": "trial compute share (train + eval) / span", "ratio": compute / float(trials["span"].sum())},
+        {
+            "part": "slot use: sum of trial spans / (slots x search phase)",
+            "ratio": float(trials["span"].sum()) / slot_time,
+        },
+        {"part": "bare trial (no Ray, 1 thread)", "seconds": bare},
+        {"part": f"ideal: {len(trials)} trials x bare trial / {slots} slots", "seconds": ideal},
+        {"part": "whole run / ideal", "ratio": total / ideal},
+        {"part": "search phase / ideal", "ratio": search / ideal},
+        {"part": "peak RSS of a trial worker (MB)", "ratio": float(trials["peak_rss_mb"].max())},
+    ]
+    return rows
