@@ -76,7 +76,7 @@ def _missing_trials(config: StudyConfig, trials: pd.DataFrame) -> list[str]:
     missing += [
         f"trial {t}: running or interrupted at epoch {e} of {config.max_epochs}" for t, e in running.items()
     ]
-    problems = incomplete_trials(trials, config.max_epochs)
+    problems = incomplete_trials(trials, config.reported_epochs())
     return missing + [f"trial {t}: {what}" for t, what in problems.items() if t not in running.index]
 
 

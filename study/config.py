@@ -27,6 +27,23 @@ BN_MODES = ("train", "frozen", "recalibrate")  # see trainables/loop.py LoopSett
 PRECISIONS = ("fp32", "bf16")  # of the training steps' forward passes; see LoopSettings
 
 
+def is_checkpointed(epoch: int, max_epochs: int, checkpoint_every: int, horizons: tuple[int, ...]) -> bool:
+    """Whether a trial saves a checkpoint after ``epoch``: the last, a horizon, or every
+    ``checkpoint_every`` (0: none between)."""
+    return (
+        epoch == max_epochs or epoch in horizons or bool(checkpoint_every and epoch % checkpoint_every == 0)
+    )
+
+
+def is_reported(
+    epoch: int, max_epochs: int, eval_every: int, checkpoint_every: int, horizons: tuple[int, ...]
+) -> bool:
+    """Whether a trial evaluates and reports ``epoch`` (one row of ``trials.parquet``): every
+    ``eval_every`` epochs and every checkpointed epoch, so that each row's figures are its
+    own epoch's and each checkpoint has its row."""
+    return epoch % eval_every == 0 or is_checkpointed(epoch, max_epochs, checkpoint_every, horizons)
+
+
 def default_cache_dir() -> Path:
     """Where synthetic cohorts and original models are cached across studies."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -90,6 +107,9 @@ class StudyConfig:
     # On an autoscaling cluster: how long to wait for a node that fits a trial (0: it must exist now)
     resource_wait_s: int = 0
     checkpoint_every: int = 1  # epochs; 0: only at horizons and the last epoch
+    # Epochs between a trial's evaluations; checkpointed epochs (horizons, the last) are
+    # evaluated too, and only evaluated epochs are reported: one row each in trials.parquet
+    eval_every: int = 1
     max_failures: int = 2
     dashboard: bool = True
     dashboard_host: str = "127.0.0.1"  # "0.0.0.0" exposes the dashboard to the network
@@ -97,6 +117,12 @@ class StudyConfig:
     @property
     def run_path(self) -> Path:
         return Path(self.run_dir)
+
+    def reported_epochs(self) -> list[int]:
+        """The epochs every trial reports (``is_reported``)."""
+        horizons = tuple(self.horizons)
+        report = (self.max_epochs, self.eval_every, self.checkpoint_every, horizons)
+        return [e for e in range(1, self.max_epochs + 1) if is_reported(e, *report)]
 
     @property
     def cache_path(self) -> Path:
@@ -137,7 +163,14 @@ class StudyConfig:
         return self
 
     def _check_training(self) -> None:
-        for name in ("num_samples", "max_epochs", "baseline_epochs", "batch_size", "cpus_per_trial"):
+        for name in (
+            "num_samples",
+            "max_epochs",
+            "baseline_epochs",
+            "batch_size",
+            "cpus_per_trial",
+            "eval_every",
+        ):
             if getattr(self, name) < 1:
                 raise StudyError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if bad := [h for h in self.horizons if not 1 <= h <= self.max_epochs]:

@@ -77,7 +77,7 @@ def run_study(config: StudyConfig, resuming: bool = False) -> Path:
     never_reported = {
         trial_id_of(r.path): "failed before its first epoch" for r in grid if r.error and not r.metrics
     }
-    problems = never_reported | incomplete_trials(trials, config.max_epochs)
+    problems = never_reported | incomplete_trials(trials, config.reported_epochs())
     run.write_trials(trials)
     if not trials.empty:
         print(front_table(trials, OBJECTIVES[config.objective]))

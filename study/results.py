@@ -157,15 +157,16 @@ def final_rows(trials: pd.DataFrame) -> pd.DataFrame:
     return trials[trials["epoch"] == last].reset_index(drop=True)
 
 
-def incomplete_trials(trials: pd.DataFrame, max_epochs: int) -> dict[str, str]:
-    """``{trial_id: what is wrong}`` for trials that failed, stopped early or miss an epoch.
+def incomplete_trials(trials: pd.DataFrame, reported: list[int]) -> dict[str, str]:
+    """``{trial_id: what is wrong}`` for trials that failed, stopped early or miss one of the
+    ``reported`` epochs (``StudyConfig.reported_epochs``; the last is ``max_epochs``).
 
     A diverged trial is complete: it ended on purpose at its last finite epoch.
     """
-    problems = {}
+    problems, max_epochs = {}, reported[-1]
     for trial_id, rows in trials.groupby("trial_id", sort=True):
         strategy, status, last = rows["strategy"].iloc[0], rows["status"].iloc[0], int(rows["epoch"].max())
-        missing = sorted(set(range(1, last + 1)) - set(rows["epoch"].astype(int)))
+        missing = sorted({e for e in reported if e <= last} - set(rows["epoch"].astype(int)))
         if status == "error":
             problems[trial_id] = f"{strategy}, failed after epoch {last} of {max_epochs}"
         elif status == "running":

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from study.config import BN_MODES
-from study.metrics import METRICS, measure_reference
+from study.config import BN_MODES, load_config
+from study.metrics import METRICS, measure_reference, set_metrics
 from study.model import MedicalNetSegmentation
 from trainables.loop import LoopSettings, run_epochs
 from trainables.max_loss import MaxLoss
@@ -163,6 +163,27 @@ def test_without_checkpoint_every_only_the_horizons_and_the_last_epoch_are_saved
     assert [epoch for epoch, _ in saved] == [2, 4, 5]
     assert [state["epoch"] for _, state in saved] == [2, 4, 5]
     assert all({"model", "optimizer", "scheduler", "metrics"} <= set(state) for _, state in saved)
+
+
+def test_only_evaluated_epochs_are_reported_each_with_its_own_figures(tiny_cohort):
+    # Every 2nd epoch evaluated, every 3rd and the horizon 5 saved: epochs 1 and 7 are neither.
+    settings = LoopSettings(max_epochs=8, lr=1e-3, checkpoint_every=3, checkpoint_epochs=(5,), eval_every=2)
+    reports, evaluated = [], []
+    model = _model()
+
+    def report(metrics, state):
+        reports.append((metrics, state))
+        evaluated.append(set_metrics(model, tiny_cohort, torch.device("cpu"))["retain_dice"])
+
+    run_epochs(model, _Supervised(), tiny_cohort, settings, report)
+    assert [m["epoch"] for m, _ in reports] == [2, 3, 4, 5, 6, 8]
+    assert [m["epoch"] for m, s in reports if s is not None] == [3, 5, 6, 8]
+    # Each report's figures are its own epoch's model, not an earlier evaluation's.
+    assert [m["retain_dice"] for m, _ in reports] == pytest.approx(evaluated, abs=1e-6)
+    assert all(m["seconds_train"] > 0 and m["seconds_eval"] > 0 for m, _ in reports)
+    config = load_config("smoke", overrides={"run_dir": "x", "max_epochs": 8, "horizons": [5, 8]})
+    config.checkpoint_every, config.eval_every = 3, 2
+    assert config.reported_epochs() == [2, 3, 4, 5, 6, 8]  # the same rule, for the results table
 
 
 def test_the_warm_up_ramps_the_learning_rate_linearly_per_step_then_holds_it(tiny_cohort):

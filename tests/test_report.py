@@ -17,7 +17,7 @@ from analysis.report import Report, build_report, main
 from analysis.study_state import load_study, missing_recommended_model, recommendation_of
 from study.config import StudyConfig
 from study.metrics import METRICS
-from study.results import combine, trial_rows
+from study.results import combine, incomplete_trials, trial_rows
 from study.run import RunDir
 
 
@@ -296,3 +296,20 @@ def test_a_failed_write_leaves_the_previous_file_whole(tmp_path: Path):
         atomic_write(path, crash)
     assert pd.read_parquet(path)["a"].tolist() == [1, 2, 3]
     assert list(tmp_path.iterdir()) == [path]  # no partial file left
+
+
+def test_a_trial_misses_only_the_epochs_its_cadence_reports():
+    rows = [
+        trial_rows("noisy_label", trial_id, {"trial_number": 0}, [{"epoch": e} for e in epochs], status)
+        for trial_id, epochs, status in (
+            ("full", (5, 10, 15), "terminated"),
+            ("gap", (5, 15), "terminated"),
+            ("short", (5,), "running"),
+            ("diverged", (5, 7), "diverged"),
+        )
+    ]
+    problems = incomplete_trials(pd.concat(rows), [5, 10, 15])
+    assert problems == {
+        "gap": "noisy_label, epochs 10 missing",
+        "short": "noisy_label, stopped at epoch 5 of 15",
+    }

@@ -1,9 +1,10 @@
 """The shared epoch loop: forward, loss, backward, step, evaluate, report.
 
-It runs without Ray: results go to a ``report(metrics, state)`` callback, where ``state``
-is a checkpoint (a dict of tensors and numbers) on checkpoint epochs and ``None`` otherwise.
-Each report also says how long the epoch trained (``seconds_train``) and was evaluated
-(``seconds_eval``), for ``python -m study.bench overhead``.
+It runs without Ray: results go to a ``report(metrics, state)`` callback, called after each
+evaluated epoch (every ``eval_every`` and every checkpointed one), where ``state`` is a
+checkpoint (a dict of tensors and numbers) on checkpoint epochs and ``None`` otherwise.
+Each report also says how long the model trained since the last report (``seconds_train``)
+and was evaluated (``seconds_eval``), for ``python -m study.bench overhead``.
 The Tune trainable, the original model and the retrain reference all train through it.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from study.config import BN_MODES, PRECISIONS
+from study.config import BN_MODES, PRECISIONS, is_checkpointed, is_reported
 from study.data import Cohort
 from study.metrics import Reference, evaluate, set_metrics
 from study.model import recalibrate_batchnorm
@@ -34,7 +35,8 @@ class LoopSettings:
     """How one run of the loop trains.
 
     ``checkpoint_every``: epochs between checkpoints (0: only at ``checkpoint_epochs`` and
-    the last epoch). ``reference``: the original and retrain models' figures, to report
+    the last epoch). ``eval_every``: epochs between evaluations (and reports); checkpointed
+    epochs are evaluated and reported too (``study.config.is_reported``). ``reference``: the original and retrain models' figures, to report
     ``forget_drop``, the gaps to retrain and the membership inference; ``None`` when
     training the baselines themselves (set metrics only).
     ``bn_mode`` (one of ``study.config.BN_MODES``) and ``optimizer`` (one of ``OPTIMIZERS``)
@@ -238,13 +240,14 @@ def _last_finite(metrics: dict[str, float], settings: LoopSettings) -> dict[str,
     return metrics
 
 
-def _checkpoint_now(epoch: int, settings: LoopSettings) -> bool:
+def _checkpoint_now(epoch: int, s: LoopSettings) -> bool:
     """Whether ``epoch`` is saved: the last, a ``checkpoint_epochs`` one, or every ``checkpoint_every``."""
-    return bool(
-        epoch == settings.max_epochs
-        or epoch in settings.checkpoint_epochs
-        or (settings.checkpoint_every and epoch % settings.checkpoint_every == 0)
-    )
+    return is_checkpointed(epoch, s.max_epochs, s.checkpoint_every, s.checkpoint_epochs)
+
+
+def _report_now(epoch: int, s: LoopSettings) -> bool:
+    """Whether ``epoch`` is evaluated and reported: every ``eval_every`` and every checkpoint."""
+    return is_reported(epoch, s.max_epochs, s.eval_every, s.checkpoint_every, s.checkpoint_epochs)
 
 
 def _snapshot(
@@ -296,6 +299,7 @@ def run_epochs(
     scheduler = _scheduler(optimizer, settings, math.ceil(len(subjects) / settings.batch_size))
     first_epoch, metrics = _resume(resume_state, model, optimizer, scheduler)
 
+    training = 0.0  # seconds trained since the last report
     for epoch in range(first_epoch, settings.max_epochs + 1):
         started = time.perf_counter()
         generator = torch.Generator().manual_seed(settings.seed * 100_003 + epoch)
@@ -306,11 +310,14 @@ def run_epochs(
             retain = [images[s][None] for s, is_forget in subjects if not is_forget]
             recalibrate_batchnorm(model, retain, keep=frozen)
         trained = time.perf_counter()
-        if diverged or epoch == settings.max_epochs or epoch % settings.eval_every == 0:
-            evaluated = _evaluate(model, cohort, settings, device)
-            if not diverged or _finite(evaluated):
-                metrics = evaluated
-        timing = {"seconds_train": trained - started, "seconds_eval": time.perf_counter() - trained}
+        training += trained - started
+        if not diverged and not _report_now(epoch, settings):
+            continue
+        evaluated = _evaluate(model, cohort, settings, device)
+        if not diverged or _finite(evaluated):
+            metrics = evaluated
+        timing = {"seconds_train": training, "seconds_eval": time.perf_counter() - trained}
+        training = 0.0
         if diverged:
             metrics = _last_finite(metrics, settings)
             report({**metrics, "epoch": epoch, "diverged": 1.0, **timing}, None)

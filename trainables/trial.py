@@ -37,6 +37,7 @@ def loop_settings(
         batch_size=study.batch_size,
         seed=study.seed * 10_007 + int(params.get("trial_number", 0)),
         checkpoint_every=study.checkpoint_every,
+        eval_every=study.eval_every,
         checkpoint_epochs=tuple(study.horizons),
         reference=reference,
         score_weight=study.score_weight,
