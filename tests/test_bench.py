@@ -71,3 +71,89 @@ def test_a_search_runs_its_budget_and_scores_its_hypervolume(tiny_cohort):
     again = search.search(s, "noisy_label", "tpe", seed=0, budget=3, parallel=2)
     assert again["hypervolume"] == pytest.approx(found["hypervolume"])  # seeded: the same search
     assert "noisy_label" in STRATEGIES
+
+
+def test_the_overhead_table_divides_slot_time_into_the_trials_parts():
+    import pandas as pd
+
+    from study.bench import overhead
+
+    # Two workers over a 10 s search phase: worker 1 runs two trials with a 1 s gap between.
+    parts = {"seconds_setup": 0.5, "seconds_train": 2.0, "seconds_eval": 1.0, "seconds_snapshot": 0.1}
+    trials = pd.DataFrame(
+        [
+            {
+                "pid": 1,
+                "entered_at": 101.0,
+                "ended_at": 105.0,
+                "span": 4.0,
+                "seconds_report": 0.4,
+                "peak_rss_mb": 900.0,
+            },
+            {
+                "pid": 1,
+                "entered_at": 106.0,
+                "ended_at": 110.0,
+                "span": 4.0,
+                "seconds_report": 0.4,
+                "peak_rss_mb": 950.0,
+            },
+            {
+                "pid": 2,
+                "entered_at": 102.0,
+                "ended_at": 110.0,
+                "span": 8.0,
+                "seconds_report": 0.4,
+                "peak_rss_mb": 800.0,
+            },
+        ]
+    ).assign(**parts)
+    phases = {"run_experiment": 10.0, "run_experiment started at": 100.0, "train_or_load_baselines": 3.0}
+    rows = {row["part"]: row for row in overhead._rows(trials, phases, total=20.0, slots=2, bare=3.0)}
+    assert rows["trials: train"]["seconds"] == 6.0 and rows["trials: train"]["share of slot time"] == 0.3
+    assert rows["trials: gaps between trials on a worker"]["seconds"] == 1.0
+    assert rows["workers: from the experiment's start to their first trial"]["seconds"] == 3.0  # 1 + 2
+    assert rows["trial compute share (train + eval) / span"]["ratio"] == pytest.approx(9.0 / 16.0)
+    assert rows["slot use: sum of trial spans / (slots x search phase)"]["ratio"] == pytest.approx(
+        16.0 / 20.0
+    )
+    assert rows["ideal: 3 trials x bare trial / 2 slots"]["seconds"] == 4.5
+    assert rows["whole run / ideal"]["ratio"] == pytest.approx(20.0 / 4.5)
+    assert rows["peak RSS of a trial worker (MB)"]["ratio"] == 950.0
+
+
+# The epoch bench where Ray, pandas and pyarrow cannot be imported, as on a GPU machine with
+# PyTorch and pure-Python wheels only.
+_WITHOUT = """
+import sys
+for name in ("ray", "pandas", "pyarrow"):
+    sys.modules[name] = None  # every import of them now fails
+from study.bench.__main__ import main
+code = main(sys.argv[1:])
+loaded = sorted(m for m in ("ray", "pandas", "pyarrow") if sys.modules.get(m) is not None)
+print("loaded:", loaded)
+sys.exit(code)
+"""
+
+
+def test_the_epoch_bench_runs_without_ray_pandas_or_pyarrow(tmp_path: Path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "epoch.json"
+    argv = ["--out", str(out), "epoch", "--sizes", "demo", "--steps", "1", "--variants", "fp32"]
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT, *argv], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "loaded: []" in done.stdout and "train_s_per_subject" in done.stdout
+    record = json.loads(out.read_text())
+    assert [row["variant"] for row in record["rows"]] == ["fp32"] and record["rows"][0][
+        "speedup_vs_fp32"
+    ] == 1.0
+    assert record["command"].startswith("python -m study.bench --out") and record["machine"]["cpus"] >= 1
+    bad = subprocess.run(
+        [sys.executable, "-m", "study.bench", "epoch", "--sizes", "huge"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: unknown size(s) huge")

@@ -1,4 +1,8 @@
-"""``python -m study.bench {overhead,search,epoch,data}``: measure, print a table, write JSON."""
+"""``python -m study.bench {overhead,search,epoch,data}``: measure, print a table, write JSON.
+
+``epoch`` needs torch, MONAI, nibabel and Optuna only (no Ray, pandas or pyarrow), so it runs
+on a GPU machine that has PyTorch and a few pure-Python wheels; so does this module.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 
-from study.cli import run_cli
-from study.results import atomic_write
+from study.errors import StudyError
 
 
 def parser() -> argparse.ArgumentParser:
@@ -32,6 +34,7 @@ def parser() -> argparse.ArgumentParser:
     epoch.add_argument(
         "--threads", type=int, default=1, help="torch threads on a CPU (default 1, as a trial)"
     )
+    epoch.add_argument("--variants", help="comma-separated variant names, e.g. fp32,bf16 (default: all)")
     search = sub.add_parser("search", help="hypervolume of Optuna's sampler against random search")
     search.add_argument("--strategies", default="noisy_label,max_loss")
     search.add_argument("--seeds", type=int, default=5)
@@ -55,7 +58,8 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
         sizes = (
             args.sizes.split(",") if args.sizes else ["demo", "paper" if cuda else "paper-net-small-input"]
         )
-        return epoch.run(sizes, args.steps or (20 if cuda else 3), args.threads)
+        chosen = args.variants.split(",") if args.variants else None
+        return epoch.run(sizes, args.steps or (20 if cuda else 3), args.threads, chosen)
     if args.command == "search":
         from study.bench import search
 
@@ -81,24 +85,36 @@ def machine() -> dict[str, Any]:
     }
 
 
+def table(rows: list[dict[str, Any]]) -> str:
+    """``rows`` as aligned text columns (numbers to 4 significant digits)."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+
+    def cell(value: Any) -> str:
+        return "" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    cells = [columns] + [[cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(v.rjust(w) for v, w in zip(line, widths, strict=True)) for line in cells)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (2 with one line on a user's error)."""
     args = parser().parse_args(argv)
     out = args.out or Path("runs") / "bench" / f"{args.command}-{datetime.now():%Y%m%d-%H%M%S}.json"
-
-    def bench() -> None:
+    try:
         rows = measure(args)
-        with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 4):
-            print(pd.DataFrame(rows).to_string(index=False))
-        record = {
-            "command": f"python -m study.bench {' '.join(argv or sys.argv[1:])}",
-            "machine": machine(),
-            "rows": rows,
-        }
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(out, lambda p: p.write_text(json.dumps(record, indent=1, default=str)))
-        print(f"\nwritten: {out}")
-
-    return run_cli(bench)
+    except StudyError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(table(rows))
+    command = " ".join(sys.argv[1:] if argv is None else argv)
+    record = {"command": f"python -m study.bench {command}", "machine": machine(), "rows": rows}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    partial.write_text(json.dumps(record, indent=1, default=str))
+    os.replace(partial, out)  # never a half-written table
+    print(f"\nwritten: {out}")
+    return 0
 
 
 if __name__ == "__main__":

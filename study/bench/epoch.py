@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from study.errors import StudyError
 from study.model import MedicalNetSegmentation
 from trainables.loop import LoopSettings, _scheduler, _train_epoch, fp32_logits
 from trainables.strategy import Batch, segmentation_loss
@@ -167,16 +168,26 @@ def measure(size_name: str, variant: Variant, steps: int, threads: int) -> dict[
     }
 
 
-def run(sizes: list[str], steps: int, threads: int) -> list[dict[str, Any]]:
-    """Every variant at every size, each in a fresh process; rows as ``measure`` gives them."""
+def run(sizes: list[str], steps: int, threads: int, chosen: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every variant (or the ``chosen`` ones) at every size, each in a fresh process; rows as
+    ``measure`` gives them, with each variant's training speed-up over fp32 at its size."""
+    if unknown := [s for s in sizes if s not in SIZES]:
+        raise StudyError(f"unknown size(s) {', '.join(unknown)}; choose from {', '.join(SIZES)}")
+    every = variants(torch.cuda.is_available())
+    if chosen is not None and (unknown := sorted(set(chosen) - {v.name for v in every})):
+        raise StudyError(
+            f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(v.name for v in every)}"
+        )
     rows = []
     context = multiprocessing.get_context("spawn")
     for size in sizes:
-        for variant in variants(torch.cuda.is_available()):
+        for variant in [v for v in every if chosen is None or v.name in chosen]:
             print(f"epoch bench: {size} {variant.name} ...", flush=True)
             with context.Pool(1) as pool:
                 rows.append(pool.apply(measure, (size, variant, steps, threads)))
     fp32 = {row["size"]: row["train_s_per_subject"] for row in rows if row["variant"] == "fp32"}
     for row in rows:
-        row["speedup_vs_fp32"] = fp32[row["size"]] / row["train_s_per_subject"]
+        row["speedup_vs_fp32"] = (
+            fp32[row["size"]] / row["train_s_per_subject"] if row["size"] in fp32 else None
+        )
     return rows
