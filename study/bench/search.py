@@ -40,7 +40,7 @@ from trainables.registry import STRATEGIES, check_config
 from trainables.trial import build_trial, loop_settings
 
 #: The small preset: the smoke preset's cohort and network, a longer-trained original model.
-SMALL = {"baseline_epochs": 40, "max_epochs": 6, "horizons": [6]}
+SMALL = {"baseline_epochs": 40, "max_epochs": 6, "horizons": [6], "eval_every": 6}
 
 
 @dataclasses.dataclass(frozen=True)
