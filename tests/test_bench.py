@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from study.bench import data, epoch, search
+from study.bench.__main__ import main
 from study.metrics import measure_reference
 from study.model import MedicalNetSegmentation
 from trainables.registry import STRATEGIES
@@ -136,7 +137,7 @@ sys.exit(code)
 """
 
 
-def test_the_epoch_bench_runs_without_ray_pandas_or_pyarrow(tmp_path: Path):
+def test_the_epoch_bench_runs_without_ray_pandas_or_pyarrow(tmp_path: Path, capsys):
     import json
     import subprocess
     import sys
@@ -153,7 +154,5 @@ def test_the_epoch_bench_runs_without_ray_pandas_or_pyarrow(tmp_path: Path):
         "speedup_vs_fp32"
     ] == 1.0
     assert record["command"].startswith("python -m study.bench --out") and record["machine"]["cpus"] >= 1
-    bad = subprocess.run(
-        [sys.executable, "-m", "study.bench", "epoch", "--sizes", "huge"], capture_output=True, text=True
-    )
-    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: unknown size(s) huge")
+    assert main(["epoch", "--sizes", "huge"]) == 2  # a user's error: one line, exit 2
+    assert capsys.readouterr().err.strip().startswith("error: unknown size(s) huge")
