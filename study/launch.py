@@ -50,7 +50,7 @@ def run_study(config: StudyConfig, resuming: bool = False) -> Path:
     other = with_other_forget(cohort, config.other_forget)  # a bad subject id fails here
     split = cohort.split
     print(f"cohort: forget {list(split.forget)}, retain {list(split.retain)}, holdout {list(split.holdout)}")
-    if other is not None and (config.seed_reruns > 0):
+    if other is not None and config.seed_reruns > 0:
         print(f"the recommendation's fresh seeds are rerun on forget set {list(other.split.forget)} too")
     print(f"original model starts from: {start_note}")
 
