@@ -6,7 +6,7 @@ recommendation left out. Its phases are timed on the driver; each trial's parts 
 what every report carries into Tune's results (``seconds_train``, ``seconds_eval``,
 ``seconds_snapshot``, ``seconds_setup``, ``seconds_report``, ``entered_at``, ``reported_at``,
 ``peak_rss_mb``; see ``trainables/tune_trainable.py``), read back with Tune's
-``ExperimentAnalysis``. Then one trial runs bare (no Ray, in this process, one thread):
+``ExperimentAnalysis``. Then one trial runs bare (no Ray, in this process, one thread; the fastest of 3 runs):
 the ideal study is trials x that time / slots.
 """
 
@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 #: The parts of a trial's span, as its reports name them.
 PARTS = ("seconds_setup", "seconds_train", "seconds_eval", "seconds_snapshot", "seconds_report")
@@ -96,8 +95,10 @@ def _trial_parts(run_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _bare_trial_seconds(run_dir: Path) -> float:
-    """Wall seconds of the study's first trial run again in this process, without Ray, one thread."""
+def _bare_trial_seconds(run_dir: Path, repeats: int = 3) -> float:
+    """Wall seconds of the study's first trial run again in this process, without Ray, one
+    thread: the fastest of ``repeats`` runs (Ray's processes take a while to exit, and a
+    single run on a small machine varied by 25%)."""
     from study.data import open_cohort
     from study.run import RunDir
     from trainables.baseline import measure_baselines
@@ -111,11 +112,14 @@ def _bare_trial_seconds(run_dir: Path) -> float:
     states = {name: run.load_baseline(name) for name in ("original", "retrain")}
     reference = measure_baselines(config, cohort, states, config.cpus_per_trial)
     strategy = STRATEGIES[params["strategy"]].strategy
-    started = time.perf_counter()
-    replayed_state(strategy, params, config.max_epochs, config, cohort, states["original"], reference, "cpu")
-    seconds = time.perf_counter() - started
-    torch.set_num_threads(1)
-    return seconds
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        replayed_state(
+            strategy, params, config.max_epochs, config, cohort, states["original"], reference, "cpu"
+        )
+        seconds.append(time.perf_counter() - started)
+    return min(seconds)
 
 
 def _rows(
