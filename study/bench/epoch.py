@@ -3,10 +3,9 @@
 One training step is the loop's own (``trainables.loop._train_epoch``: the segmentation
 loss, backward, Adam, the scheduler) on random volumes of the size measured; one
 evaluation is the forward pass every subject gets after an epoch, in fp32 as the loop
-evaluates. Each variant (precision,
-memory format, cuDNN autotuning on a GPU) runs in a fresh process, so its peak memory is
-its own. FLOPs per step come from torch's FLOP counter; the MFU divides the achieved rate
-by the card's dense peak where the card is known.
+evaluates. Each variant (precision, memory format, cuDNN autotuning on a GPU) runs in a
+fresh process, so its peak memory is its own. FLOPs per step come from torch's FLOP
+counter; the MFU divides the achieved rate by the card's dense peak where the card is known.
 """
 
 from __future__ import annotations
@@ -48,6 +47,8 @@ PEAK_FLOPS = {"H100": {"bf16": 989e12, "fp32": 494e12}, "H200": {"bf16": 989e12,
 
 @dataclass(frozen=True)
 class Variant:
+    """How a step runs: its precision, memory format and cuDNN autotuning."""
+
     precision: str  # "fp32" or "bf16"
     channels_last: bool
     cudnn_benchmark: bool
@@ -69,7 +70,8 @@ def variants(cuda: bool) -> list[Variant]:
 
 
 class _Supervised:
-    """The baselines' objective (true labels on every subject), without a strategy's setup."""
+    """The baselines' objective (true labels on every subject). Not ``trainables.baseline``'s
+    own: that module reads the run directory, which needs pandas, absent on a bare GPU box."""
 
     def after_step(self, model: torch.nn.Module) -> None:
         pass
