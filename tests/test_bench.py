@@ -81,6 +81,7 @@ def test_the_overhead_table_divides_slot_time_into_the_trials_parts():
 
     # Two workers over a 10 s search phase: worker 1 runs two trials with a 1 s gap between.
     parts = {"seconds_setup": 0.5, "seconds_train": 2.0, "seconds_eval": 1.0, "seconds_snapshot": 0.1}
+    parts |= {"seconds_write": 0.7}  # in the background: not a part of a trial's span
     trials = pd.DataFrame(
         [
             {
@@ -113,6 +114,7 @@ def test_the_overhead_table_divides_slot_time_into_the_trials_parts():
     rows = {row["part"]: row for row in overhead._rows(trials, phases, total=20.0, slots=2, bare=3.0)}
     assert rows["trials: train"]["seconds"] == 6.0 and rows["trials: train"]["share of slot time"] == 0.3
     assert rows["trials: gaps between trials on a worker"]["seconds"] == 1.0
+    assert rows["trials: checkpoint write and report, in the background"]["seconds"] == pytest.approx(2.1)
     assert rows["workers: from the experiment's start to their first trial"]["seconds"] == 3.0  # 1 + 2
     assert rows["trial compute share (train + eval) / span"]["ratio"] == pytest.approx(9.0 / 16.0)
     assert rows["slot use: sum of trial spans / (slots x search phase)"]["ratio"] == pytest.approx(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import resource
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,30 +67,80 @@ def unlearning_trial(params: dict[str, Any], *, handover: Handover) -> None:
             resume_state = None
 
     node = ray.get_runtime_context().get_node_id()  # which node ran it, in Tune's result files
-    # Where the trial's time goes (python -m study.bench overhead): its set-up before the
-    # first epoch, told with the first report; each report's checkpoint write and hand-over to
-    # Tune, told with the next one.
-    timing = {"entered_at": entered, "seconds_report": 0.0}
-
-    def report(metrics: dict[str, float], state: dict[str, Any] | None) -> None:
-        started = time.time()
-        if "seconds_setup" not in timing:
-            epoch = sum(metrics.get(k, 0.0) for k in ("seconds_train", "seconds_eval", "seconds_snapshot"))
-            timing["seconds_setup"] = started - entered - epoch
-        peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        metrics = {**metrics, **timing, "node_id": node, "reported_at": started, "peak_rss_mb": peak_rss_mb}
-        if state is None:
-            tune.report(metrics)
-        else:
-            with tempfile.TemporaryDirectory() as folder:
-                torch.save(state, Path(folder) / STATE_FILE)
-                saved = tune.Checkpoint.from_directory(folder)
-                saved.set_metadata({"epoch": int(state["epoch"])})
-                tune.report(metrics, checkpoint=saved)
-        timing.update(seconds_setup=0.0, seconds_report=time.time() - started)
-
+    reports = BackgroundReports(entered, {"node_id": node})
     settings = loop_settings(params, study, handover.reference, trial_device(study))
-    run_epochs(model, strategy, cohort, settings, report, resume_state)
+    try:
+        run_epochs(model, strategy, cohort, settings, reports.submit, resume_state)
+    finally:
+        reports.close()  # the last report (and its checkpoint) reaches Tune before the trial ends
+
+
+class BackgroundReports:
+    """A trial's reports to Tune, each written and handed over on a background thread so that
+    the next epochs train meanwhile (a paper-size checkpoint is about 560 MB).
+
+    One report at a time, in order: ``submit`` first waits for the previous one, and raises
+    its error. Each report carries where the trial's time went (``python -m study.bench
+    overhead``): its set-up before the first epoch (told with the first report),
+    ``seconds_report``, how long the loop waited here for the previous report, and
+    ``seconds_write``, how long that one took in the background (checkpoint file, upload to
+    storage and Tune's acknowledgement).
+    """
+
+    def __init__(self, entered: float, extra: dict[str, Any]) -> None:
+        self._entered = entered
+        self._extra = extra
+        self._timing = {"entered_at": entered, "seconds_report": 0.0, "seconds_write": 0.0}
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tune-report")
+        self._pending: Future[float] | None = None
+
+    def submit(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        """Hands ``metrics`` (and the checkpoint ``state``, a copy the loop no longer changes)
+        to the background thread."""
+        started = time.time()
+        if "seconds_setup" not in self._timing:
+            epoch = sum(metrics.get(k, 0.0) for k in ("seconds_train", "seconds_eval", "seconds_snapshot"))
+            self._timing["seconds_setup"] = started - self._entered - epoch
+        written = self.wait()
+        peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        self._timing.update(seconds_report=time.time() - started, seconds_write=written)
+        metrics = {
+            **metrics,
+            **self._timing,
+            **self._extra,
+            "reported_at": started,
+            "peak_rss_mb": peak_rss_mb,
+        }
+        self._timing["seconds_setup"] = 0.0
+        self._pending = self._pool.submit(_report, metrics, state)
+
+    def wait(self) -> float:
+        """Waits for the report in flight; returns its seconds (0 when none was)."""
+        pending, self._pending = self._pending, None
+        return pending.result() if pending is not None else 0.0
+
+    def close(self) -> None:
+        """Waits for the report in flight and ends the background thread."""
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown()
+
+
+def _report(metrics: dict[str, float], state: dict[str, Any] | None) -> float:
+    """One report to Tune, with its checkpoint when ``state`` is given; returns its seconds."""
+    from ray import tune
+
+    started = time.perf_counter()
+    if state is None:
+        tune.report(metrics)
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(state, Path(folder) / STATE_FILE)
+            saved = tune.Checkpoint.from_directory(folder)
+            saved.set_metadata({"epoch": int(state["epoch"])})
+            tune.report(metrics, checkpoint=saved)
+    return time.perf_counter() - started
 
 
 def trial_folder(trial: Any) -> str:

@@ -4,8 +4,8 @@ A study of the chosen preset runs as ``python -m study.launch`` runs it, in a fr
 (cohort written, baselines trained: a first run on a new machine), with the reruns of the
 recommendation left out. Its phases are timed on the driver; each trial's parts come from
 what every report carries into Tune's results (``seconds_train``, ``seconds_eval``,
-``seconds_snapshot``, ``seconds_setup``, ``seconds_report``, ``entered_at``, ``reported_at``,
-``peak_rss_mb``; see ``trainables/tune_trainable.py``), read back with Tune's
+``seconds_snapshot``, ``seconds_setup``, ``seconds_report``, ``seconds_write``, ``entered_at``,
+``reported_at``, ``peak_rss_mb``; see ``trainables/tune_trainable.py``), read back with Tune's
 ``ExperimentAnalysis``. Then one trial runs bare (no Ray, in this process, one thread; the fastest of 3 runs):
 the ideal study is trials x that time / slots.
 """
@@ -83,10 +83,12 @@ def _trial_parts(run_dir: Path) -> pd.DataFrame:
     for trial_id, frame in analysis.trial_dataframes.items():
         if frame.empty or "seconds_train" not in frame:
             continue
-        parts = {part: float(frame[part].fillna(0).sum()) for part in PARTS}
-        last_report = parts["seconds_report"] / max(1, len(frame) - 1)  # the last one is told to nobody
-        parts["seconds_report"] += last_report
-        entered, ended = float(frame["entered_at"].min()), float(frame["reported_at"].max()) + last_report
+        parts = {part: float(frame[part].fillna(0).sum()) for part in (*PARTS, "seconds_write")}
+        # The last report is told to nobody; the trial waits for all of its write.
+        last_write = parts["seconds_write"] / max(1, len(frame) - 1)
+        parts["seconds_report"] += last_write
+        parts["seconds_write"] += last_write
+        entered, ended = float(frame["entered_at"].min()), float(frame["reported_at"].max()) + last_write
         rows.append(
             {"trial_id": trial_id, "pid": int(frame["pid"].iloc[0]), "entered_at": entered, "ended_at": ended}
             | parts
@@ -146,6 +148,10 @@ def _rows(
             {"part": f"trials: {part.removeprefix('seconds_')}", "seconds": float(trials[part].sum())}
         )
     rows += [
+        {
+            "part": "trials: checkpoint write and report, in the background",
+            "seconds": float(trials["seconds_write"].sum()),
+        },
         {"part": "trials: gaps between trials on a worker", "seconds": float(gaps)},
         {"part": "workers: from the experiment's start to their first trial", "seconds": worker_start},
     ]
