@@ -11,7 +11,9 @@ travels to the trials through Ray's object store.
 from __future__ import annotations
 
 import hashlib
+import os
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +89,11 @@ class Cohort:
     split: Split
     n_classes: int
     digest: str
+
+
+def io_threads(tasks: int) -> int:
+    """Threads that read or write a cohort's subjects side by side: one per core, at most 8."""
+    return max(1, min(tasks, os.cpu_count() or 1, 8))
 
 
 def find_subjects(root: Path) -> list[str]:
@@ -213,13 +220,19 @@ def load_cohort(
     input_size: tuple[int, int, int],
     label_mode: str,
 ) -> Cohort:
-    """Reads and preprocesses every subject of ``split`` under ``root``, each file once."""
-    images: dict[str, np.ndarray] = {}
-    labels: dict[str, np.ndarray] = {}
+    """Reads and preprocesses every subject of ``split`` under ``root``, each file once,
+    several subjects at a time (decompression and resampling release the GIL)."""
+    subjects = split.training + split.holdout
+
+    def read(subject: str) -> tuple[np.ndarray, np.ndarray]:
+        return preprocess(*read_subject(root, subject), input_size, label_mode)
+
+    with ThreadPoolExecutor(max_workers=io_threads(len(subjects))) as pool:
+        read_in_order = list(pool.map(read, subjects))
+    images = {subject: image for subject, (image, _) in zip(subjects, read_in_order, strict=True)}
+    labels = {subject: label for subject, (_, label) in zip(subjects, read_in_order, strict=True)}
     digest = hashlib.sha256(repr((split, tuple(input_size), label_mode)).encode())
-    for subject in split.training + split.holdout:
-        raw_image, raw_labels = read_subject(root, subject)
-        images[subject], labels[subject] = preprocess(raw_image, raw_labels, input_size, label_mode)
+    for subject in subjects:
         digest.update(images[subject].tobytes())
         digest.update(labels[subject].tobytes())
     return Cohort(
@@ -240,7 +253,12 @@ def open_cohort(config: StudyConfig) -> Cohort:
     if config.data:
         root, source, default_holdout = Path(config.data), f"data directory {config.data}", []
     else:
-        root = synthetic.write_cohort(config.cache_path / f"synthetic-v{synthetic.GENERATOR_VERSION}")
+        subjects = synthetic.TRAINING_IDS + synthetic.HOLDOUT_IDS
+        root = synthetic.write_cohort(
+            config.cache_path / f"synthetic-v{synthetic.GENERATOR_VERSION}",
+            subjects,
+            threads=io_threads(len(subjects)),
+        )
         source, default_holdout = "the synthetic cohort", list(synthetic.HOLDOUT_IDS)
     holdout = default_holdout if config.holdout is None else config.holdout
     split = resolve_split(find_subjects(root), config.forget, config.retain, holdout, source)

@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nibabel as nib
@@ -214,12 +215,22 @@ def _save(volume: np.ndarray, path: Path) -> None:
     nib.save(image, path)
 
 
+def _write_subject(root: Path, subject: str, seed: int) -> None:
+    images, labels = make_subject(subject, seed)
+    _save(images["T1"], root / subject / "pre" / "reg_T1.nii.gz")
+    _save(images["IR"], root / subject / "pre" / "reg_IR.nii.gz")
+    _save(images["FLAIR"], root / subject / "pre" / "FLAIR.nii.gz")
+    _save(labels, root / subject / "segm.nii.gz")
+
+
 def write_cohort(
     root: Path,
     subjects: tuple[str, ...] = TRAINING_IDS + HOLDOUT_IDS,
     seed: int = 0,
+    threads: int = 1,
 ) -> Path:
-    """Writes the cohort into ``root`` unless it is already there; returns ``root``.
+    """Writes the cohort into ``root`` unless it is already there, ``threads`` subjects at a
+    time; returns ``root``.
 
     Written into a temporary sibling and renamed, so an interrupted write never leaves a
     cohort that looks complete. ``root/manifest.json`` records what was written.
@@ -232,12 +243,8 @@ def write_cohort(
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
-        for subject in subjects:
-            images, labels = make_subject(subject, seed)
-            _save(images["T1"], staging / subject / "pre" / "reg_T1.nii.gz")
-            _save(images["IR"], staging / subject / "pre" / "reg_IR.nii.gz")
-            _save(images["FLAIR"], staging / subject / "pre" / "FLAIR.nii.gz")
-            _save(labels, staging / subject / "segm.nii.gz")
+        with ThreadPoolExecutor(max_workers=threads) as pool:  # numpy, torch and zlib release the GIL
+            list(pool.map(lambda subject: _write_subject(staging, subject, seed), subjects))
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
         if root.exists():
             shutil.rmtree(root)

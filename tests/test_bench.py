@@ -111,6 +111,7 @@ def test_the_overhead_table_divides_slot_time_into_the_trials_parts():
         ]
     ).assign(**parts)
     phases = {"run_experiment": 10.0, "run_experiment started at": 100.0, "train_or_load_baselines": 3.0}
+    phases |= {"run_experiment driver CPU": 1.5}
     rows = {row["part"]: row for row in overhead._rows(trials, phases, total=20.0, slots=2, bare=3.0)}
     assert rows["trials: train"]["seconds"] == 6.0 and rows["trials: train"]["share of slot time"] == 0.3
     assert rows["trials: gaps between trials on a worker"]["seconds"] == 1.0

@@ -30,11 +30,12 @@ def _timed(module: Any, name: str, phases: dict[str, float]) -> None:
 
     def timed(*args: Any, **kwargs: Any) -> Any:
         phases[f"{name} started at"] = time.time()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         try:
             return function(*args, **kwargs)
         finally:
             phases[name] = phases.get(name, 0.0) + time.perf_counter() - started
+            phases[f"{name} driver CPU"] = phases.get(f"{name} driver CPU", 0.0) + time.process_time() - cpu
 
     setattr(module, name, timed)
 
@@ -142,6 +143,10 @@ def _rows(
         {"part": "cohort read", "seconds": phases.get("open_cohort", 0.0)},
         {"part": "baselines (trained, measured)", "seconds": phases.get("train_or_load_baselines", 0.0)},
         {"part": f"search phase (Tune experiment, {slots} slots)", "seconds": search},
+        {
+            "part": "search phase: the driver's CPU (Tune's controller)",
+            "seconds": phases["run_experiment driver CPU"],
+        },
     ]
     for part in PARTS:
         rows.append(
@@ -155,7 +160,7 @@ def _rows(
         {"part": "trials: gaps between trials on a worker", "seconds": float(gaps)},
         {"part": "workers: from the experiment's start to their first trial", "seconds": worker_start},
     ]
-    for row in rows[4:]:
+    for row in rows[5:]:
         row["share of slot time"] = row["seconds"] / slot_time
     compute = float((trials["seconds_train"] + trials["seconds_eval"]).sum())
     ideal = len(trials) * bare / slots
