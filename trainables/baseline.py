@@ -254,7 +254,7 @@ def train_or_load_baselines(
     states = cached_baselines(
         config, cohort, trained_baselines(config, cohort, cohort_ref, ray.put(start), list(BASELINES), cpus)
     )
-    reference = measured_reference(config, cohort_ref, states, cpus)
+    reference = measured_reference(config, cohort_ref, states, baseline_cpus(config, local, 1))
     for name, state in states.items():
         metrics = getattr(reference, name)
         run.record_baseline(name, state, metrics)

@@ -46,6 +46,7 @@ def parser() -> argparse.ArgumentParser:
     overhead.add_argument("--preset", default="demo")
     overhead.add_argument("--strategies", help="comma-separated (default: the preset's)")
     overhead.add_argument("--num-samples", type=int, help="trials per strategy (default: the preset's)")
+    overhead.add_argument("--config", type=Path, help="a study TOML over the preset, as study.launch takes")
     return p
 
 
@@ -71,7 +72,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     from study.bench import overhead
 
     strategies = args.strategies.split(",") if args.strategies else None
-    return overhead.run(args.preset, strategies, args.num_samples)
+    return overhead.run(args.preset, strategies, args.num_samples, args.config)
 
 
 def machine() -> dict[str, Any]:

@@ -40,8 +40,11 @@ def _timed(module: Any, name: str, phases: dict[str, float]) -> None:
     setattr(module, name, timed)
 
 
-def run(preset: str, strategies: list[str] | None, num_samples: int | None) -> list[dict[str, Any]]:
-    """The study's phases, its trials' parts summed, slot use and the ratio to the ideal."""
+def run(
+    preset: str, strategies: list[str] | None, num_samples: int | None, config_file: Path | None = None
+) -> list[dict[str, Any]]:
+    """The study's phases, its trials' parts summed, slot use and the ratio to the ideal
+    (``config_file``: a study TOML over the preset, as ``--config`` of ``study.launch``)."""
     import ray
 
     from study import launch
@@ -52,7 +55,9 @@ def run(preset: str, strategies: list[str] | None, num_samples: int | None) -> l
     overrides = {"run_dir": str(work / "run"), "cache_dir": str(work / "cache"), "seed_reruns": 0}
     overrides |= {"bn_mode_reruns": False, "strategies": strategies, "num_samples": num_samples}
     config = check_config(
-        load_config(preset, overrides={k: v for k, v in overrides.items() if v is not None})
+        load_config(
+            preset, config_file=config_file, overrides={k: v for k, v in overrides.items() if v is not None}
+        )
     )
     phases: dict[str, float] = {}
     for name in ("open_cohort", "train_or_load_baselines", "run_experiment"):
