@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from study.config import StudyConfig
+from study.config import DASHBOARD_MIN_CPUS, StudyConfig
 from study.errors import StudyError
 from study.storage import ExperimentStorage
 
@@ -72,7 +72,8 @@ def connect(config: StudyConfig, run_dir: Path) -> Connection:
     An already initialised Ray (a test's, a notebook's) is used as it is. ``config.address``
     (or ``RAY_ADDRESS``) joins a running cluster and ships this package to it; otherwise a
     local Ray starts with its temporary files under the run directory and the dashboard
-    bound to ``config.dashboard_host`` (127.0.0.1, this machine only, unless set otherwise).
+    bound to ``config.dashboard_host`` (127.0.0.1, this machine only, unless set otherwise);
+    with ``config.dashboard`` unset, only where this machine has ``DASHBOARD_MIN_CPUS`` cores.
     """
     import ray
 
@@ -87,8 +88,11 @@ def connect(config: StudyConfig, run_dir: Path) -> Connection:
         except ConnectionError as exc:
             raise StudyError(f"--address {address}: {exc}") from None
         return Connection(context.dashboard_url or None, False)
+    dashboard = config.dashboard
+    if dashboard is None:
+        dashboard = (os.cpu_count() or 1) >= DASHBOARD_MIN_CPUS
     context = ray.init(
-        include_dashboard=config.dashboard,
+        include_dashboard=dashboard,
         dashboard_host=config.dashboard_host,
         _temp_dir=str(_temp_dir(run_dir)),
     )

@@ -23,6 +23,8 @@ PRESETS_DIR = Path(__file__).parent / "presets"
 PRESETS = ("demo", "smoke", "paper")
 SAMPLERS = ("tpe", "nsga2")
 LABEL_MODES = ("4class", "8class")
+#: Cores from which a local Ray starts its dashboard unless ``dashboard`` says otherwise.
+DASHBOARD_MIN_CPUS = 4
 BN_MODES = ("train", "frozen", "recalibrate")  # see trainables/loop.py LoopSettings
 PRECISIONS = ("fp32", "bf16")  # of the training steps' forward passes; see LoopSettings
 
@@ -111,7 +113,9 @@ class StudyConfig:
     # evaluated too, and only evaluated epochs are reported: one row each in trials.parquet
     eval_every: int = 1
     max_failures: int = 2
-    dashboard: bool = True
+    # Ray's dashboard for a local Ray; None: on where this machine has DASHBOARD_MIN_CPUS cores
+    # (its processes cost a 2-core machine about 10 s of a demo run: python -m study.bench overhead).
+    dashboard: bool | None = None
     dashboard_host: str = "127.0.0.1"  # "0.0.0.0" exposes the dashboard to the network
 
     @property
@@ -278,6 +282,8 @@ def _apply(config: StudyConfig, values: dict[str, Any], source: str) -> None:
         expected = type(getattr(StudyConfig(), key))
         if key in ("retain", "holdout", "other_forget"):
             expected = list
+        if key == "dashboard":
+            expected = bool
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):

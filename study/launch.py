@@ -61,6 +61,8 @@ def run_study(config: StudyConfig, resuming: bool = False) -> Path:
             run.write_config(config)
     if connection.dashboard:
         print(f"Ray dashboard: {connection.dashboard}")
+    elif connection.local:
+        print("Ray dashboard: off (`dashboard = true` in a --config file turns it on)")
     print(f"cluster: {slots} trials at a time; Tune results and checkpoints in {run.storage.root}")
 
     # The cohort goes into the object store once per study; every task gets the reference.

@@ -112,7 +112,8 @@ def test_the_overhead_table_divides_slot_time_into_the_trials_parts():
     ).assign(**parts)
     phases = {"run_experiment": 10.0, "run_experiment started at": 100.0, "train_or_load_baselines": 3.0}
     phases |= {"run_experiment driver CPU": 1.5}
-    rows = {row["part"]: row for row in overhead._rows(trials, phases, total=20.0, slots=2, bare=3.0)}
+    bare = {"a": 2.0, "b": 3.0, "c": 4.0}
+    rows = {row["part"]: row for row in overhead._rows(trials, phases, total=20.0, slots=2, bare=bare)}
     assert rows["trials: train"]["seconds"] == 6.0 and rows["trials: train"]["share of slot time"] == 0.3
     assert rows["trials: gaps between trials on a worker"]["seconds"] == 1.0
     assert rows["trials: checkpoint write and report, in the background"]["seconds"] == pytest.approx(2.1)
@@ -121,7 +122,7 @@ def test_the_overhead_table_divides_slot_time_into_the_trials_parts():
     assert rows["slot use: sum of trial spans / (slots x search phase)"]["ratio"] == pytest.approx(
         16.0 / 20.0
     )
-    assert rows["ideal: 3 trials x bare trial / 2 slots"]["seconds"] == 4.5
+    assert rows["ideal: 3 bare trials / 2 slots"]["seconds"] == 4.5
     assert rows["whole run / ideal"]["ratio"] == pytest.approx(20.0 / 4.5)
     assert rows["peak RSS of a trial worker (MB)"]["ratio"] == 950.0
 

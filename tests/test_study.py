@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pandas as pd
@@ -261,14 +263,35 @@ def test_a_local_ray_binds_its_dashboard_to_this_machine_and_keeps_authenticatio
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs) or Context())
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    connection = connect(load_config("demo", overrides={"run_dir": str(tmp_path)}), Path("/tmp/r"))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    config = load_config("demo", overrides={"run_dir": str(tmp_path), "dashboard": True})
+    connection = connect(config, Path("/tmp/r"))
     assert connection == Connection("http://127.0.0.1:8265", local=True)
-    assert calls[0]["dashboard_host"] == "127.0.0.1"
+    assert calls[0]["dashboard_host"] == "127.0.0.1" and calls[0]["include_dashboard"] is True
     assert calls[0]["_temp_dir"] == "/tmp/r/ray"  # inside the run directory: short enough
     # Token authentication is left as Ray sets it: no module of the tool turns it off.
     root = Path(__file__).parents[1]
     for package in ("study", "trainables", "search_spaces", "analysis"):
         assert all("RAY_AUTH_MODE" not in f.read_text() for f in (root / package).glob("*.py"))
+
+
+@pytest.mark.parametrize(("cores", "dashboard"), [(2, False), (4, True), (64, True)])
+def test_unless_asked_a_local_ray_starts_its_dashboard_on_machines_with_four_cores(
+    monkeypatch, tmp_path, cores, dashboard
+):
+    import ray
+
+    from study.cluster import connect
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(
+        ray, "init", lambda **kwargs: calls.append(kwargs) or SimpleNamespace(dashboard_url="")
+    )
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    connect(load_config("demo", overrides={"run_dir": str(tmp_path)}), Path("/tmp/r"))
+    assert calls[0]["include_dashboard"] is dashboard
 
 
 def test_cluster_settings_round_trip_through_the_run_directorys_config(tmp_path: Path, monkeypatch):

@@ -6,8 +6,8 @@ recommendation left out. Its phases are timed on the driver; each trial's parts 
 what every report carries into Tune's results (``seconds_train``, ``seconds_eval``,
 ``seconds_snapshot``, ``seconds_setup``, ``seconds_report``, ``seconds_write``, ``entered_at``,
 ``reported_at``, ``peak_rss_mb``; see ``trainables/tune_trainable.py``), read back with Tune's
-``ExperimentAnalysis``. Then one trial runs bare (no Ray, in this process, one thread; the fastest of 3 runs):
-the ideal study is trials x that time / slots.
+``ExperimentAnalysis``. Then every trial runs again bare (no Ray, in this process, one thread): the ideal study
+is the sum of those times / slots.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def run(
         )
     )
     phases: dict[str, float] = {}
-    for name in ("open_cohort", "train_or_load_baselines", "run_experiment"):
+    for name in ("open_cohort", "connect", "train_or_load_baselines", "run_experiment", "build_report"):
         _timed(launch, name, phases)
     started = time.perf_counter()
     try:
@@ -68,6 +68,7 @@ def run(
         total = time.perf_counter() - started
         slots = int(ray.cluster_resources().get("CPU", 1)) // config.cpus_per_trial
         ray.shutdown()
+        time.sleep(5)  # Ray's processes take a few seconds to exit; the bare trials run alone
         trials = _trial_parts(work / "run")
         bare = _bare_trial_seconds(work / "run")
     finally:
@@ -103,10 +104,10 @@ def _trial_parts(run_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _bare_trial_seconds(run_dir: Path, repeats: int = 3) -> float:
-    """Wall seconds of the study's first trial run again in this process, without Ray, one
-    thread: the fastest of ``repeats`` runs (Ray's processes take a while to exit, and a
-    single run on a small machine varied by 25%)."""
+def _bare_trial_seconds(run_dir: Path) -> dict[str, float]:
+    """Per trial: the wall seconds of the same trial run again in this process, without Ray,
+    one thread (trials differ in cost: strategies train on different subjects, and
+    ``bn_mode`` recalibrate adds a pass)."""
     from study.data import open_cohort
     from study.run import RunDir
     from trainables.baseline import measure_baselines
@@ -115,23 +116,29 @@ def _bare_trial_seconds(run_dir: Path, repeats: int = 3) -> float:
 
     run, config = RunDir.open(run_dir)
     trials = run.read_trials()
-    params = trial_params(trials, trials["trial_id"].iloc[0])
     cohort = open_cohort(config)
     states = {name: run.load_baseline(name) for name in ("original", "retrain")}
     reference = measure_baselines(config, cohort, states, config.cpus_per_trial)
-    strategy = STRATEGIES[params["strategy"]].strategy
-    seconds = []
-    for _ in range(repeats):
+    seconds = {}
+    for trial_id in trials["trial_id"].unique():
+        params = trial_params(trials, trial_id)
         started = time.perf_counter()
         replayed_state(
-            strategy, params, config.max_epochs, config, cohort, states["original"], reference, "cpu"
+            STRATEGIES[params["strategy"]].strategy,
+            params,
+            config.max_epochs,
+            config,
+            cohort,
+            states["original"],
+            reference,
+            "cpu",
         )
-        seconds.append(time.perf_counter() - started)
-    return min(seconds)
+        seconds[str(trial_id)] = time.perf_counter() - started
+    return seconds
 
 
 def _rows(
-    trials: pd.DataFrame, phases: dict[str, float], total: float, slots: int, bare: float
+    trials: pd.DataFrame, phases: dict[str, float], total: float, slots: int, bare: dict[str, float]
 ) -> list[dict]:
     """The table: the phases, each trial part's share, slot use, compute share, the ideal ratio."""
     search = phases["run_experiment"]
@@ -145,19 +152,20 @@ def _rows(
     worker_start = float((first_entry - phases["run_experiment started at"]).sum())
     rows = [
         {"part": "whole run (cohort, baselines, search, report)", "seconds": total},
-        {"part": "cohort read", "seconds": phases.get("open_cohort", 0.0)},
+        {"part": "cohort written (first run) and read", "seconds": phases.get("open_cohort", 0.0)},
+        {"part": "Ray started (or joined)", "seconds": phases.get("connect", 0.0)},
         {"part": "baselines (trained, measured)", "seconds": phases.get("train_or_load_baselines", 0.0)},
         {"part": f"search phase (Tune experiment, {slots} slots)", "seconds": search},
         {
             "part": "search phase: the driver's CPU (Tune's controller)",
             "seconds": phases["run_experiment driver CPU"],
         },
+        {"part": "report", "seconds": phases.get("build_report", 0.0)},
     ]
-    for part in PARTS:
-        rows.append(
-            {"part": f"trials: {part.removeprefix('seconds_')}", "seconds": float(trials[part].sum())}
-        )
-    rows += [
+    parts = [
+        {"part": f"trials: {p.removeprefix('seconds_')}", "seconds": float(trials[p].sum())} for p in PARTS
+    ]
+    parts += [
         {
             "part": "trials: checkpoint write and report, in the background",
             "seconds": float(trials["seconds_write"].sum()),
@@ -165,18 +173,17 @@ def _rows(
         {"part": "trials: gaps between trials on a worker", "seconds": float(gaps)},
         {"part": "workers: from the experiment's start to their first trial", "seconds": worker_start},
     ]
-    for row in rows[5:]:
-        row["share of slot time"] = row["seconds"] / slot_time
+    rows += [row | {"share of slot time": row["seconds"] / slot_time} for row in parts]
     compute = float((trials["seconds_train"] + trials["seconds_eval"]).sum())
-    ideal = len(trials) * bare / slots
+    ideal = sum(bare.values()) / slots
     rows += [
         {"part": "trial compute share (train + eval) / span", "ratio": compute / float(trials["span"].sum())},
         {
             "part": "slot use: sum of trial spans / (slots x search phase)",
             "ratio": float(trials["span"].sum()) / slot_time,
         },
-        {"part": "bare trial (no Ray, 1 thread)", "seconds": bare},
-        {"part": f"ideal: {len(trials)} trials x bare trial / {slots} slots", "seconds": ideal},
+        {"part": "bare trial (no Ray, 1 thread), mean", "seconds": sum(bare.values()) / len(bare)},
+        {"part": f"ideal: {len(bare)} bare trials / {slots} slots", "seconds": ideal},
         {"part": "whole run / ideal", "ratio": total / ideal},
         {"part": "search phase / ideal", "ratio": search / ideal},
         {"part": "peak RSS of a trial worker (MB)", "ratio": float(trials["peak_rss_mb"].max())},
