@@ -244,48 +244,32 @@ def load_cohort(
     )
 
 
+def cohort_root(config: StudyConfig) -> tuple[Path, str, list[str]]:
+    """The study's data folder (the synthetic cohort written there first, once), how to name
+    it in messages, and its default holdout subjects."""
+    if config.data:
+        return Path(config.data), f"data directory {config.data}", []
+    subjects = synthetic.TRAINING_IDS + synthetic.HOLDOUT_IDS
+    root = synthetic.write_cohort(
+        config.cache_path / f"synthetic-v{synthetic.GENERATOR_VERSION}",
+        subjects,
+        threads=io_threads(len(subjects)),
+    )
+    return root, "the synthetic cohort", list(synthetic.HOLDOUT_IDS)
+
+
+def subject_files(root: Path, subject: str) -> list[Path]:
+    """The NIfTI files of one subject folder that the loader reads."""
+    return [Path(root) / subject / name for name in (*MODALITY_FILES, LABEL_FILE)]
+
+
 def open_cohort(config: StudyConfig) -> Cohort:
     """The study's cohort: ``config.data``, or the synthetic cohort (written once, cached).
 
     Default split: forget as configured; holdout none for real data and the synthetic
     extras for the synthetic cohort; retain every other subject.
     """
-    if config.data:
-        root, source, default_holdout = Path(config.data), f"data directory {config.data}", []
-    else:
-        subjects = synthetic.TRAINING_IDS + synthetic.HOLDOUT_IDS
-        root = synthetic.write_cohort(
-            config.cache_path / f"synthetic-v{synthetic.GENERATOR_VERSION}",
-            subjects,
-            threads=io_threads(len(subjects)),
-        )
-        source, default_holdout = "the synthetic cohort", list(synthetic.HOLDOUT_IDS)
+    root, source, default_holdout = cohort_root(config)
     holdout = default_holdout if config.holdout is None else config.holdout
     split = resolve_split(find_subjects(root), config.forget, config.retain, holdout, source)
     return load_cohort(root, split, tuple(config.input_size), config.label_mode)
-
-
-def with_other_forget(cohort: Cohort, other: list[str] | None) -> Cohort | None:
-    """The same subjects with another forget set, for asking whether a configuration carries
-    over to other subjects; ``None`` when there is none to ask with.
-
-    ``other=None``: the first ``len(forget)`` retain subjects (``None`` when there are fewer);
-    ``[]``: none. The old forget subjects join the retain set, the holdout stays; the training
-    set, and so the original model, is the same.
-    """
-    split = cohort.split
-    if other is None:
-        other = list(split.retain[: len(split.forget)]) if len(split.retain) >= len(split.forget) else []
-    if not other:
-        return None
-    if outside := [s for s in other if s not in split.retain]:
-        raise StudyError(
-            f"other_forget names {', '.join(outside)}, which are not retain subjects; "
-            f"choose from {', '.join(split.retain)}"
-        )
-    if len(set(other)) != len(other):
-        raise StudyError(f"other_forget names a subject twice: {', '.join(other)}")
-    retain = tuple(s for s in split.training if s not in other)
-    moved = Split(forget=tuple(other), retain=retain, holdout=split.holdout)
-    digest = hashlib.sha256((cohort.digest + repr(moved)).encode()).hexdigest()
-    return Cohort(cohort.images, cohort.labels, moved, cohort.n_classes, digest)

@@ -26,8 +26,9 @@ from analysis.study_state import (
 from study.cli import config_from_args, run_cli
 from study.cluster import check_cluster, connect, task_options, trial_device, trial_request
 from study.config import StudyConfig
-from study.data import Cohort, open_cohort, with_other_forget
+from study.data import Cohort, open_cohort
 from study.errors import StudyIncomplete, StudyInterrupted
+from study.forget_sets import with_other_forget
 from study.objectives import OBJECTIVES
 from study.results import incomplete_trials, rows_from_results
 from study.run import RunDir

@@ -18,9 +18,9 @@ from study.data import (
     preprocess,
     read_subject,
     resolve_split,
-    with_other_forget,
 )
 from study.errors import StudyError
+from study.forget_sets import with_forget, with_other_forget
 
 
 def test_synthetic_cohort_has_mrbrains18_layout_geometry_and_labels(cohort_root: Path):
@@ -203,3 +203,19 @@ def test_another_forget_set_needs_enough_retain_subjects_and_retain_ids():
     ):
         with pytest.raises(StudyError, match=message):
             with_other_forget(cohort, named)
+
+
+def test_a_deletion_request_may_name_any_training_subject_but_no_other():
+    cohort = _cohort_of(Split(forget=("070", "148"), retain=("1", "4"), holdout=("101",)))
+    request = with_forget(cohort, ["148", "4"])
+    assert request.split == Split(forget=("148", "4"), retain=("1", "070"), holdout=("101",))
+    assert with_forget(cohort, ["070", "148"]).digest != cohort.digest  # cache keys see the split
+    for named, message in (
+        (["101"], "holdout subject"),
+        (["999"], "not in this study's cohort"),
+        (["1", "1"], "twice"),
+        (["1", "4", "070", "148"], "every training subject"),
+        ([], "names no subject"),
+    ):
+        with pytest.raises(StudyError, match=message):
+            with_forget(cohort, named)

@@ -13,8 +13,9 @@ import pandas as pd
 import pytest
 
 from study.config import config_from_toml, load_config
-from study.data import open_cohort, with_other_forget
+from study.data import open_cohort
 from study.errors import StudyError
+from study.forget_sets import with_other_forget
 from study.launch import main
 from study.metrics import METRICS
 from study.run import RunDir
