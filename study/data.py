@@ -161,7 +161,9 @@ def preprocess(
     labels 9 and 10 become ``IGNORE_LABEL``.
     """
     merge = LABEL_MERGES[label_mode]
-    image = np.ascontiguousarray(image.transpose(0, 3, 2, 1))  # (C, Z, Y, X) = (C, D, H, W)
+    # A copy, (C, Z, Y, X) = (C, D, H, W): NormalizeIntensity works in place, and the transpose
+    # of nibabel's Fortran-ordered volumes would otherwise be a view of the caller's array.
+    image = image.transpose(0, 3, 2, 1).copy()
     labels = np.ascontiguousarray(labels.transpose(2, 1, 0))[None]
     image = NormalizeIntensity(nonzero=True, channel_wise=True)(image)
     image = Resize(input_size, mode="trilinear", align_corners=False)(image)
@@ -227,8 +229,15 @@ def load_cohort(
     def read(subject: str) -> tuple[np.ndarray, np.ndarray]:
         return preprocess(*read_subject(root, subject), input_size, label_mode)
 
-    with ThreadPoolExecutor(max_workers=io_threads(len(subjects))) as pool:
-        read_in_order = list(pool.map(read, subjects))
+    # One torch thread per subject: the normalisation's sums then add up in the same order on
+    # every machine, so the cohort (and the cache keys made from its digest) are the same.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=io_threads(len(subjects))) as pool:
+            read_in_order = list(pool.map(read, subjects))
+    finally:
+        torch.set_num_threads(threads)
     images = {subject: image for subject, (image, _) in zip(subjects, read_in_order, strict=True)}
     labels = {subject: label for subject, (_, label) in zip(subjects, read_in_order, strict=True)}
     digest = hashlib.sha256(repr((split, tuple(input_size), label_mode)).encode())

@@ -22,6 +22,7 @@ from _studies import EPOCHS, assert_complete, resume_study, start_study, study_e
 
 from analysis.report import build_report
 from analysis.study_state import load_study, recommendation_of
+from study.forget import main as forget
 from study.run import RunDir
 from study.storage import STATE_FILE
 
@@ -145,6 +146,18 @@ def test_a_study_across_nodes_keeps_everything_in_the_bucket(cluster, s3, cache_
         if a.strategy != b.strategy and a.start < b.end and b.start < a.end
     ]
     assert overlaps, f"no two strategies ran at the same time:\n{spans.to_string(float_format=str)}\n{output}"
+
+    # A deletion request on this study runs as one Ray task on a worker node (--address).
+    out = tmp_path / "forget"
+    lenient = ["--max-retain-loss", "1", "--max-mia", "1"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(cache_home))  # the study's cache, as its driver had
+        assert (
+            forget([str(run_dir), "--subjects", "1", "--address", address, "--out", str(out), *lenient]) == 0
+        )
+    record = json.loads((out / "audit.json").read_text())
+    assert record["unlearning"]["computed_on"].removeprefix("Ray node ") in worker_ids
+    assert (out / "unlearned.pt").is_file() and record["model_written"]
 
     RunDir(run_dir).trials_file.unlink()
     study = load_study(run_dir)

@@ -7,6 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from study import synthetic
 from study.data import (
@@ -149,9 +150,20 @@ def test_cohort_split_and_digest(cohort_root: Path):
     assert set(cohort.images) == {"070", "1", "4", "101"}
     assert cohort.images["1"].shape == (3, 8, 32, 32) and cohort.labels["1"].shape == (8, 32, 32)
     assert cohort.n_classes == 4
-    again = load_cohort(cohort_root, split, (8, 32, 32), "4class")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2 if threads == 1 else 1)  # the same floats with any thread count
+        again = load_cohort(cohort_root, split, (8, 32, 32), "4class")
+        assert torch.get_num_threads() == (2 if threads == 1 else 1)  # and the caller's count restored
+    finally:
+        torch.set_num_threads(threads)
     assert again.digest == cohort.digest
     assert load_cohort(cohort_root, split, (8, 32, 32), "8class").digest != cohort.digest
+    # The caller's raw arrays stay as read (normalisation works in place on its own copy).
+    image, labels = read_subject(cohort_root, "1")
+    kept = image.copy()
+    preprocess(image, labels, (8, 32, 32), "4class")
+    assert np.array_equal(image, kept)
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import optuna
 import pandas as pd
 import pytest
+from test_forget import assert_a_deletion_request_is_honoured
 
 from study.config import config_from_toml, load_config
 from study.data import open_cohort
@@ -137,6 +138,9 @@ def test_smoke_study_writes_one_row_per_trial_and_epoch(ray_local, cache_env, tm
     _, replayed = replay_trial(run_dir, trial["trial_id"], quiet=True)
     for metric in ("forget_dice", "retain_dice", "forget_drop"):
         assert replayed[metric] == pytest.approx(trial[metric], abs=1e-4)
+
+    # A deletion request honoured with the finished study (python -m study.forget).
+    assert_a_deletion_request_is_honoured(run_dir, tmp_path / "forget", capsys)
 
 
 @pytest.mark.slow  # starts the local Ray
