@@ -173,7 +173,6 @@ def honour(
     from study.run import RunDir
 
     run, config = RunDir.open(Path(run_dir))
-    original_path = run.baseline_model("original")
     original = run.load_baseline("original")
     if original is None:
         raise StudyError(f"{run_dir} holds no original model; the study has not trained it")
@@ -193,28 +192,22 @@ def honour(
         store_cached(config.cache_path, key, result.retrain, result.reference.retrain)
 
     root = cohort_root(config)[0]
-    inputs = {
-        str(path.relative_to(root)): file_digest(path)
-        for subject in request.split.training + request.split.holdout
-        for path in subject_files(root, subject)
-    }
     model_bytes = serialized(result.state)
     verdict = checks(result.after, limits)
     passed = all(check["passed"] for check in verdict)
     record = audit_record(
         request={"subjects": subjects, "requested_on": requested_on, "honoured_at": _now()},
         study={"run_dir": str(run.path), "config": dataclasses.asdict(config), "cohort": cohort.digest},
-        unlearning={
-            "trial_id": trial_id,
-            "epochs": epochs,
-            "params": params,
-            "seed": config.seed,
-            "computed_on": where,
-        },
+        unlearning={"trial_id": trial_id, "epochs": epochs, "params": params, "seed": config.seed}
+        | {"computed_on": where},
         software=software(),
         hashes={
-            "original_model": file_digest(original_path),
-            "input_files": inputs,
+            "original_model": file_digest(run.baseline_model("original")),
+            "input_files": {
+                str(path.relative_to(root)): file_digest(path)
+                for subject in request.split.training + request.split.holdout
+                for path in subject_files(root, subject)
+            },
             "unlearned_model": hashlib.sha256(model_bytes).hexdigest(),
         },
         reference=result.reference,
@@ -223,16 +216,23 @@ def honour(
         written=passed or force,
     )
     _write(out, record, model_bytes if passed or force else None)
-    for check in verdict:
+    _tell(record, out)
+    return record
+
+
+def _tell(record: dict[str, Any], out: Path) -> None:
+    """The verdict's checks, where the record went, and the model or why it was withheld."""
+    checked = record["verdict"]["checks"]
+    for check in checked:
         result = "pass" if check["passed"] else "FAIL"
-        print(f"{check['name']} {check['value']:.3f} (limit {check['limit']}, {check['option']}): {result}")
+        value = "not measured" if check["value"] is None else f"{check['value']:.3f}"
+        print(f"{check['name']} {value} (limit {check['limit']}, {check['option']}): {result}")
     print(f"audit record: {out / 'audit.json'}, {out / 'audit.html'}")
-    if passed or force:
+    if record["model_written"]:
         print(f"unlearned model: {out / 'unlearned.pt'} (sha256 {record['sha256']['unlearned_model']})")
     else:
-        failed = ", ".join(f"{c['name']} over {c['option']} {c['limit']}" for c in verdict if not c["passed"])
+        failed = ", ".join(f"{c['name']} over {c['option']} {c['limit']}" for c in checked if not c["passed"])
         print(f"verdict failed ({failed}): unlearned.pt withheld; --force writes it anyway")
-    return record
 
 
 def _now() -> str:
