@@ -132,10 +132,18 @@ def audit_html(record: dict[str, Any]) -> str:
         [c["name"], c["value"], f"<= {c['limit']}", c["option"], "pass" if c["passed"] else "FAIL"]
         for c in verdict["checks"]
     ]
-    used = [["strategy", unlearning["params"].get("strategy")], ["trial", unlearning["trial_id"]]]
-    used += [["epochs", unlearning["epochs"]], ["seed", unlearning["seed"]]]
+    params = unlearning["params"]
+    used = [["strategy", params.get("strategy")], ["trial", unlearning["trial_id"]]]
+    used += [
+        ["epochs", unlearning["epochs"]],
+        ["seed (study; trial number)", f"{unlearning['seed']}; {params.get('trial_number')}"],
+    ]
     used += [["computed on", unlearning.get("computed_on")]]
-    used += [[f"hyperparameter {k}", v] for k, v in sorted(unlearning["params"].items()) if k != "strategy"]
+    used += [
+        [f"hyperparameter {k}", f"{v:.4g}" if isinstance(v, float) else v]
+        for k, v in sorted(params.items())
+        if k not in ("strategy", "trial_number")
+    ]
     used += [[k, v] for k, v in record["software"].items()]
     hashes = record["sha256"]
     files = [["original model", hashes["original_model"]], ["unlearned model", hashes["unlearned_model"]]]
@@ -152,7 +160,7 @@ def audit_html(record: dict[str, Any]) -> str:
         "<h2>Figures</h2>",
         _table(["", "original model", "unlearned model", "retrained without them"], figures),
         "<h2>What was used</h2>",
-        _table(["", ""], used),
+        _table(["what", "value"], used),
         "<h2>SHA-256</h2>",
         _table(["file", "digest"], files),
     ]
