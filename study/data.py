@@ -272,13 +272,19 @@ def subject_files(root: Path, subject: str) -> list[Path]:
     return [Path(root) / subject / name for name in (*MODALITY_FILES, LABEL_FILE)]
 
 
-def open_cohort(config: StudyConfig) -> Cohort:
-    """The study's cohort: ``config.data``, or the synthetic cohort (written once, cached).
+def study_split(config: StudyConfig) -> tuple[Path, Split]:
+    """The study's data folder and split, without reading a volume.
 
     Default split: forget as configured; holdout none for real data and the synthetic
     extras for the synthetic cohort; retain every other subject.
     """
     root, source, default_holdout = cohort_root(config)
     holdout = default_holdout if config.holdout is None else config.holdout
-    split = resolve_split(find_subjects(root), config.forget, config.retain, holdout, source)
+    return root, resolve_split(find_subjects(root), config.forget, config.retain, holdout, source)
+
+
+def open_cohort(config: StudyConfig) -> Cohort:
+    """The study's cohort: ``config.data``, or the synthetic cohort (written once, cached),
+    split as ``study_split`` says."""
+    root, split = study_split(config)
     return load_cohort(root, split, tuple(config.input_size), config.label_mode)

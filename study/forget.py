@@ -32,9 +32,9 @@ from analysis.study_state import load_study, recommendation_of
 from study.cli import run_cli
 from study.cluster import connect, task_options, trial_device
 from study.config import StudyConfig
-from study.data import Cohort, cohort_root, open_cohort, subject_files
+from study.data import Cohort, cohort_root, open_cohort, study_split, subject_files
 from study.errors import StudyError
-from study.forget_sets import with_forget
+from study.forget_sets import check_request, with_forget
 from study.metrics import Reference
 from study.results import atomic_write
 from study.weights import file_digest
@@ -173,12 +173,13 @@ def honour(
     from study.run import RunDir
 
     run, config = RunDir.open(Path(run_dir))
+    check_request(study_split(config)[1], subjects)  # a holdout or unknown subject: before any read
     original = run.load_baseline("original")
     if original is None:
         raise StudyError(f"{run_dir} holds no original model; the study has not trained it")
-    cohort = open_cohort(config)
-    request = with_forget(cohort, subjects)  # a holdout or unknown subject fails here
     trial_id, params, epochs = _chosen_trial(Path(run_dir), trial_id)
+    cohort = open_cohort(config)
+    request = with_forget(cohort, subjects)
     out = Path(out) if out else run.path / "forget" / "-".join(subjects)
     print(f"forgetting {', '.join(subjects)} with {params['strategy']} trial {trial_id} ({epochs} epochs)")
 

@@ -33,7 +33,13 @@ def with_other_forget(cohort: Cohort, other: list[str] | None) -> Cohort | None:
 def with_forget(cohort: Cohort, subjects: list[str]) -> Cohort:
     """The same subjects with ``subjects`` (any of the training subjects) as the forget set:
     a deletion request on the original model (``python -m study.forget``)."""
-    split = cohort.split
+    check_request(cohort.split, subjects)
+    return _with_forget_set(cohort, subjects, "--subjects")
+
+
+def check_request(split: Split, subjects: list[str]) -> None:
+    """A ``StudyError`` unless ``subjects`` are training subjects of ``split``, each once,
+    with at least one left to retain."""
     if not subjects:
         raise StudyError("--subjects names no subject; give the ids to forget, e.g. --subjects 070")
     for subject in subjects:
@@ -47,17 +53,21 @@ def with_forget(cohort: Cohort, subjects: list[str]) -> Cohort:
                 f"subject {subject} is not in this study's cohort; training subjects: "
                 f"{', '.join(split.training)}"
             )
-    return _with_forget_set(cohort, subjects, "--subjects")
+    _moved(split, subjects, "--subjects")
 
 
-def _with_forget_set(cohort: Cohort, forget: list[str], setting: str) -> Cohort:
-    """``cohort`` with ``forget`` (training subjects) as its forget set; the holdout stays."""
-    split = cohort.split
+def _moved(split: Split, forget: list[str], setting: str) -> Split:
+    """``split`` with ``forget`` (training subjects) as its forget set; the holdout stays."""
     if len(set(forget)) != len(forget):
         raise StudyError(f"{setting} names a subject twice: {', '.join(forget)}")
     retain = tuple(s for s in split.training if s not in forget)
     if not retain:
         raise StudyError(f"{setting} names every training subject; at least one must stay to retain")
-    moved = Split(forget=tuple(forget), retain=retain, holdout=split.holdout)
+    return Split(forget=tuple(forget), retain=retain, holdout=split.holdout)
+
+
+def _with_forget_set(cohort: Cohort, forget: list[str], setting: str) -> Cohort:
+    """``cohort`` with ``forget`` (training subjects) as its forget set."""
+    moved = _moved(cohort.split, forget, setting)
     digest = hashlib.sha256((cohort.digest + repr(moved)).encode()).hexdigest()
     return Cohort(cohort.images, cohort.labels, moved, cohort.n_classes, digest)
