@@ -77,10 +77,7 @@ def run_study(config: StudyConfig, resuming: bool = False) -> Path:
     # Tune returns normally after Ctrl-C, with trials unfinished or never started.
     if len(grid) < len(config.strategies) * config.num_samples or (trials["status"] == "running").any():
         raise StudyInterrupted(f"resume with: {resume}")
-    never_reported = {
-        trial_id_of(r.path): "failed before its first epoch" for r in grid if r.error and not r.metrics
-    }
-    problems = never_reported | incomplete_trials(trials, config.reported_epochs())
+    problems = never_reported(grid) | incomplete_trials(trials, config.reported_epochs())
     run.write_trials(trials)
     if not trials.empty:
         print(front_table(trials, OBJECTIVES[config.objective]))
@@ -96,6 +93,16 @@ def run_study(config: StudyConfig, resuming: bool = False) -> Path:
         listed = "; ".join(f"trial {t} ({what})" for t, what in problems.items())
         raise StudyIncomplete(f"{len(problems)} trial(s) did not finish: {listed}. Resume with: {resume}")
     return run.path
+
+
+def never_reported(grid: Any) -> dict[str, str]:
+    """Trials of Tune's ``ResultGrid`` that errored before their first report (Tune's result
+    for such a trial holds its ``trial_id`` alone), so no row of theirs says they failed."""
+    return {
+        trial_id_of(r.path): "failed before its first epoch"
+        for r in grid
+        if r.error and "epoch" not in (r.metrics or {})
+    }
 
 
 def run_experiment(config: StudyConfig, run: RunDir, handover: Handover, slots: int, resuming: bool) -> Any:

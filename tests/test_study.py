@@ -324,3 +324,18 @@ def test_cluster_settings_round_trip_through_the_run_directorys_config(tmp_path:
     ]:
         with pytest.raises(StudyError, match=message):
             load_config("smoke", overrides=bad).validate(tuple(STRATEGIES))
+
+
+def test_a_trial_that_errored_before_its_first_report_is_named():
+    from study.launch import never_reported
+
+    grid = [
+        SimpleNamespace(error=RuntimeError("killed"), metrics={"trial_id": "a1"}, path="/r/trial_a1"),
+        SimpleNamespace(error=None, metrics={"trial_id": "b2", "epoch": 3}, path="/r/trial_b2"),
+        SimpleNamespace(error=RuntimeError("killed"), metrics={"epoch": 2}, path="/r/trial_c3"),
+        SimpleNamespace(error=RuntimeError("killed"), metrics=None, path="/r/trial_d4"),
+    ]
+    assert never_reported(grid) == {
+        "a1": "failed before its first epoch",
+        "d4": "failed before its first epoch",
+    }
