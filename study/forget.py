@@ -30,7 +30,7 @@ import torch
 from analysis.audit import audit_html, audit_record, software
 from analysis.study_state import load_study, recommendation_of
 from study.cli import run_cli
-from study.cluster import connect, task_options, trial_device
+from study.cluster import check_resources, connect, task_options, trial_device
 from study.config import StudyConfig
 from study.data import Cohort, cohort_root, open_cohort, study_split, subject_files
 from study.errors import StudyError
@@ -143,8 +143,9 @@ def _compute(config: StudyConfig, address: str, run_dir: Path, *args: Any) -> tu
 
     joined = not ray.is_initialized()
     connect(dataclasses.replace(config, address=address), run_dir)
-    task = ray.remote(**task_options(config, config.cpus_per_trial))(_on_node)
     try:
+        check_resources(config)  # a request no node can hold is one line, not an endless wait
+        task = ray.remote(**task_options(config, config.cpus_per_trial))(_on_node)
         result, node = ray.get(task.remote(config, *args, device=trial_device(config)))
     finally:
         if joined:
