@@ -113,3 +113,19 @@ def assert_a_deletion_request_is_honoured(run_dir: Path, tmp_path: Path, capsys)
     assert not (withheld / "unlearned.pt").exists() and (withheld / "audit.html").is_file()
     assert main([str(run_dir), "--subjects", "1", "--out", str(withheld), *impossible, "--force"]) == 0
     assert _sha256(withheld / "unlearned.pt") == _sha256(first / "unlearned.pt")
+
+
+def test_a_request_no_node_of_the_cluster_can_hold_is_refused_before_any_task(ray_local, tmp_path):
+    import ray
+
+    from study import forget
+    from study.config import load_config
+    from study.errors import StudyError
+
+    config = load_config(
+        "smoke", overrides={"run_dir": str(tmp_path), "trial_resources": {"trial_slot": 1.0}}
+    )
+    address = ray.get_runtime_context().gcs_address  # the tests' local Ray: no trial_slot anywhere
+    with pytest.raises(StudyError, match="no node of the cluster has 1 trial_slot"):
+        forget._compute(config, address, tmp_path)
+    assert ray.is_initialized()  # a Ray this process had stays up
