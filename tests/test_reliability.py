@@ -126,15 +126,15 @@ def test_a_trial_that_fails_ends_the_study_with_exit_3_and_resumes_from_its_chec
     wait_until(
         lambda: any(5 <= n < EPOCHS - 2 for n in _checkpoints(run_dir).values()), driver, "five epochs"
     )
-    # Kill the worker process of that trial, mid-run (its pid is in every result it reported;
-    # trial workers are children of this study's raylet, in sessions of their own).
+    # Kill the worker process of that trial, mid-run: trial workers are children of this
+    # study's raylet, in sessions of their own, and Tune runs each in its trial's folder.
     trial = next(t for t, n in _checkpoints(run_dir).items() if 5 <= n < EPOCHS - 2)
-    pid = json.loads((trial / "result.json").read_text().splitlines()[-1])["pid"]
     pgrep = lambda *args: subprocess.run(["pgrep", *args], capture_output=True, text=True).stdout.split()  # noqa: E731
     raylets = pgrep("-g", str(os.getpgid(driver.pid)), "-f", "raylet/raylet")
-    workers = [int(w) for raylet in raylets for w in pgrep("-P", raylet, "-f", "ImplicitFunc.train")]
-    assert pid in workers, f"trial {trial.name}'s worker {pid} is not among {workers}"
-    os.kill(pid, signal.SIGKILL)
+    workers = [int(w) for raylet in raylets for w in pgrep("-P", raylet, "-f", "ImplicitFunc")]
+    victims = [w for w in workers if os.readlink(f"/proc/{w}/cwd").endswith(trial.name)]
+    assert victims, f"no worker of {trial.name} among {[(w, os.readlink(f'/proc/{w}/cwd')) for w in workers]}"
+    os.kill(victims[0], signal.SIGKILL)
     output, _ = driver.communicate(timeout=400)
 
     # The other trials finish; the study writes what it has, names the failed trial, exits 3.
