@@ -13,15 +13,12 @@ import torch
 from torch import nn
 
 from analysis.plots import overlay_plot
-from analysis.study_state import Recommendation, Study, reproduce_command
-from study.config import StudyConfig
-from study.data import CLASS_NAMES, Cohort, open_cohort
-from study.model import MedicalNetSegmentation
+from analysis.study_state import Study, reproduce_command
+from study.cohort import CLASS_NAMES, Cohort, open_cohort
+from study.model import model_from
 
 
-def overlay_figure(
-    study: Study, recommendation: Recommendation | None, cohort: Cohort | None = None
-) -> tuple[bytes | None, str]:
+def overlay_figure(study: Study, cohort: Cohort | None = None) -> tuple[bytes | None, str]:
     """The overlay figure (``None`` while no original model is saved) and a note on what it lacks.
 
     ``cohort``: the study's, when the caller holds it; read from disk otherwise."""
@@ -33,30 +30,23 @@ def overlay_figure(
     if retrain is not None:
         states["retrain reference"] = retrain
     notes = [] if retrain is not None else ["the retrain reference is not saved yet"]
-    if recommendation is not None:
-        trial_id, epoch = recommendation["trial_id"], int(recommendation["epoch"])
-        recommended = study.run.load_model_of(trial_id, epoch)
+    if (recommendation := study.recommendation) is not None:
+        recommended = study.run.load_model_of(recommendation.trial_id, recommendation.epoch)
         if recommended is None:
             notes.append(
-                f"the recommended model (trial {trial_id} after {epoch} epochs) is not saved; "
-                f"add it with: {reproduce_command(study, recommendation, out=True)}"
+                f"the recommended model (trial {recommendation.trial_id} after {recommendation.epoch} "
+                f"epochs) is not saved; add it with: {reproduce_command(study, recommendation, out=True)}"
             )
         else:
             states["recommended model"] = recommended
     config = study.config
     cohort = open_cohort(config) if cohort is None else cohort
-    models = {name: _model(config, cohort.n_classes, state) for name, state in states.items()}
+    models = {name: model_from(config, cohort.n_classes, state).eval() for name, state in states.items()}
     panels = [
         _panel(f"{set_name} subject {subject}", cohort, subject, models)
         for set_name, subject in (("forget", cohort.split.forget[0]), ("retain", cohort.split.retain[0]))
     ]
     return overlay_plot(panels, CLASS_NAMES[config.label_mode]), "; ".join(notes)
-
-
-def _model(config: StudyConfig, n_classes: int, state: dict[str, torch.Tensor]) -> nn.Module:
-    model = MedicalNetSegmentation(config.model_depth, n_classes, width=config.model_width)
-    model.load_state_dict(state)
-    return model.eval()
 
 
 def _panel(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from study.objectives import OBJECTIVES as VIEWS
-from study.results import candidates, final_rows
+from study.config import OBJECTIVES as VIEWS
+from study.run.results import candidates, final_rows
 
 #: The reference study's objectives, the default view of every front and knee.
 OBJECTIVES = VIEWS["reference"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 import matplotlib
 import matplotlib.patches
@@ -13,9 +14,12 @@ import numpy as np
 import pandas as pd
 
 from analysis.pareto import OBJECTIVES, pareto_front
-from analysis.summary import diverged_label
-from study.data import IGNORE_LABEL
-from study.results import candidates
+from analysis.summary import at_horizon, diverged_label
+from study.cohort import IGNORE_LABEL
+from study.run.results import candidates
+
+if TYPE_CHECKING:  # the knees are the study's (analysis/study_state.py)
+    from analysis.study_state import Recommendation
 
 
 def _png(figure: plt.Figure) -> bytes:
@@ -68,8 +72,8 @@ def _panel(axis: plt.Axes, at: pd.DataFrame, colours: dict[str, tuple], objectiv
 
 def pareto_plot(
     rows: pd.DataFrame,
-    horizons: list[str],
-    knee: pd.Series | None,
+    horizons: list[int],
+    knee: Recommendation | None,
     objectives: tuple[str, str] = OBJECTIVES,
     retrain: pd.Series | None = None,
     knee_label: str = "recommended",
@@ -82,14 +86,14 @@ def pareto_plot(
     figure, axes = plt.subplots(1, len(horizons), figsize=(5.2 * len(horizons), 4.4), squeeze=False)
     x, y = objectives
     for axis, horizon in zip(axes[0], horizons, strict=True):
-        _panel(axis, rows[rows["horizon"] == horizon], colours, objectives)
-        if knee is not None and knee["horizon"] == horizon:
-            axis.scatter([knee[x]], [knee[y]], marker="*", s=320, color="gold",
+        _panel(axis, at_horizon(rows, horizon), colours, objectives)
+        if knee is not None and knee.epoch == horizon:  # a knee is read at a configured horizon
+            axis.scatter([knee.figures[x]], [knee.figures[y]], marker="*", s=320, color="gold",
                          edgecolors="black", zorder=5, label=knee_label)  # fmt: skip
         if retrain is not None:
             axis.scatter([retrain[x]], [retrain[y]], marker="P", s=140, color="red",
                          edgecolors="black", zorder=6, label=RETRAIN_MARK)  # fmt: skip
-        axis.set_title(f"horizon: {horizon}" + (" epochs" if horizon.isdigit() else " epoch of each trial"))
+        axis.set_title(f"horizon: {horizon} epochs")
         axis.set_xlabel(AXIS_LABELS[x])
         axis.set_ylabel(AXIS_LABELS[y])
         axis.grid(alpha=0.3)

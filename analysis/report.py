@@ -20,23 +20,22 @@ from analysis.overlays import overlay_figure
 from analysis.pareto import knee_rule
 from analysis.plots import curves_plot, pareto_plot
 from analysis.sections import bn_modes_section, privacy_section, seeds_section, views_section
-from analysis.study_state import Recommendation, Study, load_study, recommendation_of, reproduce_command
+from analysis.study_state import Recommendation, Study, load_study, reproduce_command
 from analysis.summary import (
     BEST_RULE,
     FINAL,
+    at_horizon,
+    at_horizons,
     best_trials,
     diverged_label,
-    horizon_rows,
+    horizon_label,
     hypervolumes,
     paper_table,
-    recommend,
 )
-from analysis.views import forgets_past_retrain, fronts_by_view, past_retrain_text, retrain_point
-from study.cli import run_cli
-from study.data import Cohort
-from study.errors import StudyError
-from study.objectives import OBJECTIVES
-from study.results import atomic_write, params_of
+from analysis.views import fronts_by_view, past_retrain_text, retrain_point
+from study.cohort import Cohort
+from study.config import OBJECTIVES, StudyError, run_cli
+from study.run.rundir import atomic_write
 
 #: The figures of the recommended trial that its table shows; holdout Dice beside retain Dice
 #: (retain_kept is measured on training subjects, holdout ones were never trained on).
@@ -104,7 +103,7 @@ def _heading(study: Study) -> Section:
     return Section(("Unlearning study ", Code(str(study.run_dir))), [intro], level=1)
 
 
-def _recommended(study: Study, recommendation: Recommendation | None) -> Section:
+def _recommended(study: Study) -> Section:
     horizons = ", ".join(str(h) for h in sorted(study.config.horizons))
     objectives = OBJECTIVES[study.config.objective]
     rule = Paragraph(
@@ -113,18 +112,18 @@ def _recommended(study: Study, recommendation: Recommendation | None) -> Section
         f"(view {study.config.objective}); {knee_rule(objectives)}.",
         rule=True,
     )
-    if recommendation is None:
+    if (recommended := study.recommendation) is None:
         return Section("Recommended configuration", [Table(pd.DataFrame({"": [NOT_YET]})), rule])
     facts = {
-        "strategy": recommendation["strategy"],
-        "trial_id": recommendation["trial_id"],
-        "epochs (horizon)": int(recommendation["epoch"]),
-        **{k: recommendation[k] for k in SHOWN_FIGURES},
-        "forgets past retraining": past_retrain_text(recommendation, study.baselines),
-        **params_of(recommendation),
+        "strategy": recommended.strategy,
+        "trial_id": recommended.trial_id,
+        "epochs (horizon)": recommended.epoch,
+        **{k: recommended.figures[k] for k in SHOWN_FIGURES},
+        "forgets past retraining": past_retrain_text(recommended.figures["forget_dice"], study.baselines),
+        **recommended.params,
     }
     table = Table(pd.DataFrame({"": list(facts), "value": list(facts.values())}))
-    command = Paragraph("Reproduce this trial without Ray: ", Code(reproduce_command(study, recommendation)))
+    command = Paragraph("Reproduce this trial without Ray: ", Code(reproduce_command(study, recommended)))
     return Section("Recommended configuration", [table, rule, command])
 
 
@@ -141,30 +140,24 @@ def _diverged(study: Study) -> Section:
     return Section("Diverged trials", [Table(table), Paragraph(DIVERGED_RULE, rule=True)])
 
 
-def _sections(
-    study: Study,
-    recommendation: Recommendation | None,
-    rows: pd.DataFrame,
-    figures: dict[str, bytes],
-    overlay_note: str,
-) -> list[Section]:
+def _sections(study: Study, figures: dict[str, bytes], overlay_note: str) -> list[Section]:
     """The report, top to bottom; every figure named here is in ``figures``."""
-    shown = rows[rows["horizon"].isin([str(h) for h in study.config.horizons])]
+    shown = at_horizons(study.rows, sorted(study.config.horizons))
     objective = study.config.objective
     hypervolume = hypervolumes(shown, OBJECTIVES[objective]).reset_index(names="strategy")
-    table = paper_table(rows, study.baselines, sorted(study.config.horizons))
+    table = paper_table(study.rows, study.baselines, sorted(study.config.horizons))
     overlays = [Figure("overlays")] if "overlays" in figures else []
     notes = [Paragraph(overlay_note)] if overlay_note else []
     front = [Figure(f"pareto-{objective}"), Paragraph(FRONT_RULE, rule=True), Table(hypervolume)]
     return [
         _heading(study),
-        _recommended(study, recommendation),
+        _recommended(study),
         Section(("Pareto front: the searched view ", Code(objective)), front),
-        views_section(study, rows, _other_view(objective)),
+        views_section(study, _other_view(objective)),
         Section("Results in the reference paper's form", [Paragraph(PAPER_RULE, rule=True), Table(table)]),
-        privacy_section(study, recommendation, rows),
-        seeds_section(study, recommendation),
-        bn_modes_section(study, recommendation),
+        privacy_section(study),
+        seeds_section(study),
+        bn_modes_section(study),
         Section(
             "Per-epoch Dice of each strategy's best trial",
             [Figure("curves"), Paragraph(CURVES_RULE, rule=True)],
@@ -179,48 +172,37 @@ def _other_view(view: str) -> str:
     return next(v for v in OBJECTIVES if v != view)
 
 
-def _figures(
-    study: Study,
-    recommendation: Recommendation | None,
-    rows: pd.DataFrame,
-    overlays: bool,
-    cohort: Cohort | None,
-) -> tuple[dict[str, bytes], str]:
+def _figures(study: Study, overlays: bool, cohort: Cohort | None) -> tuple[dict[str, bytes], str]:
     """The report's PNG figures by name (a front per view), and the note on the overlays."""
     horizons, retrain = sorted(study.config.horizons), retrain_point(study.baselines)
-    shown = [str(h) for h in horizons]
     objective, other = study.config.objective, _other_view(study.config.objective)
-    other_knee = recommend(rows, horizons, OBJECTIVES[other])
     figures = {
-        f"pareto-{objective}": pareto_plot(rows, shown, recommendation, OBJECTIVES[objective], retrain),
-        f"pareto-{other}": pareto_plot(
-            rows, shown, other_knee, OBJECTIVES[other], retrain, f"knee under {other}"
-        ),
+        f"pareto-{view}": pareto_plot(
+            study.rows, horizons, study.knees[view], OBJECTIVES[view], retrain, label
+        )
+        for view, label in ((objective, "recommended"), (other, f"knee under {other}"))
     }
-    finals = best_trials(rows[rows["horizon"] == FINAL])
+    finals = best_trials(at_horizon(study.rows, FINAL))
     best = dict(zip(finals["strategy"], finals["trial_id"], strict=True))
     figures["curves"] = curves_plot(study.trials, best, study.baselines)
     if not overlays:
         return figures, "overlays left out (--no-overlays)"
-    png, note = overlay_figure(study, recommendation, cohort)
+    png, note = overlay_figure(study, cohort)
     return figures | ({"overlays": png} if png is not None else {}), note
 
 
-def build_report(
-    study: Study, recommendation: Recommendation | None, overlays: bool = True, cohort: Cohort | None = None
-) -> Report:
-    """Writes the report on ``study`` and its ``recommendation`` (``recommendation_of``); returns the paths.
+def build_report(study: Study, overlays: bool = True, cohort: Cohort | None = None) -> Report:
+    """Writes the report on ``study`` and its recommendation; returns the paths.
 
     ``cohort``: the study's, when the caller holds it (the overlays read it from disk otherwise).
     """
     if study.trials.empty:
         raise StudyError(f"{study.run_dir}: no trial has reported yet; nothing to report")
     run = study.run
-    rows = horizon_rows(study.trials, sorted(study.config.horizons))
-    rows = rows.assign(forgets_past_retrain=forgets_past_retrain(rows, study.baselines))
-    run.write_pareto(fronts_by_view(rows))
-    figures, overlay_note = _figures(study, recommendation, rows, overlays, cohort)
-    sections = _sections(study, recommendation, rows, figures, overlay_note)
+    fronts = fronts_by_view(study.rows)
+    run.write_pareto(fronts.assign(horizon=fronts["horizon"].map(horizon_label)))
+    figures, overlay_note = _figures(study, overlays, cohort)
+    sections = _sections(study, figures, overlay_note)
     run.report_files.mkdir(exist_ok=True)
     for name, png in figures.items():
         atomic_write(run.report_files / f"{name}.png", lambda p, png=png: p.write_bytes(png))
@@ -228,14 +210,18 @@ def build_report(
     atomic_write(run.report_html, lambda p: p.write_text(page))
     markdown = render_markdown(sections, run.report_files.name)
     atomic_write(run.report_markdown, lambda p: p.write_text(markdown))
-    text = f"report: {run.report_html}\n"
-    if recommendation is not None:
-        r = recommendation
-        text += f"recommended: {r['strategy']} trial {r['trial_id']} at {int(r['epoch'])} epochs "
-        text += f"(forget_drop {r['forget_drop']:.3f}, retain_kept {r['retain_kept']:.3f}, "
-        text += f"retrain_match {r['retrain_match']:.3f})\n"
-        text += f"  {params_of(r)}\n  reproduce: {reproduce_command(study, r)}"
-    return Report(run.report_html, run.report_markdown, run.pareto_file, recommendation, text)
+    return Report(run.report_html, run.report_markdown, run.pareto_file, study.recommendation, _told(study))
+
+
+def _told(study: Study) -> str:
+    """What the console shows of the report: its path and the recommendation."""
+    text = f"report: {study.run.report_html}\n"
+    if (r := study.recommendation) is not None:
+        text += f"recommended: {r.strategy} trial {r.trial_id} at {r.epoch} epochs "
+        text += f"(forget_drop {r.figures['forget_drop']:.3f}, retain_kept {r.figures['retain_kept']:.3f}, "
+        text += f"retrain_match {r.figures['retrain_match']:.3f})\n"
+        text += f"  {r.params}\n  reproduce: {reproduce_command(study, r)}"
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,8 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def report() -> None:
-        study = load_study(args.run_dir)
-        print(build_report(study, recommendation_of(study), overlays=not args.no_overlays).text)
+        print(build_report(load_study(args.run_dir), overlays=not args.no_overlays).text)
 
     return run_cli(report)
 

@@ -1,7 +1,7 @@
 """The report's sections on the two views, on membership inference and on fresh seeds.
 
-Each builder takes what ``analysis/report.py`` has computed once (the study, its
-recommendation, its rows per horizon) and returns one ``Section``.
+Each builder takes the study (its rows per horizon and its knees, computed once) and returns
+one ``Section``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pandas as pd
 from analysis.document import Code, Figure, Paragraph, Section, Table
 from analysis.pareto import knee_rule
 from analysis.study_state import Recommendation, Study
-from analysis.summary import best_trials
+from analysis.summary import at_horizons, best_trials
 from analysis.views import (
     KNEE_FIGURES,
     OVERFORGET_RULE,
@@ -22,8 +22,8 @@ from analysis.views import (
     overforget_below,
     overforgetting_counts,
 )
-from study.objectives import OBJECTIVES
-from study.privacy import PRIVACY_METRICS
+from study.config import OBJECTIVES
+from study.metrics import PRIVACY_METRICS
 
 #: The figures whose spread over fresh seeds the report shows.
 SEED_FIGURES = (*KNEE_FIGURES, "mia_forget")
@@ -38,7 +38,7 @@ PRIVACY_RULE = (
 )
 
 
-def views_section(study: Study, rows: pd.DataFrame, other: str) -> Section:
+def views_section(study: Study, other: str) -> Section:
     """The front under the view the search did not use, the knee under each view beside the
     retrain reference, and the trials that forget past it."""
     config, baselines = study.config, study.baselines
@@ -55,7 +55,7 @@ def views_section(study: Study, rows: pd.DataFrame, other: str) -> Section:
         "this view's knee; red ring: a trial that forgets past retraining.",
         rule=True,
     )
-    counts = overforgetting_counts(rows, baselines, [str(h) for h in horizons])
+    counts = overforgetting_counts(study.rows, baselines, horizons)
     flagged, total = counts.iloc[-1]["forgets_past_retraining"], counts.iloc[-1]["trials"]
     if "retrain" in baselines:
         below = f"forget Dice below {overforget_below(baselines):.2f}: the retrain reference's "
@@ -73,7 +73,7 @@ def views_section(study: Study, rows: pd.DataFrame, other: str) -> Section:
             intro,
             Figure(f"pareto-{other}"),
             rule,
-            Table(knees_by_view(rows, horizons, baselines, config.objective)),
+            Table(knees_by_view(study.knees, baselines, config.objective)),
             past,
             Table(counts),
             Paragraph(OVERFORGET_RULE, rule=True),
@@ -98,7 +98,7 @@ def attack_power(original: dict[str, float]) -> str | None:
     )
 
 
-def privacy_table(study: Study, recommendation: Recommendation | None, rows: pd.DataFrame) -> pd.DataFrame:
+def privacy_table(study: Study) -> pd.DataFrame:
     """The membership-inference figures of the original model, the retrain reference, the
     recommended trial at its horizon and each strategy's best (``PRIVACY_RULE``)."""
     names = {"original": "original model", "retrain": "retrain reference (target)"}
@@ -107,21 +107,21 @@ def privacy_table(study: Study, recommendation: Recommendation | None, rows: pd.
         for b, label in names.items()
         if b in study.baselines
     ]
-    picks = []
-    if recommendation is not None:
-        picks.append((f"recommended: {recommendation['strategy']}", recommendation))
-    shown = rows[rows["horizon"].isin([str(h) for h in study.config.horizons])]
-    best = best_trials(shown.assign(horizon="any configured")).sort_values("strategy")
-    picks += [(f"{r['strategy']} best", r) for _, r in best.iterrows()]
-    for label, r in picks:
-        line = {"row": f"{label} {r['trial_id']} @ {int(r['epoch'])} epochs"}
+    if (recommended := study.recommendation) is not None:
+        line = {
+            "row": f"recommended: {recommended.strategy} {recommended.trial_id} @ {recommended.epoch} epochs"
+        }
+        lines.append(line | {m: recommended.figures[m] for m in PRIVACY_METRICS})
+    shown = at_horizons(study.rows, sorted(study.config.horizons))
+    for _, r in best_trials(shown, per_horizon=False).sort_values("strategy").iterrows():
+        line = {"row": f"{r['strategy']} best {r['trial_id']} @ {int(r['epoch'])} epochs"}
         lines.append(line | {m: r[m] for m in PRIVACY_METRICS})
     return pd.DataFrame(lines, columns=["row", *PRIVACY_METRICS])
 
 
-def privacy_section(study: Study, recommendation: Recommendation | None, rows: pd.DataFrame) -> Section:
+def privacy_section(study: Study) -> Section:
     """Membership inference: the attack's power first, then the figures, then how to read them."""
-    table = privacy_table(study, recommendation, rows)
+    table = privacy_table(study)
     power = attack_power(study.baselines.get("original", {}))
     attack = ["mia_auc", "mia_forget", "mia_forget_auc"]
     if power is None and table[attack].isna().all().all():
@@ -156,20 +156,20 @@ def seed_spread(seeds: pd.DataFrame, epoch: int, recommendation: Recommendation 
     # Rounded: equal values give a std of ~1e-17 in floating point, which would read as a spread.
     table = at[figures].agg(["mean", "std", "min", "max"]).T.round(6)
     if recommendation is not None:
-        table["in the search"] = [recommendation.get(f, math.nan) for f in figures]
+        table["in the search"] = [recommendation.figures.get(f, math.nan) for f in figures]
     return table.reset_index(names="figure")
 
 
-def seeds_section(study: Study, recommendation: Recommendation | None) -> Section:
+def seeds_section(study: Study) -> Section:
     """The recommended configuration rerun with fresh seeds (``seeds.parquet``), on the study's
     forget set and on another one, or why not."""
-    title = "Recommended configuration over fresh seeds"
+    title, recommendation = "Recommended configuration over fresh seeds", study.recommendation
     seeds = study.run.read_seed_runs()
     if recommendation is None:
         return Section(title, [Paragraph("No recommendation yet, so no seed reruns.")])
     if seeds is None:
         return Section(title, [Paragraph(f"Not run: the run directory has no {study.run.seeds_file.name}.")])
-    epoch, own = int(recommendation["epoch"]), ",".join(study.config.forget)
+    epoch, own = recommendation.epoch, ",".join(study.config.forget)
     seeds = seeds[seeds["epoch"] == epoch]
     if "forget" not in seeds:
         seeds = seeds.assign(forget=own)
@@ -177,7 +177,7 @@ def seeds_section(study: Study, recommendation: Recommendation | None) -> Sectio
         return Section(title, [Paragraph(f"{study.run.seeds_file.name} has no row at epoch {epoch}.")])
     blocks = [
         Paragraph(
-            f"The recommended configuration ({recommendation['strategy']}, its hyperparameters, {epoch} "
+            f"The recommended configuration ({recommendation.strategy}, its hyperparameters, {epoch} "
             "epochs) rerun with fresh seeds; at that epoch, over the seeds: mean, standard deviation "
             "(n - 1), min, max."
         )
@@ -190,7 +190,7 @@ def seeds_section(study: Study, recommendation: Recommendation | None) -> Sectio
 def _forget_set_blocks(rows: pd.DataFrame, own: bool, recommendation: Recommendation) -> list:
     """The spread over seeds on one forget set, and what it is measured against."""
     count, forget = rows["seed"].nunique(), rows["forget"].iloc[0]
-    table = seed_spread(rows, int(recommendation["epoch"]), recommendation if own else None)
+    table = seed_spread(rows, recommendation.epoch, recommendation if own else None)
     if own:
         lead = (
             f"On the study's forget set ({forget}), {count} seeds. 'in the search': the recommended "
@@ -237,28 +237,32 @@ BN_FIGURES = (
 )
 
 
-def bn_modes_section(study: Study, recommendation: Recommendation | None) -> Section:
-    """The recommended configuration at its own seed under each ``bn_mode`` (``bn_modes.parquet``)."""
-    title = "BatchNorm statistics as a channel"
-    reruns = study.run.read_bn_mode_runs()
-    if recommendation is None or reruns is None:
-        return Section(
-            title, [Paragraph(f"Not run: the run directory has no {study.run.bn_modes_file.name}.")]
-        )
-    epoch = int(recommendation["epoch"])
-    own = {"bn_mode": f"{recommendation.get('param_bn_mode', '')} (the trial itself)".lstrip()} | {
-        f: recommendation[f] for f in BN_FIGURES
-    }
-    at = reruns[reruns["epoch"] == epoch].drop_duplicates("bn_mode", keep="last")
+def bn_modes_table(study: Study, recommendation: Recommendation, reruns: pd.DataFrame) -> pd.DataFrame:
+    """``BN_FIGURES`` of the recommended trial, of its reruns (``bn_modes.parquet``) at its
+    epoch under every other ``bn_mode``, and of the retrain reference."""
+    own = {"bn_mode": f"{recommendation.params.get('bn_mode', '')} (the trial itself)".lstrip()}
+    own |= {f: recommendation.figures[f] for f in BN_FIGURES}
+    at = reruns[reruns["epoch"] == recommendation.epoch].drop_duplicates("bn_mode", keep="last")
     lines = [own, *({"bn_mode": r["bn_mode"]} | {f: r[f] for f in BN_FIGURES} for _, r in at.iterrows())]
     if "retrain" in study.baselines:
         lines.append(
             {"bn_mode": "retrain reference (target)"} | {f: study.baselines["retrain"][f] for f in BN_FIGURES}
         )
+    return pd.DataFrame(lines, columns=["bn_mode", *BN_FIGURES])
+
+
+def bn_modes_section(study: Study) -> Section:
+    """The recommended configuration at its own seed under each ``bn_mode`` (``bn_modes.parquet``)."""
+    title, recommendation = "BatchNorm statistics as a channel", study.recommendation
+    reruns = study.run.read_bn_mode_runs()
+    if recommendation is None or reruns is None:
+        return Section(
+            title, [Paragraph(f"Not run: the run directory has no {study.run.bn_modes_file.name}.")]
+        )
     lead = Paragraph(
-        f"The recommended trial rerun at its own seed for {epoch} epochs with every other bn_mode, all else equal. "
-        "frozen keeps the original model's running statistics (computed with the forget subjects), train "
-        "updates them from every batch (forget batches included), recalibrate re-estimates them on retain "
-        "subjects only before every evaluation."
+        f"The recommended trial rerun at its own seed for {recommendation.epoch} epochs with every other "
+        "bn_mode, all else equal. frozen keeps the original model's running statistics (computed with "
+        "the forget subjects), train updates them from every batch (forget batches included), "
+        "recalibrate re-estimates them on retain subjects only before every evaluation."
     )
-    return Section(title, [lead, Table(pd.DataFrame(lines, columns=["bn_mode", *BN_FIGURES]))])
+    return Section(title, [lead, Table(bn_modes_table(study, recommendation, reruns))])

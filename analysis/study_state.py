@@ -1,27 +1,46 @@
 """What a run directory holds, complete or not, and the configuration it recommends.
 
-The launcher and the report read a study through here: ``load_study`` once, then
-``recommendation_of`` once, both passed on to whatever needs them.
+The launcher, the report and ``study.forget`` read a study through here: ``load_study``
+once; its rows per horizon and each view's knee are computed once, when first asked for.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any
 
 import pandas as pd
 
 from analysis.summary import horizon_rows, recommend
-from study.config import StudyConfig
+from analysis.views import forgets_past_retrain
+from study.config import OBJECTIVES, EpochSchedule, StudyConfig
 from study.metrics import METRICS
-from study.objectives import OBJECTIVES
-from study.results import combine, incomplete_trials, rows_from_experiment
-from study.run import RunDir
+from study.run.results import combine, incomplete_trials, params_of, rows_from_experiment
+from study.run.rundir import RunDir
 
-#: The recommended trial read at its horizon: one row of ``horizon_rows`` (strategy,
-#: trial_id, epoch, its figures and ``param_`` columns).
-Recommendation: TypeAlias = pd.Series
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The knee of one view's front, pooled over the configured horizons: which strategy to
+    run with which hyperparameters (``params``) for how many epochs, and the figures
+    (``figures``, of ``METRICS``) its trial had there."""
+
+    view: str
+    strategy: str
+    trial_id: str
+    epoch: int
+    params: dict[str, Any]
+    figures: dict[str, float]
+
+    @classmethod
+    def of(cls, row: pd.Series, view: str) -> Recommendation:
+        """The recommendation of ``view`` that one trial row (at a horizon) makes."""
+        figures = {m: float(row[m]) for m in METRICS if m in row}
+        return cls(
+            view, str(row["strategy"]), str(row["trial_id"]), int(row["epoch"]), params_of(row), figures
+        )
 
 
 @dataclass
@@ -37,6 +56,26 @@ class Study:
     @property
     def run_dir(self) -> Path:
         return self.run.path
+
+    @cached_property
+    def rows(self) -> pd.DataFrame:
+        """Each trial's rows at every horizon it ran to (``horizon_rows``), and whether each
+        forgets past the retrain reference (``forgets_past_retrain``)."""
+        rows = horizon_rows(self.trials, sorted(self.config.horizons))
+        return rows.assign(forgets_past_retrain=forgets_past_retrain(rows, self.baselines))
+
+    @cached_property
+    def knees(self) -> dict[str, Recommendation | None]:
+        """Per view (``study/config/objectives.py``): the knee of its front pooled over the
+        configured horizons, or ``None`` before any trial reached one."""
+        horizons = sorted(self.config.horizons)
+        knees = {view: recommend(self.rows, horizons, objectives) for view, objectives in OBJECTIVES.items()}
+        return {view: None if row is None else Recommendation.of(row, view) for view, row in knees.items()}
+
+    @property
+    def recommendation(self) -> Recommendation | None:
+        """The knee of the view the search maximised (the study's ``objective``)."""
+        return self.knees[self.config.objective]
 
 
 def load_study(run_dir: Path) -> Study:
@@ -76,29 +115,22 @@ def _missing_trials(config: StudyConfig, trials: pd.DataFrame) -> list[str]:
     missing += [
         f"trial {t}: running or interrupted at epoch {e} of {config.max_epochs}" for t, e in running.items()
     ]
-    problems = incomplete_trials(trials, config.reported_epochs())
+    problems = incomplete_trials(trials, EpochSchedule.of(config).reported_epochs())
     return missing + [f"trial {t}: {what}" for t, what in problems.items() if t not in running.index]
 
 
-def recommendation_of(study: Study, view: str | None = None) -> Recommendation | None:
-    """The knee of the front pooled over the configured horizons under ``view`` (one of
-    ``study/objectives.py``'s; default: the study's ``objective``, the one its search used),
-    or ``None`` before any trial reached one."""
-    horizons = sorted(study.config.horizons)
-    objectives = OBJECTIVES[view or study.config.objective]
-    return recommend(horizon_rows(study.trials, horizons), horizons, objectives)
-
-
-def missing_recommended_model(study: Study, recommendation: Recommendation | None) -> tuple[str, int] | None:
-    """``(trial_id, epoch)`` of the recommendation when its weights are not saved, else ``None``."""
-    if recommendation is None:
+def missing_recommended_model(study: Study) -> Recommendation | None:
+    """The study's recommendation when its weights are not saved (neither ``recommended.pt``
+    nor a kept checkpoint of its epoch), else ``None``."""
+    recommended = study.recommendation
+    if recommended is None or study.run.load_model_of(recommended.trial_id, recommended.epoch) is not None:
         return None
-    trial_id, epoch = recommendation["trial_id"], int(recommendation["epoch"])
-    return None if study.run.load_model_of(trial_id, epoch) is not None else (trial_id, epoch)
+    return recommended
 
 
 def reproduce_command(study: Study, recommendation: Recommendation, out: bool = False) -> str:
     """The command line that reruns the recommended trial (without Ray) to its horizon."""
-    trial_id, epoch = recommendation["trial_id"], int(recommendation["epoch"])
-    command = f"python -m trainables.replay {study.run_dir} {trial_id} --epochs {epoch}"
+    command = (
+        f"python -m study.replay {study.run_dir} {recommendation.trial_id} --epochs {recommendation.epoch}"
+    )
     return command + (f" --out {study.run.recommended_model}" if out else "")

@@ -7,13 +7,18 @@ Everything here is computed from ``trials.parquet`` (one row per trial per epoch
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import pandas as pd
 
 from analysis.pareto import OBJECTIVES, hypervolume, knee_index, pareto_front
-from study.results import candidates
+from study.run.results import candidates
 
-FINAL = "final"
+#: A horizon: a number of epochs, or ``None``, each trial's final epoch. The ``horizon`` column
+#: of the rows below holds them as nullable integers (``<NA>``: final); as text, only written
+#: (``horizon_label``).
+Horizon = int | None
+FINAL: Horizon = None
 
 #: The reference study's Noisy Label row at 50 epochs (arXiv 2606.16180), as published.
 PUBLISHED_NOISY_LABEL = {
@@ -35,6 +40,31 @@ def diverged_label(epoch: float) -> str:
     return f"diverged at epoch {int(epoch)}"
 
 
+def horizon_label(horizon: Horizon) -> str:
+    """A horizon as written in tables and files: its epochs, or ``final``."""
+    return "final" if horizon is None or pd.isna(horizon) else str(int(horizon))
+
+
+def at_horizon(rows: pd.DataFrame, horizon: Horizon) -> pd.DataFrame:
+    """The rows read at ``horizon``."""
+    return rows[rows["horizon"].isna()] if horizon is None else rows[rows["horizon"].isin([horizon])]
+
+
+def at_horizons(rows: pd.DataFrame, horizons: list[int]) -> pd.DataFrame:
+    """The rows read at any of ``horizons`` (numbers of epochs)."""
+    return rows[rows["horizon"].isin(horizons)]
+
+
+def by_horizon(rows: pd.DataFrame) -> Iterator[tuple[Horizon, pd.DataFrame]]:
+    """``(horizon, its rows)`` for every horizon of ``rows``, in order of first appearance."""
+    for horizon, group in rows.groupby("horizon", sort=False, dropna=False):
+        yield (None if pd.isna(horizon) else int(horizon)), group
+
+
+def _read_at(frame: pd.DataFrame, horizon: Horizon) -> pd.DataFrame:
+    return frame.assign(horizon=pd.array([horizon] * len(frame), dtype="Int64"))
+
+
 def horizon_rows(trials: pd.DataFrame, horizons: list[int]) -> pd.DataFrame:
     """Each trial's row at every horizon it ran to, and at its final epoch, with a ``horizon``
     column and ``diverged_at`` (the epoch its trial diverged at; NaN for any other trial).
@@ -46,20 +76,20 @@ def horizon_rows(trials: pd.DataFrame, horizons: list[int]) -> pd.DataFrame:
     its ``final`` one, at its real epoch. No diverged row is ever a choice (``candidates``).
     """
     if trials.empty:
-        return trials.assign(horizon=pd.Series(dtype=str), diverged_at=pd.Series(dtype=float))
+        return _read_at(trials.assign(diverged_at=pd.Series(dtype=float)), FINAL)
     last = trials.groupby(["strategy", "trial_id"])["epoch"].transform("max")
     diverged = trials["status"] == "diverged"
     trials = trials.assign(diverged_at=last.where(diverged).astype(float))
     ran_to = ~diverged | (trials["epoch"] < last)
-    tables = [trials[trials["epoch"] == last].assign(horizon=FINAL)]
-    tables += [trials[(trials["epoch"] == h) & ran_to].assign(horizon=str(h)) for h in horizons]
+    tables = [_read_at(trials[trials["epoch"] == last], FINAL)]
+    tables += [_read_at(trials[(trials["epoch"] == h) & ran_to], h) for h in horizons]
     return pd.concat(tables, ignore_index=True)
 
 
 def fronts(rows: pd.DataFrame, objectives: tuple[str, ...] = OBJECTIVES) -> pd.DataFrame:
     """The non-dominated rows on ``objectives`` over all strategies, per horizon; diverged
     trials take no part."""
-    tables = [pareto_front(g, objectives) for _, g in candidates(rows).groupby("horizon", sort=False)]
+    tables = [pareto_front(g, objectives) for _, g in by_horizon(candidates(rows))]
     tables = [t for t in tables if len(t)]
     table = pd.concat(tables, ignore_index=True) if tables else rows.iloc[:0]
     return table.drop(columns="diverged_at", errors="ignore")  # NaN on every row of a front
@@ -69,17 +99,20 @@ def hypervolumes(rows: pd.DataFrame, objectives: tuple[str, ...] = OBJECTIVES) -
     """Hypervolume on ``objectives`` (reference point (0, 0)) per strategy and overall, one
     column per horizon; diverged trials add nothing."""
     table = {}
-    for horizon, group in candidates(rows).groupby("horizon", sort=False):
+    for horizon, group in by_horizon(candidates(rows)):
         column = {s: hypervolume(g[list(objectives)].to_numpy()) for s, g in group.groupby("strategy")}
         column["all strategies"] = hypervolume(group[list(objectives)].to_numpy())
-        table[f"horizon {horizon}"] = column
+        table[f"horizon {horizon_label(horizon)}"] = column
     return pd.DataFrame(table)
 
 
-def best_trials(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per strategy and horizon, the row of its best trial (``BEST_RULE``); never a diverged one."""
+def best_trials(rows: pd.DataFrame, per_horizon: bool = True) -> pd.DataFrame:
+    """Per strategy and horizon (or per strategy over every horizon of ``rows``), the row of
+    its best trial (``BEST_RULE``); never a diverged one."""
     ranked = candidates(rows).sort_values("score", ascending=False, na_position="last")
-    return ranked.groupby(["strategy", "horizon"], sort=False).head(1)
+    return ranked.groupby(
+        ["strategy", "horizon"] if per_horizon else "strategy", sort=False, dropna=False
+    ).head(1)
 
 
 def paper_table(
@@ -106,8 +139,8 @@ def paper_table(
                     "mae_gap": m["forget_mae"] - m["retain_mae"],
                 }
             )
-    best = best_trials(rows[rows["horizon"].isin([str(h) for h in horizons])])
-    order = {str(h): i for i, h in enumerate(horizons)}
+    best = best_trials(at_horizons(rows, horizons))
+    order = {h: i for i, h in enumerate(horizons)}
     best = best.sort_values(["strategy", "horizon"], key=lambda c: c.map(order) if c.name == "horizon" else c)
     for row in best.itertuples():
         lines.append(
@@ -136,7 +169,7 @@ def recommend(
     Each point is one trial read at one horizon, so the recommendation names a strategy,
     its hyperparameters and how many epochs to run it. A diverged trial is never one.
     """
-    pooled = candidates(rows[rows["horizon"].isin([str(h) for h in horizons])])
+    pooled = candidates(at_horizons(rows, horizons))
     front = pareto_front(pooled, objectives)
     if front.empty:
         return None

@@ -1,4 +1,4 @@
-"""The retrain reference on the fronts of both views (``study/objectives.py``), and over-forgetting.
+"""The retrain reference on the fronts of both views (``study/config/objectives.py``), and over-forgetting.
 
 The retrain reference (the original recipe on retain subjects only) is exact unlearning: its
 point on each view's plane is where a good trial lands. A trial whose forget Dice lies well
@@ -9,13 +9,17 @@ a forget set segmented worse than unseen subjects is itself a sign of membership
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from analysis.summary import fronts, recommend
+from analysis.summary import at_horizons, fronts
+from study.config import OBJECTIVES
 from study.metrics import Reference, derived_metrics
-from study.objectives import OBJECTIVES
-from study.results import candidates
+from study.run.results import candidates
+
+if TYPE_CHECKING:  # the knees are the study's (analysis/study_state.py), which imports this module
+    from analysis.study_state import Recommendation
 
 #: Forget Dice this far (absolute) below the retrain reference's is over-forgetting. Two
 #: trainings of a small 3D segmentation network that differ only in their seed differ by a
@@ -61,21 +65,22 @@ def forgets_past_retrain(rows: pd.DataFrame, baselines: dict[str, dict[str, floa
     return rows["forget_dice"] < overforget_below(baselines)
 
 
-def past_retrain_text(row: pd.Series, baselines: dict[str, dict[str, float]]) -> str:
-    """``yes (forget Dice 0.10 vs 0.70, ...)``: the verdict on one trial row, or why there is none."""
+def past_retrain_text(forget_dice: float, baselines: dict[str, dict[str, float]]) -> str:
+    """``yes (forget Dice 0.10 vs 0.70, ...)``: the verdict on a trial with ``forget_dice``, or
+    why there is none."""
     if "retrain" not in baselines:
         return "unknown: the retrain reference has no metrics yet"
-    verdict = "yes" if row["forget_dice"] < overforget_below(baselines) else "no"
-    versus = f"forget Dice {row['forget_dice']:.2f} vs {baselines['retrain']['forget_dice']:.2f}"
+    verdict = "yes" if forget_dice < overforget_below(baselines) else "no"
+    versus = f"forget Dice {forget_dice:.2f} vs {baselines['retrain']['forget_dice']:.2f}"
     return f"{verdict} ({versus} of the retrain reference, tolerance {OVERFORGET_TOLERANCE})"
 
 
 def overforgetting_counts(
-    rows: pd.DataFrame, baselines: dict[str, dict[str, float]], horizons: list[str]
+    rows: pd.DataFrame, baselines: dict[str, dict[str, float]], horizons: list[int]
 ) -> pd.DataFrame:
     """Per strategy and over all: trials read at ``horizons`` and how many of them forget past
     retraining at one of those horizons or more; diverged trials left out."""
-    shown = candidates(rows[rows["horizon"].isin(horizons)])
+    shown = candidates(at_horizons(rows, horizons))
     past = shown.assign(past=forgets_past_retrain(shown, baselines))
     per_trial = past.groupby(["strategy", "trial_id"])["past"].any().reset_index()
     table = per_trial.groupby("strategy")["past"].agg(trials="size", forgets_past_retraining="sum")
@@ -89,21 +94,23 @@ def fronts_by_view(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def knees_by_view(
-    rows: pd.DataFrame, horizons: list[int], baselines: dict[str, dict[str, float]], searched: str
+    knees: dict[str, Recommendation | None], baselines: dict[str, dict[str, float]], searched: str
 ) -> pd.DataFrame:
-    """One row per view, its knee pooled over ``horizons`` (``searched``: the study's view), then
-    the retrain reference's row: the point each view's knee should approach."""
+    """One row per view, its knee (``searched``: the study's view), then the retrain
+    reference's row: the point each view's knee should approach."""
     lines = []
     for view, objectives in OBJECTIVES.items():
-        knee = recommend(rows, horizons, objectives)
+        knee = knees[view]
         line = {"view": view + (" (searched; the recommendation)" if view == searched else "")}
         line["maximises"] = ", ".join(objectives)
         if knee is None:
             lines.append(line | {"trial": "none: no trial has these figures at a configured horizon"})
             continue
-        line["trial"] = f"{knee['strategy']} {knee['trial_id']} @ {int(knee['epoch'])} epochs"
-        line |= {f: knee[f] for f in KNEE_FIGURES}
-        lines.append(line | {"forgets past retraining": past_retrain_text(knee, baselines)})
+        line["trial"] = f"{knee.strategy} {knee.trial_id} @ {knee.epoch} epochs"
+        line |= {f: knee.figures[f] for f in KNEE_FIGURES}
+        lines.append(
+            line | {"forgets past retraining": past_retrain_text(knee.figures["forget_dice"], baselines)}
+        )
     retrain = retrain_point(baselines)
     if retrain is not None:
         figures = {f: retrain.get(f, math.nan) for f in KNEE_FIGURES}

@@ -17,10 +17,9 @@ import optuna
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from search_spaces import DefineByRun, SearchSpace, starting_point
-from study.config import StudyConfig
-from study.objectives import OBJECTIVES
-from study.results import is_diverged
+from search_spaces.space import DefineByRun, SearchSpace, starting_point
+from study.config import OBJECTIVES, StudyConfig
+from study.run.results import is_diverged
 
 
 def make_sampler(name: str, seed: int, budget: int, parallel: int) -> optuna.samplers.BaseSampler:

@@ -7,7 +7,7 @@ without those subjects (trained once and cached, like the study's baselines). Wr
 ``--out`` (default ``RUN_DIR/forget/<ids>``) the audit record, ``audit.json`` and
 ``audit.html``, and the unlearned model, ``unlearned.pt`` (a MedicalNet-format state dict),
 only when the verdict passes or with ``--force``. With ``--address`` (or ``RAY_ADDRESS``)
-the work runs as one Ray task on that cluster, otherwise in this process.
+the work runs as Ray tasks on that cluster, otherwise in this process.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import io
-import json
 import os
 import platform
 import sys
@@ -28,26 +26,24 @@ from typing import Any
 import torch
 
 from analysis.audit import audit_html, audit_record, software
-from analysis.study_state import load_study, recommendation_of
-from study.cli import run_cli
-from study.cluster import check_resources, connect, task_options, trial_device
-from study.config import StudyConfig
-from study.data import Cohort, cohort_root, open_cohort, study_split, subject_files
-from study.errors import StudyError
-from study.forget_sets import check_request, with_forget
-from study.metrics import Reference
-from study.results import atomic_write
-from study.weights import file_digest
-from trainables import STRATEGIES
-from trainables.baseline import (
-    baseline_key,
-    initial_state,
-    load_cached,
-    measure_baselines,
-    store_cached,
-    train_baseline,
+from analysis.study_state import load_study
+from search_spaces import STRATEGIES
+from study.cohort import (
+    Cohort,
+    check_request,
+    cohort_root,
+    open_cohort,
+    study_split,
+    subject_files,
+    with_forget,
 )
-from trainables.replay import replayed_state, trial_params
+from study.config import StudyConfig, StudyError, run_cli
+from study.model import file_digest, initial_state
+from study.run.cluster import joined, remote
+from study.run.results import trial_config
+from study.run.rundir import DeletionOutputs, RunDir
+from trainables.baseline import References, reference_models
+from trainables.trial import TrialRun, TrialSpec, run_trial
 
 
 @dataclass(frozen=True)
@@ -73,53 +69,17 @@ def checks(after: dict[str, float], limits: Thresholds) -> list[dict[str, Any]]:
     return rows
 
 
-@dataclass(frozen=True)
-class Unlearned:
-    """What the computation returns: the request's retrain model, the reference measured with
-    it, the unlearned model's CPU state dict and its figures."""
-
-    retrain: dict[str, torch.Tensor]
-    reference: Reference
-    state: dict[str, torch.Tensor]
-    after: dict[str, float]
-
-
-def unlearn(
-    config: StudyConfig,
-    cohort: Cohort,
-    original: dict[str, torch.Tensor],
-    start: dict[str, torch.Tensor],
-    retrain: dict[str, torch.Tensor] | None,
-    params: dict[str, Any],
-    epochs: int,
-    device: str = "",
-) -> Unlearned:
-    """The request's work, from objects only (so a Ray task on any node can run it): the
-    retrain model when ``retrain`` is None, the reference, then ``epochs`` epochs of the
-    strategy ``params`` names from the ``original`` state dict."""
-    threads = config.cpus_per_trial
-    if retrain is None:
-        retrain, _ = train_baseline("retrain", config, cohort, start, threads, device)
-    reference = measure_baselines(config, cohort, {"original": original, "retrain": retrain}, threads, device)
-    strategy = STRATEGIES[params["strategy"]].strategy
-    model, after = replayed_state(strategy, params, epochs, config, cohort, original, reference, device)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return Unlearned(retrain, reference, state, after)
-
-
-def _chosen_trial(run_dir: Path, trial_id: str | None) -> tuple[str, dict[str, Any], int]:
-    """The id, hyperparameters and epochs of ``trial_id``, or of the study's recommendation."""
+def chosen_trial(run_dir: Path, trial_id: str | None) -> tuple[str, dict[str, Any], int]:
+    """The id, config and epochs of ``trial_id`` (all it ran), or of the study's recommendation."""
     study = load_study(run_dir)
-    if trial_id is None:
-        recommendation = recommendation_of(study)
-        if recommendation is None:
-            raise StudyError(f"{run_dir} has no recommendation yet; name a trial with --trial")
-        trial_id, epochs = recommendation["trial_id"], int(recommendation["epoch"])
-    else:
-        epochs = -1
-    params = trial_params(study.trials, trial_id)
-    if epochs < 0:
+    if trial_id is not None:
+        params = trial_config(study.trials, trial_id)  # an unknown trial is a StudyError here
         epochs = int(study.trials.loc[study.trials["trial_id"] == trial_id, "epoch"].max())
+    elif (recommended := study.recommendation) is not None:
+        trial_id, epochs = recommended.trial_id, recommended.epoch
+        params = trial_config(study.trials, trial_id)
+    else:
+        raise StudyError(f"{run_dir} has no recommendation yet; name a trial with --trial")
     if params["strategy"] not in STRATEGIES:
         raise StudyError(
             f"trial {trial_id} ran strategy {params['strategy']!r}, which is not registered here"
@@ -127,37 +87,33 @@ def _chosen_trial(run_dir: Path, trial_id: str | None) -> tuple[str, dict[str, A
     return trial_id, params, epochs
 
 
-def _on_node(*args: Any, **kwargs: Any) -> tuple[Unlearned, str]:
-    """``unlearn`` in a Ray task, with the id of the node that ran it."""
+def _on_node(*args: Any) -> tuple[TrialRun, str]:
+    """``run_trial`` in a Ray task, with the id of the node that ran it."""
     import ray
 
-    return unlearn(*args, **kwargs), ray.get_runtime_context().get_node_id()
+    return run_trial(*args), ray.get_runtime_context().get_node_id()
 
 
-def _compute(config: StudyConfig, address: str, run_dir: Path, *args: Any) -> tuple[Unlearned, str]:
-    """``unlearn(config, *args)`` as one Ray task on the cluster at ``address``, or in this
-    process; with where it ran."""
+def unlearn(
+    config: StudyConfig, request: Cohort, original: dict[str, torch.Tensor], spec: TrialSpec, address: str
+) -> tuple[References, TrialRun, str]:
+    """The request's retrain reference (cached or trained) and ``Reference``, then the
+    unlearning ``spec`` from the ``original`` state dict: as Ray tasks on the cluster at
+    ``address``, or in this process; with where the unlearning ran."""
+    start, _ = initial_state(config, request.n_classes)
+    known = {"original": original}
     if not address:
-        return unlearn(config, *args, device=trial_device(config)), f"this process on {platform.node()}"
+        references = reference_models(config, request, start, known).result()
+        unlearned = run_trial(spec, request, original, references.reference)
+        return references, unlearned, f"this process on {platform.node()}"
     import ray
 
-    joined = not ray.is_initialized()
-    connect(dataclasses.replace(config, address=address), run_dir)
-    try:
-        check_resources(config)  # a request no node can hold is one line, not an endless wait
-        task = ray.remote(**task_options(config, config.cpus_per_trial))(_on_node)
-        result, node = ray.get(task.remote(config, *args, device=trial_device(config)))
-    finally:
-        if joined:
-            ray.shutdown()
-    return result, f"Ray node {node}"
-
-
-def serialized(state: dict[str, torch.Tensor]) -> bytes:
-    """``unlearned.pt``'s bytes: MedicalNet's ``{"state_dict": ...}`` layout."""
-    buffer = io.BytesIO()
-    torch.save({"state_dict": state}, buffer)
-    return buffer.getvalue()
+    with joined(config, address, Path(config.run_dir)):
+        request_ref = ray.put(request)
+        references = reference_models(config, request, start, known, cohort_ref=request_ref).result()
+        task = remote(config, _on_node).remote(spec, request_ref, original, references.reference)
+        unlearned, node = ray.get(task)
+    return references, unlearned, f"Ray node {node}"
 
 
 def honour(
@@ -171,31 +127,22 @@ def honour(
     requested_on: str = "",
 ) -> dict[str, Any]:
     """Honours the request to forget ``subjects``; returns the audit record it wrote."""
-    from study.run import RunDir
-
     run, config = RunDir.open(Path(run_dir))
     check_request(study_split(config)[1], subjects)  # a holdout or unknown subject: before any read
     original = run.load_baseline("original")
     if original is None:
         raise StudyError(f"{run_dir} holds no original model; the study has not trained it")
-    trial_id, params, epochs = _chosen_trial(Path(run_dir), trial_id)
+    trial_id, params, epochs = chosen_trial(Path(run_dir), trial_id)
     cohort = open_cohort(config)
     request = with_forget(cohort, subjects)
-    out = Path(out) if out else run.path / "forget" / "-".join(subjects)
+    outputs = run.deletion(subjects, out)
     print(f"forgetting {', '.join(subjects)} with {params['strategy']} trial {trial_id} ({epochs} epochs)")
-
-    key = baseline_key(config, request, "retrain")
-    cached = load_cached(config.cache_path, key)
-    print("retrain reference without them: " + ("cached" if cached else "training it now"), flush=True)
-    start, _ = initial_state(config, cohort.n_classes)
-    retrain = cached[0] if cached else None
-    result, where = _compute(config, address, run.path, request, original, start, retrain, params, epochs)
-    if cached is None:
-        store_cached(config.cache_path, key, result.retrain, result.reference.retrain)
+    spec = TrialSpec.of(config, STRATEGIES[params["strategy"]].strategy, params, epochs)
+    references, unlearned, where = unlearn(config, request, original, spec, address)
 
     root = cohort_root(config)[0]
-    model_bytes = serialized(result.state)
-    verdict = checks(result.after, limits)
+    model_bytes = DeletionOutputs.model_bytes(unlearned.state)
+    verdict = checks(unlearned.last, limits)
     passed = all(check["passed"] for check in verdict)
     record = audit_record(
         request={"subjects": subjects, "requested_on": requested_on, "honoured_at": _now()},
@@ -212,26 +159,26 @@ def honour(
             },
             "unlearned_model": hashlib.sha256(model_bytes).hexdigest(),
         },
-        reference=result.reference,
-        after=result.after,
+        reference=references.reference,
+        after=unlearned.last,
         checks=verdict,
         written=passed or force,
     )
-    _write(out, record, model_bytes if passed or force else None)
-    _tell(record, out)
+    outputs.write(record, audit_html(record), model_bytes if passed or force else None)
+    _tell(record, outputs)
     return record
 
 
-def _tell(record: dict[str, Any], out: Path) -> None:
+def _tell(record: dict[str, Any], outputs: DeletionOutputs) -> None:
     """The verdict's checks, where the record went, and the model or why it was withheld."""
     checked = record["verdict"]["checks"]
     for check in checked:
         result = "pass" if check["passed"] else "FAIL"
         value = "not measured" if check["value"] is None else f"{check['value']:.3f}"
         print(f"{check['name']} {value} (limit {check['limit']}, {check['option']}): {result}")
-    print(f"audit record: {out / 'audit.json'}, {out / 'audit.html'}")
+    print(f"audit record: {outputs.audit_json}, {outputs.audit_html}")
     if record["model_written"]:
-        print(f"unlearned model: {out / 'unlearned.pt'} (sha256 {record['sha256']['unlearned_model']})")
+        print(f"unlearned model: {outputs.model} (sha256 {record['sha256']['unlearned_model']})")
     else:
         failed = ", ".join(f"{c['name']} over {c['option']} {c['limit']}" for c in checked if not c["passed"])
         print(f"verdict failed ({failed}): unlearned.pt withheld; --force writes it anyway")
@@ -239,18 +186,6 @@ def _tell(record: dict[str, Any], out: Path) -> None:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _write(out: Path, record: dict[str, Any], model_bytes: bytes | None) -> None:
-    """The audit record (JSON and HTML) and, when given, the model; each file atomically."""
-    out.mkdir(parents=True, exist_ok=True)
-    model = out / "unlearned.pt"
-    if model_bytes is None:
-        model.unlink(missing_ok=True)  # an earlier, passing run's model is not this request's answer
-    else:
-        atomic_write(model, lambda p: Path(p).write_bytes(model_bytes))
-    atomic_write(out / "audit.json", lambda p: Path(p).write_text(json.dumps(record, indent=1, default=str)))
-    atomic_write(out / "audit.html", lambda p: Path(p).write_text(audit_html(record)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,16 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     outcome: dict[str, Any] = {}
 
     def request() -> None:
+        limits = Thresholds(args.max_retain_loss, args.max_mia)
+        address = args.address or os.environ.get("RAY_ADDRESS", "")
         outcome.update(
             honour(
-                args.run_dir,
-                subjects,
-                out=args.out,
-                trial_id=args.trial,
-                limits=Thresholds(args.max_retain_loss, args.max_mia),
-                force=args.force,
-                address=args.address or os.environ.get("RAY_ADDRESS", ""),
-                requested_on=args.requested_on,
+                args.run_dir, subjects, args.out, args.trial, limits, args.force, address, args.requested_on
             )
         )
 

@@ -1,42 +1,37 @@
 """``python -m study.launch``: config -> cohort -> cluster -> original model -> Tune experiment -> report.
 
-The story of a study, each step a call into the module that owns it. This is the only
-module of ``study/`` that imports ``trainables/``, ``search_spaces/`` and ``analysis/``.
+The story of a study, each step a call into the module that owns it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from analysis.pareto import front_table
 from analysis.report import build_report
-from analysis.study_state import (
-    Recommendation,
-    Study,
-    load_study,
-    missing_recommended_model,
-    recommendation_of,
+from analysis.study_state import Study, load_study, missing_recommended_model
+from search_spaces import check_config, classes_of, spaces_of
+from study.cohort import Cohort, open_cohort, with_other_forget
+from study.config import (
+    OBJECTIVES,
+    EpochSchedule,
+    StudyConfig,
+    StudyIncomplete,
+    StudyInterrupted,
+    load_config,
+    run_cli,
 )
-from study.cli import config_from_args, run_cli
-from study.cluster import check_cluster, connect, task_options, trial_device, trial_request
-from study.config import StudyConfig
-from study.data import Cohort, open_cohort
-from study.errors import StudyIncomplete, StudyInterrupted
-from study.forget_sets import with_other_forget
-from study.objectives import OBJECTIVES
-from study.results import incomplete_trials, rows_from_results
-from study.run import RunDir
-from study.storage import trial_id_of
-from trainables.baseline import initial_state, train_or_load_baselines
-from trainables.registry import check_config, classes_of, spaces_of
-from trainables.replay import replayed_state, trial_params
+from study.config.flags import overrides, parser
+from study.model import initial_state
+from study.run.cluster import Connection, check_cluster, connect, remote, trial_request
+from study.run.results import incomplete_trials, never_reported, rows_from_results, trial_config
+from study.run.rundir import RunDir
+from trainables.baseline import References, record, reference_models
 from trainables.reruns import rerun_recommendation
+from trainables.trial import TrialSpec, run_trial
 from trainables.tune_trainable import Handover
 
 
@@ -49,27 +44,19 @@ def run_study(config: StudyConfig, resuming: bool = False) -> Path:
     cohort = open_cohort(config)
     start, start_note = initial_state(config, cohort.n_classes)  # a bad weights file fails here
     other = with_other_forget(cohort, config.other_forget)  # a bad subject id fails here
-    split = cohort.split
-    print(f"cohort: forget {list(split.forget)}, retain {list(split.retain)}, holdout {list(split.holdout)}")
-    if other is not None and config.seed_reruns > 0:
-        print(f"the recommendation's fresh seeds are rerun on forget set {list(other.split.forget)} too")
-    print(f"original model starts from: {start_note}")
-
+    _tell_cohort(config, cohort, other, start_note)
     with run.creating(resuming):  # nothing stays behind if the cluster cannot run the study
         connection = connect(config, run.path)
         slots = check_cluster(config, run.storage, connection, resuming)
         if not resuming:
             run.write_config(config)
-    if connection.dashboard:
-        print(f"Ray dashboard: {connection.dashboard}")
-    elif connection.local:
-        print("Ray dashboard: off (`dashboard = true` in a --config file turns it on)")
-    print(f"cluster: {slots} trials at a time; Tune results and checkpoints in {run.storage.root}")
+    _tell_cluster(connection, slots, run)
 
-    # The cohort goes into the object store once per study; every task gets the reference.
-    handover = Handover(study=config, strategies=classes_of(config.strategies), cohort=ray.put(cohort))
-    states, reference = train_or_load_baselines(config, cohort, handover.cohort, start, run, connection.local)
-    handover = dataclasses.replace(handover, original_state=ray.put(states["original"]), reference=reference)
+    # The cohort and the original model go into the object store once per study.
+    cohort_ref = ray.put(cohort)
+    references = train_or_load_baselines(config, run, cohort, cohort_ref, start, connection.local)
+    original = ray.put(references.states["original"])
+    handover = Handover(config, classes_of(config.strategies), cohort_ref, original, references.reference)
 
     grid = run_experiment(config, run, handover, slots, resuming)
     trials = rows_from_results(grid, config.max_epochs)
@@ -77,17 +64,15 @@ def run_study(config: StudyConfig, resuming: bool = False) -> Path:
     # Tune returns normally after Ctrl-C, with trials unfinished or never started.
     if len(grid) < len(config.strategies) * config.num_samples or (trials["status"] == "running").any():
         raise StudyInterrupted(f"resume with: {resume}")
-    problems = never_reported(grid) | incomplete_trials(trials, config.reported_epochs())
+    problems = never_reported(grid) | incomplete_trials(trials, EpochSchedule.of(config).reported_epochs())
     run.write_trials(trials)
     if not trials.empty:
         print(front_table(trials, OBJECTIVES[config.objective]))
         study = load_study(run.path)
-        recommendation = recommendation_of(study)
-        save_recommended_model(config, study, recommendation, handover)
-        if recommendation is not None:
-            trial_id, epoch = recommendation["trial_id"], int(recommendation["epoch"])
-            rerun_recommendation(config, run, trial_id, epoch, handover, other, start)
-        print("\n" + build_report(study, recommendation, cohort=cohort).text)
+        save_recommended_model(config, study, handover)
+        if (recommended := study.recommendation) is not None:
+            rerun_recommendation(config, run, recommended.trial_id, recommended.epoch, handover, other, start)
+        print("\n" + build_report(study, cohort=cohort).text)
     print(f"\nrun directory: {run.path}")
     if problems:
         listed = "; ".join(f"trial {t} ({what})" for t, what in problems.items())
@@ -95,14 +80,33 @@ def run_study(config: StudyConfig, resuming: bool = False) -> Path:
     return run.path
 
 
-def never_reported(grid: Any) -> dict[str, str]:
-    """Trials of Tune's ``ResultGrid`` that errored before their first report (Tune's result
-    for such a trial holds its ``trial_id`` alone), so no row of theirs says they failed."""
-    return {
-        trial_id_of(r.path): "failed before its first epoch"
-        for r in grid
-        if r.error and "epoch" not in (r.metrics or {})
-    }
+def _tell_cohort(config: StudyConfig, cohort: Cohort, other: Cohort | None, start_note: str) -> None:
+    split = cohort.split
+    print(f"cohort: forget {list(split.forget)}, retain {list(split.retain)}, holdout {list(split.holdout)}")
+    if other is not None and config.seed_reruns > 0:
+        print(f"the recommendation's fresh seeds are rerun on forget set {list(other.split.forget)} too")
+    print(f"original model starts from: {start_note}")
+
+
+def _tell_cluster(connection: Connection, slots: int, run: RunDir) -> None:
+    if connection.dashboard:
+        print(f"Ray dashboard: {connection.dashboard}")
+    elif connection.local:
+        print("Ray dashboard: off (`dashboard = true` in a --config file turns it on)")
+    print(f"cluster: {slots} trials at a time; Tune results and checkpoints in {run.storage.root}")
+
+
+def train_or_load_baselines(
+    config: StudyConfig, run: RunDir, cohort: Cohort, cohort_ref: Any, start: dict, local: bool
+) -> References:
+    """The original model and the retrain reference, from the cache or trained side by side on
+    the cluster (a local Ray's cores shared between them), recorded in the run directory."""
+    import ray
+
+    ours = int(ray.cluster_resources().get("CPU", 1)) if local else None
+    references = reference_models(config, cohort, start, cores=ours, cohort_ref=cohort_ref).result()
+    record(run, references)
+    return references
 
 
 def run_experiment(config: StudyConfig, run: RunDir, handover: Handover, slots: int, resuming: bool) -> Any:
@@ -159,30 +163,28 @@ def run_experiment(config: StudyConfig, run: RunDir, handover: Handover, slots: 
     return grid
 
 
-def save_recommended_model(
-    config: StudyConfig, study: Study, recommendation: Recommendation | None, handover: Handover
-) -> None:
-    """Replays the ``recommendation`` to its horizon (on the cluster) when no checkpoint of that
+def save_recommended_model(config: StudyConfig, study: Study, handover: Handover) -> None:
+    """Replays the recommendation to its horizon (on the cluster) when no checkpoint of that
     epoch was kept, so the report can show it."""
     import ray
 
-    missing = missing_recommended_model(study, recommendation)
-    if missing is None:
+    if (missing := missing_recommended_model(study)) is None:
         return
-    trial_id, epoch = missing
-    print(f"replaying trial {trial_id} to epoch {epoch} for the report's overlays")
-    params = trial_params(study.trials, trial_id)
+    print(f"replaying trial {missing.trial_id} to epoch {missing.epoch} for the report's overlays")
+    params = trial_config(study.trials, missing.trial_id)
+    spec = TrialSpec.of(config, handover.strategies[params["strategy"]], params, missing.epoch)
+    task = remote(config, run_trial).remote(
+        spec, handover.cohort, handover.original_state, handover.reference
+    )
+    study.run.save_recommended(missing.trial_id, missing.epoch, ray.get(task).state)
 
-    def replay(cohort: Cohort, original_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        strategy = handover.strategies[params["strategy"]]
-        model, _ = replayed_state(
-            strategy, params, epoch, config, cohort, original_state, handover.reference, trial_device(config)
-        )
-        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
-    task = ray.remote(**task_options(config, config.cpus_per_trial))(replay)
-    state = ray.get(task.remote(handover.cohort, handover.original_state))
-    study.run.save_recommended(trial_id, epoch, state)
+def config_from_args(argv: list[str] | None = None) -> tuple[StudyConfig, bool]:
+    """``(config, resuming)`` from the command line; flags override preset and ``--config``."""
+    args = parser().parse_args(argv)
+    if args.resume is not None:
+        return RunDir.open(args.resume)[1], True
+    return load_config(args.preset, args.config, overrides(args)), False
 
 
 def main(argv: list[str] | None = None) -> int:

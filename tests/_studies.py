@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from study.run import RunDir
+from study.run.rundir import RunDir
 
 EPOCHS = 12  # long enough to interrupt a trial in the middle, short enough for the suite
 

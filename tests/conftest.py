@@ -1,12 +1,21 @@
-"""Shared fixtures: a synthetic cohort written once per session, and a real local Ray."""
+"""Shared fixtures: a synthetic cohort written once per session, a real local Ray, a tiny
+network, and ``python -m study.launch`` run as a user would, in a process of its own."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import optuna
+import pandas as pd
 import pytest
+import ray.cloudpickle
+import toy_strategy
 
 # Token authentication is for real clusters; a test's throwaway local Ray runs without it.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -23,26 +32,31 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def cache_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An ``XDG_CACHE_HOME`` holding the default synthetic cohort, as ``study.launch`` lays it out."""
-    from study import synthetic
+    from study.cohort import synthetic
 
     home = tmp_path_factory.mktemp("cache")
-    synthetic.write_cohort(home / "mri-unlearning-study" / f"synthetic-v{synthetic.GENERATOR_VERSION}")
+    synthetic.write_cohort(synthetic.cohort_folder(home / "mri-unlearning-study"))
     return home
 
 
 @pytest.fixture(scope="session")
 def cohort_root(cache_home: Path) -> Path:
     """The folder of the synthetic cohort, in MRBrainS18's layout (10 subjects)."""
-    from study import synthetic
+    from study.cohort import synthetic
 
-    return cache_home / "mri-unlearning-study" / f"synthetic-v{synthetic.GENERATOR_VERSION}"
+    return synthetic.cohort_folder(cache_home / "mri-unlearning-study")
+
+
+@pytest.fixture
+def cache_env(cache_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This process's cache is the tests' (``XDG_CACHE_HOME``): the cohort is written already."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
+    return cache_home
 
 
 @pytest.fixture(scope="session")
 def ray_local():
     """A real local Ray with 2 CPUs, temporary files in a short folder (Unix socket limit)."""
-    import ray
-
     temp_dir = tempfile.mkdtemp(prefix="ray-")
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
     yield ray
@@ -52,7 +66,158 @@ def ray_local():
 @pytest.fixture(scope="session")
 def tiny_cohort(cohort_root: Path):
     """Forget 070, retain 1 and 4, holdout 101, preprocessed to 8 x 32 x 32."""
-    from study.data import find_subjects, load_cohort, resolve_split
+    from study.cohort import find_subjects, load_cohort, resolve_split
 
     split = resolve_split(find_subjects(cohort_root), ["070"], ["1", "4"], ["101"], "test")
     return load_cohort(cohort_root, split, (8, 32, 32), "4class")
+
+
+@pytest.fixture
+def tiny_model() -> Callable:
+    """Builds the smoke preset's network (ResNet-10, width 0.125, 4 classes), the same
+    initialisation every time it is called."""
+    import torch
+
+    from study.model import MedicalNetSegmentation
+
+    def build():
+        torch.manual_seed(0)
+        return MedicalNetSegmentation(depth=10, n_classes=4, width=0.125)
+
+    return build
+
+
+@pytest.fixture
+def toy_registered() -> Iterator[None]:
+    """The toy strategies registered as a built-in is; shipped to Ray's workers by value."""
+    from search_spaces import STRATEGIES, register
+
+    register(toy_strategy.ToyBackground, toy_strategy.toy_background)
+    register(toy_strategy.ToyNaN, toy_strategy.toy_nan)
+    ray.cloudpickle.register_pickle_by_value(toy_strategy)
+    yield
+    ray.cloudpickle.unregister_pickle_by_value(toy_strategy)
+    del STRATEGIES["toy_background"], STRATEGIES["toy_nan"]
+
+
+class StudyProcesses:
+    """``python -m study.launch`` run as a user would, in its own process group (for the tests
+    that kill, resume or join clusters), and what the study stored, read back."""
+
+    EPOCHS = 12  # long enough to interrupt a trial in the middle, short enough for the suite
+
+    def __init__(self, cache_home: Path) -> None:
+        self.cache_home = cache_home
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment of a study process: the tests' cache, no inherited cluster address."""
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        return env | {"XDG_CACHE_HOME": str(self.cache_home), "RAY_AUTH_MODE": "disabled"} | extra
+
+    def start(self, run_dir: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """A smoke study of ``EPOCHS`` epochs per trial, started in the background."""
+        epochs = ["--max-epochs", str(self.EPOCHS), "--horizons", f"{self.EPOCHS // 2},{self.EPOCHS}"]
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "study.launch",
+                "--preset",
+                "smoke",
+                *epochs,
+                "--run-dir",
+                str(run_dir),
+                *extra,
+            ],
+            env=env or self.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its own process group: the driver and any Ray it starts
+        )
+
+    def resume(self, run_dir: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "study.launch", "--resume", str(run_dir)],
+            env=env or self.env(),
+            capture_output=True,
+            text=True,
+            timeout=420,
+            start_new_session=True,
+        )
+
+    @staticmethod
+    def wait_until(
+        condition: Callable[[], bool], process: subprocess.Popen, what: str, timeout: float = 240
+    ) -> None:
+        """Polls ``condition`` until it holds; fails if ``process`` ends first or time runs out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            if process.poll() is not None:
+                raise AssertionError(f"the study ended before {what}:\n{process.stdout.read()[-3000:]}")
+            time.sleep(0.3)
+        raise AssertionError(f"{what} did not happen within {timeout} s")
+
+    def assert_complete(
+        self, run_dir: Path, strategies: tuple[str, ...] = ("noisy_label", "max_loss")
+    ) -> pd.DataFrame:
+        """Every (trial, epoch) of the smoke study once, every trial finished, Optuna's studies clean."""
+        from study.run.rundir import RunDir
+
+        run = RunDir(run_dir)
+        trials = pd.read_parquet(run.trials_file)
+        assert len(trials) == len(strategies) * 2 * self.EPOCHS  # 2 trials per strategy, every epoch once
+        assert not trials.duplicated(["trial_id", "epoch"]).any()
+        assert set(trials["status"]) == {"terminated"}
+        for strategy in strategies:
+            study = optuna.load_study(study_name=strategy, storage=run.optuna_url)
+            states = [t.state for t in study.trials]
+            assert states.count(optuna.trial.TrialState.COMPLETE) == 2
+            # no trial queued or asked for and then forgotten
+            assert (
+                optuna.trial.TrialState.WAITING not in states
+                and optuna.trial.TrialState.RUNNING not in states
+            )
+            starts = [t for t in study.trials if t.state.name == "COMPLETE" and t.params.get("lr") == 3e-4]
+            assert len(starts) == 1  # the hand-picked start ran exactly once
+        assert run.report_html.is_file()
+        return trials
+
+
+@pytest.fixture
+def studies(cache_home: Path) -> StudyProcesses:
+    """Starts, resumes and checks smoke studies in processes of their own."""
+    return StudyProcesses(cache_home)
+
+
+class SmokeStudy:
+    """A finished smoke study, run through ``python -m study.launch``'s entry point on the
+    tests' local Ray, with the reruns of its recommendation on (off in the preset)."""
+
+    def __init__(self, run_dir: Path, code: int, output: str) -> None:
+        from study.run.rundir import RunDir
+
+        self.run_dir, self.code, self.output = run_dir, code, output
+        self.run, self.config = RunDir.open(run_dir)
+        self.trials = pd.read_parquet(self.run.trials_file)
+
+
+@pytest.fixture(scope="session")
+def smoke_study(ray_local, cache_home: Path, tmp_path_factory: pytest.TempPathFactory) -> SmokeStudy:
+    """The smoke study (2 strategies x 2 trials x 2 epochs, 2 fresh seeds, both other
+    bn_modes), run once for every test that reads it."""
+    import contextlib
+    import io
+
+    from study.launch import main
+
+    folder = tmp_path_factory.mktemp("smoke-study")
+    reruns = folder / "reruns.toml"
+    reruns.write_text("seed_reruns = 2\nbn_mode_reruns = true\n")
+    output = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(output):
+        patch.setenv("XDG_CACHE_HOME", str(cache_home))
+        code = main(["--preset", "smoke", "--config", str(reruns), "--run-dir", str(folder / "run")])
+    return SmokeStudy(folder / "run", code, output.getvalue())

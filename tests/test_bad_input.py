@@ -165,7 +165,7 @@ def test_asking_for_a_gpu_on_a_machine_without_one_is_refused_and_leaves_nothing
 
 def test_weights_fine_tuned_for_other_classes_load_the_encoder_and_train_the_head_afresh(tmp_path: Path):
     from study.config import load_config
-    from trainables.baseline import initial_state
+    from study.model import initial_state
 
     torch.manual_seed(1)
     other = MedicalNetSegmentation(depth=10, n_classes=2, in_channels=1, width=0.125)
@@ -190,9 +190,8 @@ def test_weights_fine_tuned_for_other_classes_load_the_encoder_and_train_the_hea
 
 @pytest.mark.slow  # the local Ray, and a 6 s wait
 def test_on_an_autoscaling_cluster_the_study_waits_for_a_fitting_node_then_gives_up(ray_local, capsys):
-    from study.cluster import check_resources
-    from study.config import load_config
-    from study.errors import StudyError
+    from study.config import StudyError, load_config
+    from study.run.cluster import check_resources
 
     config = load_config("smoke", overrides={"trial_resources": {"tpu": 1.0}, "resource_wait_s": 6})
     started = time.monotonic()

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from search_spaces import STRATEGIES
 from study.bench import data, epoch, search
 from study.bench.__main__ import main
 from study.metrics import measure_reference
 from study.model import MedicalNetSegmentation
-from trainables.registry import STRATEGIES
 
 
 def test_the_epoch_bench_times_a_real_step_and_counts_its_flops():

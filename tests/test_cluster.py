@@ -24,8 +24,8 @@ from _studies import EPOCHS, assert_complete, resume_study, start_study, study_e
 
 from analysis.report import build_report
 from analysis.study_state import load_study, recommendation_of
-from study.run import RunDir
-from study.storage import STATE_FILE
+from study.run.checkpoint import STATE_FILE
+from study.run.rundir import RunDir
 
 pytestmark = pytest.mark.slow  # a multi-node Ray cluster and whole studies
 
@@ -123,7 +123,7 @@ def test_a_study_across_nodes_keeps_everything_in_the_bucket(cluster, s3, cache_
 
     # Read back from the bucket as the report does for a study that has not finished.
     run, config = RunDir.open(run_dir)
-    from study.results import rows_from_experiment
+    from study.run.results import rows_from_experiment
 
     stored = rows_from_experiment(run.storage.experiment_path, run.storage.filesystem()[0], config.max_epochs)
     pd.testing.assert_frame_equal(stored, trials)

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from study import synthetic
-from study.data import (
+from study.cohort import (
     IGNORE_LABEL,
     Cohort,
     Split,
@@ -19,9 +18,11 @@ from study.data import (
     preprocess,
     read_subject,
     resolve_split,
+    synthetic,
+    with_forget,
+    with_other_forget,
 )
-from study.errors import StudyError
-from study.forget_sets import with_forget, with_other_forget
+from study.config import StudyError
 
 
 def test_synthetic_cohort_has_mrbrains18_layout_geometry_and_labels(cohort_root: Path):

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from study.cli import config_from_args
-from trainables.registry import check_config
+from search_spaces import check_config
+from study.launch import config_from_args
 
 ROOT = Path(__file__).parents[1]
 DEPLOY = ROOT / "study" / "deploy"

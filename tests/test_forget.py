@@ -11,13 +11,17 @@ import pytest
 import torch
 
 from analysis.audit import audit_html
-from study.data import open_cohort
+from study.cohort import open_cohort, with_forget
+from study.config import StudyError, load_config
 from study.forget import Thresholds, checks, main
-from study.forget_sets import with_forget
 from study.metrics import evaluate
-from study.run import RunDir
-from study.weights import load_medicalnet_weights
-from trainables.baseline import baseline_key, build_model, load_cached, measure_baselines
+from study.model import load_medicalnet_weights, model_from
+from study.run.cluster import joined
+from trainables.baseline import cache_key, load_cached, measure
+from trainables.settings import Compute
+
+#: A 2-epoch smoke trial forgets little: the verdict's limits opened, so the model is written.
+LENIENT = ["--max-retain-loss", "1", "--max-mia", "1"]
 
 
 def test_the_verdict_checks_retain_loss_and_membership_inference():
@@ -67,65 +71,81 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def assert_a_deletion_request_is_honoured(run_dir: Path, tmp_path: Path, capsys) -> None:
-    """On a finished smoke study (forget set 070,148; holdout 101-103): forget subject 1, a
-    retain subject of the study, and check the model and the audit record against each other."""
-    lenient = ["--max-retain-loss", "1", "--max-mia", "1"]  # a 2-epoch smoke trial forgets little
-    first = tmp_path / "first"
-    assert main([str(run_dir), "--subjects", "1", "--out", str(first), *lenient]) == 0
-    record = json.loads((first / "audit.json").read_text())
-    assert record["verdict"]["passed"] and record["model_written"]
-    assert record["sha256"]["unlearned_model"] == _sha256(first / "unlearned.pt")
-    assert record["sha256"]["original_model"] == _sha256(RunDir(run_dir).baseline_model("original"))
-    assert len(record["sha256"]["input_files"]) == 4 * 10  # 3 modalities + labels, 10 subjects
+@pytest.fixture(scope="module")
+def forgotten(smoke_study, cache_home, tmp_path_factory) -> Path:
+    """The output folder of a request to forget subject 1, a retain subject of the smoke study."""
+    out = tmp_path_factory.mktemp("forget") / "first"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(cache_home))
+        assert main([str(smoke_study.run_dir), "--subjects", "1", "--out", str(out), *LENIENT]) == 0
+    return out
 
-    # The model loads with the project's MedicalNet loader and has the figures the record gives.
-    config = RunDir.open(run_dir)[1]
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_audit_record_names_the_inputs_and_the_model_written(smoke_study, forgotten):
+    record = json.loads((forgotten / "audit.json").read_text())
+    assert record["verdict"]["passed"] and record["model_written"]
+    assert record["sha256"]["unlearned_model"] == _sha256(forgotten / "unlearned.pt")
+    assert record["sha256"]["original_model"] == _sha256(smoke_study.run.baseline_model("original"))
+    assert len(record["sha256"]["input_files"]) == 4 * 10  # 3 modalities + labels, 10 subjects
+    assert record["unlearning"]["computed_on"].startswith("this process on ")
+
+
+def test_the_unlearned_model_has_the_figures_the_record_gives(smoke_study, forgotten, cache_env):
+    config = smoke_study.config
     request = with_forget(open_cohort(config), ["1"])
-    model = build_model(config, request.n_classes)
-    loaded = load_medicalnet_weights(model, first / "unlearned.pt")
+    model = model_from(config, request.n_classes)
+    loaded = load_medicalnet_weights(model, forgotten / "unlearned.pt")  # the project's MedicalNet loader
     assert loaded["missing"] == [] and loaded["unexpected"] == []
-    retrain = load_cached(config.cache_path, baseline_key(config, request, "retrain"))[0]
-    original = RunDir(run_dir).load_baseline("original")
-    reference = measure_baselines(config, request, {"original": original, "retrain": retrain})
+    retrain = load_cached(config, cache_key(config, request, "retrain"))[0]  # trained once, cached
+    states = {"original": smoke_study.run.load_baseline("original"), "retrain": retrain}
+    reference = measure(config, request, states, Compute.of(config))
     figures = evaluate(model.eval(), request, torch.device("cpu"), reference)
+    record = json.loads((forgotten / "audit.json").read_text())
     for name, values in record["figures"].items():
         assert values["unlearned"] == pytest.approx(figures[name], abs=1e-5), name
         assert values["original"] == pytest.approx(reference.original[name], abs=1e-5), name
     assert record["figures"]["forget_gap_to_retrain"]["retrain"] == 0.0
 
-    # Not a training subject: one line, exit 2, nothing written.
-    capsys.readouterr()
-    for subject, message in (("101", "holdout subject"), ("999", "not in this study's cohort")):
-        refused = tmp_path / f"refused-{subject}"
-        assert main([str(run_dir), "--subjects", subject, "--out", str(refused)]) == 2
-        err = capsys.readouterr().err
-        assert message in err and len(err.strip().splitlines()) == 1 and not refused.exists()
 
-    # An impossible threshold withholds the model and says which; --force writes it anyway,
-    # and the same request gives the same model, byte for byte.
-    withheld = tmp_path / "withheld"
+@pytest.mark.parametrize(
+    ("subject", "message"), [("101", "holdout subject"), ("999", "not in this study's cohort")]
+)
+def test_a_subject_the_original_model_never_trained_on_is_refused(
+    smoke_study, cache_env, tmp_path, capsys, subject, message
+):
+    refused = tmp_path / f"refused-{subject}"
+    assert main([str(smoke_study.run_dir), "--subjects", subject, "--out", str(refused)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and not refused.exists()
+
+
+def test_a_failed_verdict_withholds_the_model_and_force_writes_the_same_bytes(
+    smoke_study, forgotten, cache_env, tmp_path, capsys
+):
+    withheld, run_dir = tmp_path / "withheld", str(smoke_study.run_dir)
     impossible = ["--max-retain-loss", "-1", "--max-mia", "1"]
-    assert main([str(run_dir), "--subjects", "1", "--out", str(withheld), *impossible]) == 4
+    assert main([run_dir, "--subjects", "1", "--out", str(withheld), *impossible]) == 4
     assert "retain_loss over --max-retain-loss -1.0" in capsys.readouterr().out
     record = json.loads((withheld / "audit.json").read_text())
     assert not record["verdict"]["passed"] and not record["model_written"]
     assert not (withheld / "unlearned.pt").exists() and (withheld / "audit.html").is_file()
-    assert main([str(run_dir), "--subjects", "1", "--out", str(withheld), *impossible, "--force"]) == 0
-    assert _sha256(withheld / "unlearned.pt") == _sha256(first / "unlearned.pt")
+    assert main([run_dir, "--subjects", "1", "--out", str(withheld), *impossible, "--force"]) == 0
+    assert _sha256(withheld / "unlearned.pt") == _sha256(forgotten / "unlearned.pt")  # one request, one model
 
 
 def test_a_request_no_node_of_the_cluster_can_hold_is_refused_before_any_task(ray_local, tmp_path):
-    import ray
-
-    from study import forget
-    from study.config import load_config
-    from study.errors import StudyError
-
     config = load_config(
         "smoke", overrides={"run_dir": str(tmp_path), "trial_resources": {"trial_slot": 1.0}}
     )
-    address = ray.get_runtime_context().gcs_address  # the tests' local Ray: no trial_slot anywhere
-    with pytest.raises(StudyError, match="no node of the cluster has 1 trial_slot"):
-        forget._compute(config, address, tmp_path)
-    assert ray.is_initialized()  # a Ray this process had stays up
+    address = ray_local.get_runtime_context().gcs_address  # the tests' local Ray: no trial_slot anywhere
+    entered = []
+    with (
+        pytest.raises(StudyError, match="no node of the cluster has 1 trial_slot"),
+        joined(config, address, tmp_path),
+    ):
+        entered.append(True)
+    assert not entered and ray_local.is_initialized()  # nothing ran; a Ray this process had stays up

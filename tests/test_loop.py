@@ -14,38 +14,16 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from study.config import BN_MODES, load_config
-from study.metrics import METRICS, measure_reference, set_metrics
-from study.model import MedicalNetSegmentation
-from trainables.loop import LoopSettings, run_epochs
+from study.config import EpochSchedule, load_config
+from study.metrics import METRICS, Scoring, measure_reference, set_metrics
+from trainables.loop import run_epochs
 from trainables.max_loss import MaxLoss
 from trainables.noisy_label import NoisyLabel, corrupt_labels
-from trainables.strategy import Batch, segmentation_loss
+from trainables.settings import BN_MODES, Compute, LoopSettings
+from trainables.strategy import Batch, Supervised
 
-
-def _model() -> MedicalNetSegmentation:
-    torch.manual_seed(0)
-    return MedicalNetSegmentation(depth=10, n_classes=4, width=0.125)
-
-
-class _Supervised:
-    """A strategy by duck typing, for the loop's own tests: the segmentation loss of logits
-    ``(B, C, D, H, W)`` against every row's true labels ``(B, D, H, W)``, forget rows included
-    (3 subjects of the tiny cohort an epoch). It leans on no strategy's constructor."""
-
-    uses_forget = True
-
-    def prepare(self, model: nn.Module, cohort, device: torch.device) -> None:
-        pass
-
-    def frozen_modules(self, model: nn.Module) -> list[nn.Module]:
-        return []
-
-    def after_step(self, model: nn.Module) -> None:
-        pass
-
-    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        return segmentation_loss(model(batch.images), batch.labels)
+#: The baselines' objective: true labels on every subject of the tiny cohort (3 an epoch).
+SUPERVISED = Supervised(n_classes=4)
 
 
 def _running_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -57,20 +35,25 @@ def _running_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def test_loop_reports_every_epoch_and_checkpoints_every_second_and_the_last(tiny_cohort):
-    model = _model()
+def test_loop_reports_every_epoch_and_checkpoints_every_second_and_the_last(tiny_cohort, tiny_model):
+    model = tiny_model()
     reference = measure_reference(model, model, tiny_cohort, torch.device("cpu"))
     original = reference.original
     reports = []
-    settings = LoopSettings(
-        max_epochs=3, lr=1e-3, batch_size=2, checkpoint_every=2, reference=reference, warmup_epochs=1
-    )
+    settings = LoopSettings(EpochSchedule(3, checkpoint_every=2), lr=1e-3, batch_size=2, warmup_epochs=1)
     strategy = NoisyLabel(n_classes=4, original_model=copy.deepcopy(model).eval(), noise_level=0.5)
-    final = run_epochs(model, strategy, tiny_cohort, settings, lambda m, s: reports.append((m, s)))
+    final = run_epochs(
+        model,
+        strategy,
+        tiny_cohort,
+        settings,
+        lambda m, s: reports.append((m, s)),
+        scoring=Scoring(reference),
+    )
 
     assert [m["epoch"] for m, _ in reports] == [1, 2, 3]
     assert [s is not None for _, s in reports] == [False, True, True]  # every 2nd epoch and the last
-    assert reports[-1][1]["epoch"] == 3 and "optimizer" in reports[-1][1]
+    assert reports[-1][1].epoch == 3 and reports[-1][1].optimizer["state"]  # Adam's moments, saved
     for key in ("retain_dice", "forget_dice", "holdout_dice"):
         assert 0.0 <= final[key] <= 1.0
     assert final["retain_kept"] == pytest.approx(final["retain_dice"] / original["retain_dice"])
@@ -85,10 +68,12 @@ def test_loop_reports_every_epoch_and_checkpoints_every_second_and_the_last(tiny
 _WITHOUT_RAY = """
 import json, sys
 sys.modules["ray"] = None  # before any project import: every "import ray" now fails
-from study.data import find_subjects, load_cohort, resolve_split
+from study.cohort import find_subjects, load_cohort, resolve_split
+from study.config import EpochSchedule
 from study.model import MedicalNetSegmentation
-from test_loop import _Supervised
-from trainables.loop import LoopSettings, run_epochs
+from trainables.loop import run_epochs
+from trainables.settings import LoopSettings
+from trainables.strategy import Supervised
 import torch
 
 root = sys.argv[1]
@@ -97,8 +82,8 @@ cohort = load_cohort(root, split, (8, 32, 32), "4class")
 torch.manual_seed(0)
 model = MedicalNetSegmentation(depth=10, n_classes=4, width=0.125)
 reports = []
-settings = LoopSettings(max_epochs=3, lr=1e-3, batch_size=2, checkpoint_every=2)
-run_epochs(model, _Supervised(), cohort, settings, lambda m, s: reports.append([m, s is not None]))
+settings = LoopSettings(EpochSchedule(3, checkpoint_every=2), lr=1e-3, batch_size=2)
+run_epochs(model, Supervised(n_classes=4), cohort, settings, lambda m, s: reports.append([m, s is not None]))
 loaded = sorted(m for m, module in sys.modules.items() if m.split(".")[0] == "ray" and module is not None)
 print(json.dumps({"reports": reports, "ray_modules": loaded}))
 """
@@ -107,7 +92,6 @@ print(json.dumps({"reports": reports, "ray_modules": loaded}))
 def test_the_loop_trains_in_a_process_where_ray_cannot_be_imported(cohort_root: Path):
     done = subprocess.run(
         [sys.executable, "-c", _WITHOUT_RAY, str(cohort_root)],
-        cwd=Path(__file__).parent,  # for ``test_loop._Supervised``
         capture_output=True,
         text=True,
         timeout=300,
@@ -125,16 +109,16 @@ def test_the_loop_trains_in_a_process_where_ray_cannot_be_imported(cohort_root: 
         assert metrics["retain_mae"] > 0.0 and math.isfinite(metrics["retain_mae"])
 
 
-def test_frozen_batchnorm_keeps_every_running_statistic_and_train_mode_updates_each(tiny_cohort):
-    original = _model()
+def test_frozen_batchnorm_keeps_every_running_statistic_and_train_mode_updates_each(tiny_cohort, tiny_model):
+    original = tiny_model()
     before = _running_statistics(original)
     assert len(before) == 2 * sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in original.modules())
     assert len(before) >= 20  # a ResNet-10 encoder and its decoder
     trained = {}
     for bn_mode in BN_MODES:
-        model = _model()
-        settings = LoopSettings(max_epochs=2, lr=1e-3, batch_size=2, bn_mode=bn_mode)
-        run_epochs(model, _Supervised(), tiny_cohort, settings, lambda m, s: None)
+        model = tiny_model()
+        settings = LoopSettings(EpochSchedule(2), lr=1e-3, batch_size=2, bn_mode=bn_mode)
+        run_epochs(model, SUPERVISED, tiny_cohort, settings, lambda m, s: None)
         # the weights did train, BatchNorm's affine ones included
         assert not torch.equal(model.state_dict()["bn1.weight"], original.state_dict()["bn1.weight"])
         trained[bn_mode] = _running_statistics(model)
@@ -145,37 +129,37 @@ def test_frozen_batchnorm_keeps_every_running_statistic_and_train_mode_updates_e
 
 def test_a_misspelt_bn_mode_or_optimizer_is_refused_naming_the_allowed_ones():
     with pytest.raises(ValueError, match=f"bn_mode must be one of {', '.join(BN_MODES)}, got 'frozn'"):
-        LoopSettings(max_epochs=1, lr=1e-3, bn_mode="frozn")
+        LoopSettings(EpochSchedule(1), bn_mode="frozn")
     with pytest.raises(ValueError, match="optimizer must be one of adam, sgd, got 'adamw'"):
-        LoopSettings(max_epochs=1, lr=1e-3, optimizer="adamw")
+        LoopSettings(EpochSchedule(1), optimizer="adamw")
     for bn_mode in BN_MODES:  # and every allowed pair is accepted
         for optimizer in ("adam", "sgd"):
-            LoopSettings(max_epochs=1, lr=1e-3, bn_mode=bn_mode, optimizer=optimizer)
+            LoopSettings(EpochSchedule(1), bn_mode=bn_mode, optimizer=optimizer)
 
 
-def test_without_checkpoint_every_only_the_horizons_and_the_last_epoch_are_saved(tiny_cohort):
+def test_without_checkpoint_every_only_the_horizons_and_the_last_epoch_are_saved(tiny_cohort, tiny_model):
     # The paper preset's path: checkpoint_every = 0, checkpoints at the horizons and the end.
-    settings = LoopSettings(max_epochs=5, lr=1e-3, batch_size=3, checkpoint_every=0, checkpoint_epochs=(2, 4))
+    settings = LoopSettings(EpochSchedule(5, checkpoint_every=0, horizons=(2, 4)), lr=1e-3, batch_size=3)
     reports = []
-    run_epochs(_model(), _Supervised(), tiny_cohort, settings, lambda m, s: reports.append((m["epoch"], s)))
+    run_epochs(tiny_model(), SUPERVISED, tiny_cohort, settings, lambda m, s: reports.append((m["epoch"], s)))
     assert [epoch for epoch, _ in reports] == [1, 2, 3, 4, 5]
-    saved = [(epoch, state) for epoch, state in reports if state is not None]
+    saved = [(epoch, checkpoint) for epoch, checkpoint in reports if checkpoint is not None]
     assert [epoch for epoch, _ in saved] == [2, 4, 5]
-    assert [state["epoch"] for _, state in saved] == [2, 4, 5]
-    assert all({"model", "optimizer", "scheduler", "metrics"} <= set(state) for _, state in saved)
+    assert [checkpoint.epoch for _, checkpoint in saved] == [2, 4, 5]
+    assert [checkpoint.scheduler["last_epoch"] for _, checkpoint in saved] == [2, 4, 5]  # one step an epoch
 
 
-def test_only_evaluated_epochs_are_reported_each_with_its_own_figures(tiny_cohort):
+def test_only_evaluated_epochs_are_reported_each_with_its_own_figures(tiny_cohort, tiny_model):
     # Every 2nd epoch evaluated, every 3rd and the horizon 5 saved: epochs 1 and 7 are neither.
-    settings = LoopSettings(max_epochs=8, lr=1e-3, checkpoint_every=3, checkpoint_epochs=(5,), eval_every=2)
+    settings = LoopSettings(EpochSchedule(8, eval_every=2, checkpoint_every=3, horizons=(5,)), lr=1e-3)
     reports, evaluated = [], []
-    model = _model()
+    model = tiny_model()
 
     def report(metrics, state):
         reports.append((metrics, state))
         evaluated.append(set_metrics(model, tiny_cohort, torch.device("cpu"))["retain_dice"])
 
-    run_epochs(model, _Supervised(), tiny_cohort, settings, report)
+    run_epochs(model, SUPERVISED, tiny_cohort, settings, report)
     assert [m["epoch"] for m, _ in reports] == [2, 3, 4, 5, 6, 8]
     assert [m["epoch"] for m, s in reports if s is not None] == [3, 5, 6, 8]
     # Each report's figures are its own epoch's model, not an earlier evaluation's.
@@ -183,25 +167,25 @@ def test_only_evaluated_epochs_are_reported_each_with_its_own_figures(tiny_cohor
     assert all(m["seconds_train"] > 0 and m["seconds_eval"] > 0 for m, _ in reports)
     config = load_config("smoke", overrides={"run_dir": "x", "max_epochs": 8, "horizons": [5, 8]})
     config.checkpoint_every, config.eval_every = 3, 2
-    assert config.reported_epochs() == [2, 3, 4, 5, 6, 8]  # the same rule, for the results table
+    assert EpochSchedule.of(config).reported_epochs() == [2, 3, 4, 5, 6, 8]  # what the results table expects
 
 
-def test_the_warm_up_ramps_the_learning_rate_linearly_per_step_then_holds_it(tiny_cohort):
+def test_the_warm_up_ramps_the_learning_rate_linearly_per_step_then_holds_it(tiny_cohort, tiny_model):
     lrs = []  # the learning rate each optimiser step uses, read just before the step
     hook = register_optimizer_step_pre_hook(lambda optimizer, *_: lrs.append(optimizer.param_groups[0]["lr"]))
     try:
         # 3 subjects one at a time: 3 steps an epoch, 6 steps of warm-up over 2 epochs, then 3 more.
-        settings = LoopSettings(max_epochs=3, lr=1e-3, batch_size=1, warmup_epochs=2)
-        run_epochs(_model(), _Supervised(), tiny_cohort, settings, lambda m, s: None)
+        settings = LoopSettings(EpochSchedule(3), lr=1e-3, batch_size=1, warmup_epochs=2)
+        run_epochs(tiny_model(), SUPERVISED, tiny_cohort, settings, lambda m, s: None)
     finally:
         hook.remove()
     assert lrs == pytest.approx([1e-3 * step / 6 for step in range(1, 7)] + [1e-3] * 3, rel=1e-12)
 
 
-def test_resuming_from_a_checkpoint_repeats_the_uninterrupted_run(tiny_cohort):
-    settings = LoopSettings(max_epochs=2, lr=1e-3, batch_size=2, checkpoint_every=1)
+def test_resuming_from_a_checkpoint_repeats_the_uninterrupted_run(tiny_cohort, tiny_model):
+    settings = LoopSettings(EpochSchedule(2), lr=1e-3, batch_size=2)
 
-    straight, states = _model(), []
+    straight, states = tiny_model(), []
     run_epochs(
         straight,
         NoisyLabel(n_classes=4, noise_level=0.8),
@@ -210,10 +194,10 @@ def test_resuming_from_a_checkpoint_repeats_the_uninterrupted_run(tiny_cohort):
         lambda m, s: states.append(s),
     )
 
-    resumed = _model()
-    run_epochs(
-        resumed, NoisyLabel(n_classes=4, noise_level=0.8), tiny_cohort, settings, lambda m, s: None, states[0]
-    )
+    resumed = tiny_model()
+    noisy = NoisyLabel(n_classes=4, noise_level=0.8)
+    run_epochs(resumed, noisy, tiny_cohort, settings, lambda m, s: None, resume=states[0])
+    assert not torch.equal(resumed.conv1.weight, tiny_model().conv1.weight)  # it did train
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
 
@@ -251,8 +235,8 @@ def test_max_loss_forget_term_is_bounded_by_the_ceiling():
     assert strategy.forget_term(right, labels).item() < 0.1
 
 
-def test_a_non_finite_loss_ends_the_run_as_diverged(tiny_cohort):
-    model = _model()
+def test_a_non_finite_loss_ends_the_run_as_diverged(tiny_cohort, tiny_model):
+    model = tiny_model()
     reference = measure_reference(model, model, tiny_cohort, torch.device("cpu"))
 
     class Exploding(NoisyLabel):
@@ -260,29 +244,34 @@ def test_a_non_finite_loss_ends_the_run_as_diverged(tiny_cohort):
             return super().loss(model, batch) * math.inf
 
     reports = []
-    settings = LoopSettings(max_epochs=5, lr=1e-3, batch_size=2, reference=reference)
+    settings = LoopSettings(EpochSchedule(5), lr=1e-3, batch_size=2)
+    strategy = Exploding(n_classes=4, noise_level=0.5)
+    report = reports.append
     final = run_epochs(
-        model, Exploding(n_classes=4, noise_level=0.5), tiny_cohort, settings, lambda m, s: reports.append(m)
+        model, strategy, tiny_cohort, settings, lambda m, s: report(m), scoring=Scoring(reference)
     )
     assert len(reports) == 1 and reports[0]["diverged"] == 1.0
     assert math.isfinite(final["retain_dice"]) and math.isfinite(final["forget_dice"])
+    assert set(METRICS) <= set(final)  # scored against the reference, as a trial is
 
 
-def test_a_trial_runs_on_the_device_its_request_names(tiny_cohort):
-    from study.cluster import trial_device
-    from study.config import load_config
-
-    assert trial_device(load_config("smoke")) == "cpu"  # even on a GPU node, where Ray hides no GPU
-    assert trial_device(load_config("smoke", overrides={"gpus_per_trial": 0.5})) == "cuda"
+def test_a_trial_runs_on_the_device_its_request_names(tiny_cohort, tiny_model):
+    assert Compute.of(load_config("smoke")).device == "cpu"  # even on a GPU node, where Ray hides no GPU
+    assert Compute.of(load_config("smoke", overrides={"gpus_per_trial": 0.5})).device == "cuda"
+    assert Compute.of(load_config("smoke", overrides={"cpus_per_trial": 3})).threads == 3
     if not torch.cuda.is_available():
-        settings = LoopSettings(max_epochs=1, lr=1e-3, device="cuda")
         with pytest.raises(RuntimeError, match="asked for a GPU, but torch sees none"):
             run_epochs(
-                _model(), NoisyLabel(n_classes=4, noise_level=1.0), tiny_cohort, settings, lambda m, s: None
+                tiny_model(),
+                NoisyLabel(n_classes=4, noise_level=1.0),
+                tiny_cohort,
+                LoopSettings(EpochSchedule(1)),
+                lambda m, s: None,
+                compute=Compute("cuda"),
             )
 
 
-class _DecoderFrozen(_Supervised):
+class _DecoderFrozen(Supervised):
     def frozen_modules(self, model: nn.Module) -> list[nn.Module]:
         return [model.conv_seg]
 
@@ -295,19 +284,19 @@ def _bn1_by_hand(model: nn.Module, cohort, subjects) -> tuple[torch.Tensor, torc
     return tuple(torch.stack([f(o, dim=(0, 2, 3, 4)) for o in out]).mean(0) for f in (torch.mean, torch.var))
 
 
-def test_recalibrate_estimates_running_statistics_from_the_retain_subjects_only(tiny_cohort):
-    original, model, states = _model(), _model(), []
-    settings = LoopSettings(max_epochs=2, lr=1e-3, batch_size=2, bn_mode="recalibrate", checkpoint_every=1)
-    run_epochs(model, _DecoderFrozen(), tiny_cohort, settings, lambda m, s: states.append(s))
+def test_recalibrate_estimates_running_statistics_from_the_retain_subjects_only(tiny_cohort, tiny_model):
+    original, model, states = tiny_model(), tiny_model(), []
+    settings = LoopSettings(EpochSchedule(2), lr=1e-3, batch_size=2, bn_mode="recalibrate")
+    run_epochs(model, _DecoderFrozen(n_classes=4), tiny_cohort, settings, lambda m, s: states.append(s))
     split = tiny_cohort.split
-    assert [state["epoch"] for state in states] == [1, 2]
+    assert [state.epoch for state in states] == [1, 2]
     for state in states:  # every saved model carries the retain subjects' statistics
-        saved = _model()
-        saved.load_state_dict(state["model"])
+        saved = tiny_model()
+        saved.load_state_dict(state.model)
         mean, var = _bn1_by_hand(saved, tiny_cohort, split.retain)
         torch.testing.assert_close(saved.bn1.running_mean, mean)
         torch.testing.assert_close(saved.bn1.running_var, var)
-        for name, value in state["model"].items():  # one pass per retain subject (training made 4)
+        for name, value in state.model.items():  # one pass per retain subject (training made 4)
             if name.endswith("num_batches_tracked") and not name.startswith("conv_seg."):
                 assert value.item() == len(split.retain), name
     torch.testing.assert_close(model.bn1.running_var, var)  # the live model is the last one saved

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from study.data import IGNORE_LABEL
+from study.cohort import IGNORE_LABEL
 from study.metrics import Reference, derived_metrics, dice_per_subject, mae_per_subject
 
 X = IGNORE_LABEL  # an ignored voxel, one letter wide in the grids below

@@ -7,9 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from study.errors import StudyError
-from study.model import MedicalNetSegmentation, decoder_parameters, encoder_parameters
-from study.weights import load_medicalnet_weights
+from study.config import StudyError
+from study.model import (
+    MedicalNetSegmentation,
+    decoder_parameters,
+    encoder_parameters,
+    load_medicalnet_weights,
+)
 
 
 @pytest.mark.parametrize("depth", [10, 18, 34, 50])

@@ -20,8 +20,8 @@ from analysis.summary import (
     paper_table,
     recommend,
 )
-from study.objectives import OBJECTIVES
-from study.results import combine, trial_rows
+from study.config import OBJECTIVES
+from study.run.results import combine, trial_rows
 
 
 def test_dominated_points_leave_the_front_and_duplicates_stay():

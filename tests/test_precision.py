@@ -7,69 +7,80 @@ import copy
 import pytest
 import torch
 
-from study.config import load_config
-from study.errors import StudyError
-from study.metrics import measure_reference
-from study.model import MedicalNetSegmentation
-from trainables.loop import LoopSettings, run_epochs
+from search_spaces import check_config
+from study.config import EpochSchedule, StudyError, load_config
+from study.metrics import Scoring, measure_reference
+from trainables.loop import run_epochs
 from trainables.noisy_label import NoisyLabel
-from trainables.registry import check_config
+from trainables.settings import Compute, LoopSettings
+from trainables.strategy import Supervised
+
+#: Epochs that train the premise model: measured forget Dice 0.63 after them (0.20 after 5).
+PREMISE_EPOCHS = 25
 
 
-def _trained(cohort, device: str) -> MedicalNetSegmentation:
-    """The smoke preset's network, trained a few epochs on every training subject."""
-    from test_loop import _Supervised
-
+@pytest.fixture(scope="module")
+def premise(tiny_cohort):
+    """The smoke preset's network trained on every training subject until it segments them
+    (``PREMISE_EPOCHS``), and its figures: what unlearning starts from."""
     torch.manual_seed(0)
+    from study.model import MedicalNetSegmentation
+
     model = MedicalNetSegmentation(depth=10, n_classes=4, width=0.125)
-    run_epochs(
-        model, _Supervised(), cohort, LoopSettings(max_epochs=5, lr=3e-3, device=device), lambda m, s: None
+    settings = LoopSettings(
+        EpochSchedule(PREMISE_EPOCHS, eval_every=PREMISE_EPOCHS), lr=3e-3, weight_decay=0.0
     )
-    return model
+    run_epochs(model, Supervised(n_classes=4), tiny_cohort, settings, lambda m, s: None)
+    return model, measure_reference(model, model, tiny_cohort, torch.device("cpu")).original
 
 
-def _unlearned(original, cohort, device: str, **settings) -> tuple[dict[str, float], torch.nn.Module]:
-    """Noisy Label for 2 epochs (the smoke preset's) from ``original``; the last report and the model."""
+def _unlearned(original, cohort, compute: Compute) -> tuple[dict[str, float], torch.nn.Module]:
+    """Noisy Label for 2 epochs (the smoke preset's) from ``original``; the last figures and the model."""
     model = copy.deepcopy(original)
     frozen = copy.deepcopy(original).eval().requires_grad_(False)
-    reference = measure_reference(frozen, frozen, cohort, torch.device(device))
-    loop = LoopSettings(max_epochs=2, lr=3e-4, reference=reference, device=device, seed=1, **settings)
+    reference = measure_reference(frozen, frozen, cohort, compute.torch_device())
+    settings = LoopSettings(EpochSchedule(2), lr=1e-3, seed=1)
     strategy = NoisyLabel(n_classes=4, original_model=frozen, seed=1)
-    return run_epochs(model, strategy, cohort, loop, lambda m, s: None), model
+    last = run_epochs(
+        model, strategy, cohort, settings, lambda m, s: None, scoring=Scoring(reference), compute=compute
+    )
+    return last, model
 
 
-def test_channels_last_trains_to_the_same_figures(tiny_cohort):
-    original = _trained(tiny_cohort, "cpu")
-    plain, model = _unlearned(original, tiny_cohort, "cpu")
-    last, model_last = _unlearned(original, tiny_cohort, "cpu", channels_last=True)
+def test_the_premise_model_segments_its_training_subjects(premise):
+    _, figures = premise
+    assert figures["forget_dice"] > 0.5 and figures["retain_dice"] > 0.5  # measured 0.63 and 0.66
+
+
+def test_channels_last_trains_to_the_same_figures(premise, tiny_cohort):
+    original, figures = premise
+    plain, model = _unlearned(original, tiny_cohort, Compute())
+    last, model_last = _unlearned(original, tiny_cohort, Compute(channels_last=True))
     layout = torch.channels_last_3d
     assert model_last.conv1.weight.is_contiguous(memory_format=layout)
     assert not model.conv1.weight.is_contiguous(memory_format=layout)
     for key in ("forget_dice", "retain_dice", "holdout_dice"):
         assert last[key] == pytest.approx(plain[key], abs=2e-3), key
-    assert (
-        plain["forget_dice"]
-        < 0.9
-        * measure_reference(original, original, tiny_cohort, torch.device("cpu")).original["forget_dice"]
-    )
+    # Unlearning did move the figures that both layouts agree on: measured 0.63 -> 0.27.
+    assert plain["forget_dice"] < 0.7 * figures["forget_dice"]
 
 
-def test_bf16_is_refused_on_a_cpu_in_the_loop_and_in_the_config(tiny_cohort):
-    with pytest.raises(ValueError, match="bf16 runs on a GPU only"):
-        _unlearned(_trained(tiny_cohort, "cpu"), tiny_cohort, "cpu", precision="bf16")
-    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, got 'fp16'"):
-        LoopSettings(max_epochs=1, lr=1e-3, precision="fp16")
+def test_bf16_is_refused_on_a_cpu_in_the_loop_and_in_the_config():
+    with pytest.raises(StudyError, match="precision bf16 needs a GPU device"):
+        Compute(precision="bf16")
+    with pytest.raises(StudyError, match="precision must be one of fp32, bf16, got 'fp16'"):
+        Compute("cuda", precision="fp16")
     config = load_config("smoke", overrides={"run_dir": "unused", "precision": "bf16"})
     with pytest.raises(StudyError, match="precision bf16 needs gpus_per_trial > 0"):
         check_config(config)
     config.gpus_per_trial = 1
-    check_config(config)  # on a GPU it is allowed
+    assert Compute.of(check_config(config)) == Compute("cuda", "bf16", threads=1)  # on a GPU it is allowed
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 autocast runs on a GPU only")
-def test_bf16_lands_within_001_dice_of_fp32_on_the_smoke_preset(tiny_cohort):
-    original = _trained(tiny_cohort, "cuda")
-    fp32, _ = _unlearned(original, tiny_cohort, "cuda")
-    bf16, _ = _unlearned(original, tiny_cohort, "cuda", precision="bf16")
+def test_bf16_lands_within_001_dice_of_fp32_on_the_smoke_preset(premise, tiny_cohort):
+    original, _ = premise
+    fp32, _ = _unlearned(original, tiny_cohort, Compute("cuda"))
+    bf16, _ = _unlearned(original, tiny_cohort, Compute("cuda", precision="bf16"))
     for key in ("forget_dice", "retain_dice", "holdout_dice"):
         assert bf16[key] == pytest.approx(fp32[key], abs=0.01), key

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from study.privacy import SLAB, Attack, auc, privacy_metrics, slab_features
+from study.metrics.privacy import SLAB, Attack, auc, privacy_metrics, slab_features
 
 
 def test_auc_counts_pairs_and_half_ties():
@@ -94,20 +94,19 @@ def test_on_the_synthetic_cohort_the_attack_finds_the_original_models_forget_sub
     trained here without Ray (about 15 s): the attack has power on the original model (measured
     here: AUC 1.0 retain vs holdout, 0.78 forget vs holdout), and retraining without the forget
     subjects hides them from it (0.65; mia_forget 1.0 -> 0.375)."""
+    from study.cohort import open_cohort
     from study.config import load_config
-    from study.data import open_cohort
-    from trainables.baseline import initial_state, measure_baselines, train_baseline
+    from study.model import initial_state
+    from trainables.baseline import measure, reference_models
+    from trainables.settings import Compute
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
-    config = load_config(
-        "demo", overrides={"run_dir": "unused", "baseline_epochs": 60, "input_size": [16, 48, 48]}
-    )
+    overrides = {"run_dir": "unused", "baseline_epochs": 60, "input_size": [16, 48, 48], "cpus_per_trial": 2}
+    config = load_config("demo", overrides=overrides)
     cohort = open_cohort(config)
     start, _ = initial_state(config, cohort.n_classes)
-    states = {
-        name: train_baseline(name, config, cohort, start, threads=2)[0] for name in ("original", "retrain")
-    }
-    reference = measure_baselines(config, cohort, states, threads=2)
+    references = reference_models(config, cohort, start).result()  # no Ray: in this process
+    states, reference = references.states, references.reference
     original, retrain = reference.original, reference.retrain
     print(f"original: {original}\nretrain: {retrain}")
     assert original["mia_auc"] > 0.8  # retain vs holdout slabs: the attack has power
@@ -115,5 +114,5 @@ def test_on_the_synthetic_cohort_the_attack_finds_the_original_models_forget_sub
     assert original["mia_forget"] > 0.5
     assert retrain["mia_forget"] < original["mia_forget"]
     assert retrain["mia_forget_auc"] < original["mia_forget_auc"]
-    again = measure_baselines(config, cohort, states, threads=2)
+    again = measure(config, cohort, states, Compute.of(config))
     assert again.original == original and again.retrain == retrain  # deterministic

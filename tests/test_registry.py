@@ -8,21 +8,17 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-import ray.cloudpickle
 import torch
-import toy_strategy
 
-from search_spaces import starting_point
+from search_spaces import STRATEGIES, check_config, register, starting_point
 from search_spaces.spaces import common
-from study.config import load_config
-from study.errors import StudyError
+from study.config import StudyError, load_config
 from study.launch import main
-from study.run import RunDir
-from trainables import STRATEGIES
-from trainables.baseline import build_model
-from trainables.registry import check_config, register
+from study.model import model_from
+from study.run.rundir import RunDir
+from trainables.settings import LoopSettings
 from trainables.strategy import Strategy
-from trainables.trial import build_trial, loop_settings
+from trainables.trial import TrialSpec
 
 
 def test_every_strategy_is_found_with_its_space_and_starts_at_its_defaults():
@@ -49,6 +45,13 @@ def test_every_strategy_is_found_with_its_space_and_starts_at_its_defaults():
     assert starting_point(STRATEGIES["salun"].search, {"mask_ratio": [0.05, 0.2]})["mask_ratio"] == 0.2
 
 
+def test_the_loops_defaults_are_every_searchs_start():
+    defaults = LoopSettings.start()
+    assert set(defaults) == set(LoopSettings.HYPERPARAMETERS)
+    for entry in STRATEGIES.values():
+        assert {k: entry.search.start[k] for k in defaults} == defaults
+
+
 def test_a_space_that_does_not_fit_its_strategy_is_refused_at_registration():
     @dataclass(kw_only=True, eq=False)
     class Sloppy(Strategy):
@@ -64,21 +67,23 @@ def test_a_space_that_does_not_fit_its_strategy_is_refused_at_registration():
     assert "sloppy" not in STRATEGIES
 
 
-def test_a_misspelt_hyperparameter_fails_when_the_trial_is_built(tiny_cohort):
+def test_a_misspelt_hyperparameter_fails_when_the_trial_is_built():
     config = load_config("smoke")
-    original = build_model(config, 4).state_dict()
+    original = model_from(config, 4)
     noisy = STRATEGIES["noisy_label"].strategy
     params = {**STRATEGIES["noisy_label"].search.start, "strategy": "noisy_label", "trial_number": 3}
-    model, strategy = build_trial(noisy, params, config, tiny_cohort, original)
+    strategy = TrialSpec.of(config, noisy, params).build_strategy(4, original)
     assert (strategy.noise_level, strategy.n_classes, strategy.seed) == (1.0, 4, 3)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), original.values(), strict=True))
+    assert strategy.original_model is original
     with pytest.raises(TypeError, match="noise_levl"):
-        build_trial(noisy, {**params, "noise_levl": 0.5}, config, tiny_cohort, original)
+        TrialSpec.of(config, noisy, params, noise_levl=0.5).build_strategy(4, original)
     with pytest.raises(TypeError, match="forget_weight"):  # another strategy's hyperparameter
-        build_trial(noisy, {**params, "forget_weight": 0.5}, config, tiny_cohort, original)
-    assert loop_settings(params, config, {}).warmup_epochs == 0
+        TrialSpec.of(config, noisy, params, forget_weight=0.5).build_strategy(4, original)
+    settings = TrialSpec.of(config, noisy, params).loop_settings()
+    assert (settings.lr, settings.weight_decay, settings.seed) == (3e-4, 1e-5, config.seed * 10_007 + 3)
     with pytest.raises(KeyError, match="warmup_epochs"):  # a loop hyperparameter left out
-        loop_settings({k: v for k, v in params.items() if k != "warmup_epochs"}, config, {})
+        TrialSpec.of(config, noisy, {k: v for k, v in params.items() if k != "warmup_epochs"}).loop_settings()
+    assert torch.equal(model_from(config, 4).conv1.weight, original.conv1.weight)  # one seed, one model
 
 
 def test_a_study_naming_an_unregistered_strategy_stops_before_any_compute():
@@ -86,21 +91,10 @@ def test_a_study_naming_an_unregistered_strategy_stops_before_any_compute():
         check_config(load_config("smoke", overrides={"strategies": ["noisy_label", "toy_background"]}))
 
 
-@pytest.fixture
-def toy_registered():
-    """The toy strategy registered as a built-in is; shipped to Ray's workers by value."""
-    register(toy_strategy.ToyBackground, toy_strategy.toy_background)
-    ray.cloudpickle.register_pickle_by_value(toy_strategy)
-    yield
-    ray.cloudpickle.unregister_pickle_by_value(toy_strategy)
-    del STRATEGIES["toy_background"]
-
-
 @pytest.mark.slow
 def test_a_strategy_added_by_one_file_and_one_register_call_runs_in_the_smoke_study(
-    ray_local, cache_home: Path, tmp_path: Path, toy_registered, monkeypatch: pytest.MonkeyPatch
+    ray_local, cache_env: Path, tmp_path: Path, toy_registered
 ):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
     run_dir = tmp_path / "run"
     assert (
         main(["--preset", "smoke", "--strategies", "toy_background,noisy_label", "--run-dir", str(run_dir)])

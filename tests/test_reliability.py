@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from _studies import EPOCHS, assert_complete, resume_study, start_study, study_env, wait_until
 
-from study.run import RunDir
+from study.run.rundir import RunDir
 
 pytestmark = pytest.mark.slow  # whole studies, killed and resumed
 

@@ -1,4 +1,4 @@
-"""``python -m trainables.replay`` on a run directory made by hand: no Ray, no study run."""
+"""``python -m study.replay`` on a run directory made by hand: no Ray, no study run."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 
 from study.config import StudyConfig
-from study.results import trial_rows
-from study.run import RunDir
-from trainables.baseline import build_model
-from trainables.replay import main
+from study.model import model_from
+from study.replay import main
+from study.run.results import trial_rows
+from study.run.rundir import RunDir
 
 #: The original model's figures, as ``baseline/metrics.json`` records them (made up here).
 ORIGINAL = {"retain_dice": 0.8, "retain_mae": 0.02, "forget_dice": 0.8, "forget_mae": 0.02}
@@ -35,7 +35,7 @@ def _run_dir(tmp_path: Path, cache_home: Path) -> tuple[Path, dict[str, torch.Te
     )
     run.path.mkdir()
     run.write_config(study)
-    state = build_model(study, n_classes=4).state_dict()
+    state = model_from(study, n_classes=4).state_dict()
     run.record_baseline("original", state, ORIGINAL)
     run.record_baseline("retrain", state, ORIGINAL)  # replay measures trials against both
     params = {"trial_number": 0, "lr": 1e-3, "optimizer": "adam", "weight_decay": 0.0, "warmup_epochs": 0}
@@ -55,7 +55,7 @@ def test_replay_out_saves_the_model_with_its_trial_and_last_epoch(tmp_path: Path
     saved = {path: torch.load(path, map_location="cpu", weights_only=True) for path in (first, last)}
     assert {k: v for k, v in saved[first].items() if k != "model"} == {"trial_id": "abcd1234", "epoch": 1}
     assert {k: v for k, v in saved[last].items() if k != "model"} == {"trial_id": "abcd1234", "epoch": 2}
-    model = build_model(StudyConfig(model_width=0.125), n_classes=4)
+    model = model_from(StudyConfig(model_width=0.125), n_classes=4)
     model.load_state_dict(saved[last]["model"])  # a whole network of the study's architecture
     weights = [saved[first]["model"]["conv1.weight"], saved[last]["model"]["conv1.weight"]]
     assert not torch.equal(weights[0], original["conv1.weight"]) and not torch.equal(*weights)

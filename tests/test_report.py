@@ -14,11 +14,11 @@ import pytest
 
 from analysis.document import Bullets, Code, Figure, Paragraph, Section, Table, render_html, render_markdown
 from analysis.report import Report, build_report, main
-from analysis.study_state import load_study, missing_recommended_model, recommendation_of
+from analysis.study_state import load_study, missing_recommended_model
 from study.config import StudyConfig
 from study.metrics import METRICS
-from study.results import combine, incomplete_trials, trial_rows
-from study.run import RunDir
+from study.run.results import combine, incomplete_trials, trial_rows
+from study.run.rundir import RunDir
 
 
 def _rows(strategy, trial_id, number, epochs, status="terminated", **params):
@@ -65,8 +65,7 @@ def _run_dir(tmp_path: Path, trials: pd.DataFrame | None, **config) -> Path:
 
 
 def _report(run_dir: Path) -> Report:
-    study = load_study(run_dir)
-    return build_report(study, recommendation_of(study))
+    return build_report(load_study(run_dir))
 
 
 def _four_trials() -> pd.DataFrame:
@@ -120,10 +119,9 @@ def test_report_from_a_small_trials_table(tmp_path: Path, capsys):
 
     # Pooled front over horizons 2 and 4: aaaa1111 at epoch 2 (0.4, 0.8) and epoch 4
     # (0.8, 0.6); the latter is closer to (1, 1): 0.447 against 0.632.
-    assert report.recommendation["trial_id"] == "aaaa1111"
-    assert int(report.recommendation["epoch"]) == 4
+    assert (report.recommendation.trial_id, report.recommendation.epoch) == ("aaaa1111", 4)
     page = report.html.read_text()
-    assert "python -m trainables.replay" in page and "aaaa1111 --epochs 4" in page
+    assert "python -m study.replay" in page and "aaaa1111 --epochs 4" in page
     for text in ("original model (before unlearning)", "retrain reference (exact)", "noisy_label @ 4 epochs"):
         assert text in page
     assert "published: reference paper, Noisy Label, 50 epochs" in page and "0.6963" in page
@@ -200,8 +198,8 @@ def test_report_of_an_interrupted_study_reads_tunes_experiment_and_says_what_is_
     assert "strategy max_loss: no trial has reported yet" in page
     assert f"trial {trial_id}: running or interrupted at epoch 3 of 4" in page
     assert "strategy noisy_label: 1 of 2 trials" in page
-    assert report.recommendation["trial_id"] == trial_id  # it reached horizon 2
-    assert report.recommendation["param_noise_level"] == 0.9
+    assert report.recommendation.trial_id == trial_id  # it reached horizon 2
+    assert report.recommendation.params["noise_level"] == 0.9
 
 
 def test_report_of_a_directory_that_is_no_study_is_one_line_and_exit_2(tmp_path: Path, capsys):
@@ -248,7 +246,7 @@ def test_a_trial_that_diverged_is_listed_by_its_epoch_and_never_chosen(tmp_path:
 
     # late at epoch 2 (0.7, 0.8) would be the knee (0.36 from (1, 1), aaaa1111 at 4: 0.45);
     # blew's and late's final figures are perfect.
-    assert report.recommendation["trial_id"] == "aaaa1111" and int(report.recommendation["epoch"]) == 4
+    assert (report.recommendation.trial_id, report.recommendation.epoch) == ("aaaa1111", 4)
     assert not {"blew0000", "late0000"} & set(
         pd.read_parquet(RunDir(tmp_path / "run").pareto_file)["trial_id"]
     )
@@ -272,17 +270,18 @@ def test_a_trial_that_diverged_is_listed_by_its_epoch_and_never_chosen(tmp_path:
 
 def test_the_recommended_model_is_missing_until_its_weights_are_saved(tmp_path: Path):
     study = load_study(_run_dir(tmp_path, _four_trials(), strategies=["noisy_label", "max_loss"]))
-    recommendation = recommendation_of(study)
-    assert missing_recommended_model(study, recommendation) == ("aaaa1111", 4)
+    missing = missing_recommended_model(study)
+    assert (missing.trial_id, missing.epoch) == ("aaaa1111", 4)
     study.run.save_recommended("bbbb2222", 4, {})  # another trial's weights do not count
-    assert missing_recommended_model(study, recommendation) == ("aaaa1111", 4)
+    assert missing_recommended_model(study) == missing
+    study.run.save_recommended("aaaa1111", 3, {})  # nor the trial's at another epoch
+    assert missing_recommended_model(study) == missing
     study.run.save_recommended("aaaa1111", 4, {})
-    assert missing_recommended_model(study, recommendation) is None
-    assert missing_recommended_model(study, None) is None
+    assert missing_recommended_model(study) is None
 
 
 def test_a_failed_write_leaves_the_previous_file_whole(tmp_path: Path):
-    from study.results import atomic_write
+    from study.run.rundir import atomic_write
 
     run = RunDir(tmp_path)
     run.write_trials(pd.DataFrame({"a": [1, 2, 3]}))

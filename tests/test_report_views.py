@@ -14,13 +14,13 @@ import pytest
 
 from analysis.plots import PAST_RETRAIN_MARK, RETRAIN_MARK, shown_classes
 from analysis.report import build_report
-from analysis.sections import attack_power
-from analysis.study_state import load_study, recommendation_of
+from analysis.sections import attack_power, bn_modes_table
+from analysis.study_state import load_study
+from study.cohort import IGNORE_LABEL
 from study.config import StudyConfig
-from study.data import IGNORE_LABEL
 from study.metrics import Reference, derived_metrics
-from study.results import combine, trial_rows
-from study.run import RunDir
+from study.run.results import combine, trial_rows
+from study.run.rundir import RunDir
 
 PRIVACY = ("mia_auc", "mia_forget", "mia_forget_auc", "forget_loss_gap_to_retrain")
 SETS = {"retain_mae": 0.02, "forget_mae": 0.03, "holdout_dice": 0.6, "holdout_mae": 0.05}
@@ -111,9 +111,9 @@ def _section(page: str, heading: str) -> str:
 def test_both_views_with_the_retrain_reference_and_over_forgetting(tmp_path: Path, monkeypatch):
     drawn = _drawn(monkeypatch)
     study = load_study(_run_dir(tmp_path, _trials()))
-    report = build_report(study, recommendation_of(study))
-    assert report.recommendation["trial_id"] == "deep0000" and int(report.recommendation["epoch"]) == 4
-    assert recommendation_of(study, "retrain-match")["trial_id"] == "match000"
+    report = build_report(study)
+    assert (report.recommendation.trial_id, report.recommendation.epoch) == ("deep0000", 4)
+    assert study.knees["retrain-match"].trial_id == "match000"
 
     # The retrain reference is a point on both fronts: forget_drop (0.8 - 0.5) / 0.8, retain_kept 1;
     # and retrain_match 1. Under "reference" deep0000 and over0000 at horizon 4 are ringed.
@@ -163,9 +163,9 @@ def test_both_views_with_the_retrain_reference_and_over_forgetting(tmp_path: Pat
 
 def test_the_studys_objective_chooses_the_recommendation(tmp_path: Path):
     study = load_study(_run_dir(tmp_path, _trials(), objective="retrain-match"))
-    report = build_report(study, recommendation_of(study), overlays=False)
-    assert report.recommendation["trial_id"] == "match000"
-    assert recommendation_of(study, "reference")["trial_id"] == "deep0000"
+    report = build_report(study, overlays=False)
+    assert report.recommendation.trial_id == "match000" and report.recommendation.view == "retrain-match"
+    assert study.knees["reference"].trial_id == "deep0000"
     page = report.html.read_text()
     assert "<h2>Pareto front: the searched view <code>retrain-match</code></h2>" in page
     assert re.search(r"<td>forgets past retraining</td>\s*<td>no \(forget Dice 0.50 vs 0.50", page)
@@ -176,9 +176,7 @@ def test_the_studys_objective_chooses_the_recommendation(tmp_path: Path):
 
 def test_privacy_section_states_the_attacks_power_first(tmp_path: Path):
     study = load_study(_run_dir(tmp_path, _trials()))
-    privacy = _section(
-        build_report(study, recommendation_of(study), overlays=False).html.read_text(), "Privacy"
-    )
+    privacy = _section(build_report(study, overlays=False).html.read_text(), "Privacy")
     first = re.search(r"<p>(.*?)</p>", privacy).group(1)
     assert (
         first
@@ -203,7 +201,7 @@ def test_privacy_section_states_the_attacks_power_first(tmp_path: Path):
 def test_without_a_holdout_only_the_loss_gap_is_shown(tmp_path: Path):
     baselines = {"original": ORIGINAL | NO_HOLDOUT, "retrain": RETRAIN | NO_HOLDOUT}
     study = load_study(_run_dir(tmp_path / "a", _trials(**NO_HOLDOUT), baselines))
-    page = build_report(study, recommendation_of(study), overlays=False).html.read_text()
+    page = build_report(study, overlays=False).html.read_text()
     privacy = _section(page, "Privacy")
     assert "No membership-inference attack could be trained: there is no holdout subject" in privacy
     assert "<th>forget_loss_gap_to_retrain</th>" in privacy and "mia_auc</th>" not in privacy
@@ -213,7 +211,7 @@ def test_without_a_holdout_only_the_loss_gap_is_shown(tmp_path: Path):
 def test_seed_reruns_are_summarised_at_the_recommendations_epoch(tmp_path: Path):
     run_dir = _run_dir(tmp_path, _trials())
     study = load_study(run_dir)
-    page = build_report(study, recommendation_of(study), overlays=False).html.read_text()
+    page = build_report(study, overlays=False).html.read_text()
     assert "Not run: the run directory has no seeds.parquet." in _section(
         page, "Recommended configuration over"
     )
@@ -228,7 +226,7 @@ def test_seed_reruns_are_summarised_at_the_recommendations_epoch(tmp_path: Path)
         for epoch in (2, 4)
     ]
     study.run.write_seed_runs(pd.DataFrame(rows))
-    page = build_report(study, recommendation_of(study), overlays=False).html.read_text()
+    page = build_report(study, overlays=False).html.read_text()
     seeds = _section(page, "Recommended configuration over")
     assert "rerun with fresh seeds; at that epoch" in seeds
     assert "the study&#x27;s forget set (070,148), 3 seeds." in seeds  # a table without a forget column
@@ -255,7 +253,7 @@ def test_seed_reruns_are_summarised_at_the_recommendations_epoch(tmp_path: Path)
         for seed, dice in ((0, 0.4), (1, 0.6))
     ]
     study.run.write_seed_runs(pd.DataFrame([{**r, "forget": "070,148"} for r in rows] + other))
-    page = build_report(study, recommendation_of(study), overlays=False).html.read_text()
+    page = build_report(study, overlays=False).html.read_text()
     seeds = _section(page, "Recommended configuration over")
     assert seeds.index("forget set (070,148)") < seeds.index("another forget set (1,4;")
     elsewhere = seeds[seeds.index("another forget set") :]
@@ -270,7 +268,7 @@ def test_seed_reruns_are_summarised_at_the_recommendations_epoch(tmp_path: Path)
 def test_curves_mark_the_retrain_reference_and_the_holdout(tmp_path: Path, monkeypatch):
     drawn = _drawn(monkeypatch)
     study = load_study(_run_dir(tmp_path, _trials()))
-    build_report(study, recommendation_of(study), overlays=False)
+    build_report(study, overlays=False)
     curves = drawn[2]
     assert {"retrain reference's forget Dice: 0.50", "original model's holdout Dice: 0.60"} <= set(
         curves["forget Dice"]["texts"]
@@ -293,14 +291,16 @@ def test_overlays_show_the_retrain_reference_beside_the_recommended_model(
     drawn = _drawn(monkeypatch)
     split = {"forget": ["070"], "retain": ["1", "4"], "holdout": ["101"], "input_size": [8, 32, 32]}
     study = load_study(_run_dir(tmp_path, _trials(), data=str(cohort_root), **split))
-    recommendation = recommendation_of(study)
+    recommendation = study.recommendation
     for name in ("original", "retrain"):
         study.run.record_baseline(
             name, MedicalNetSegmentation(10, 4, width=0.25).state_dict(), study.baselines[name]
         )
-    study.run.save_recommended("deep0000", 4, MedicalNetSegmentation(10, 4, width=0.25).state_dict())
+    study.run.save_recommended(
+        recommendation.trial_id, 4, MedicalNetSegmentation(10, 4, width=0.25).state_dict()
+    )
     with torch.no_grad():
-        page = build_report(study, recommendation).html.read_text()
+        page = build_report(study).html.read_text()
     titles = list(drawn[-1])
     assert titles[:5] == [
         "forget subject 070: T1",
@@ -310,3 +310,28 @@ def test_overlays_show_the_retrain_reference_beside_the_recommended_model(
         "recommended model",
     ]
     assert "is not saved" not in _section(page, "Before and after")
+
+
+def test_the_batchnorm_table_compares_the_recommendation_under_each_mode(tmp_path: Path):
+    study = load_study(_run_dir(tmp_path, _trials()))
+    page = build_report(study, overlays=False).html.read_text()
+    assert "Not run: the run directory has no bn_modes.parquet." in _section(page, "BatchNorm statistics")
+
+    reruns = pd.DataFrame(
+        [
+            {"bn_mode": mode, "epoch": epoch, **_figures(forget, 0.7, (0.8, mia, auc, 0.4))}
+            for mode, forget, mia, auc in (("frozen", 0.3, 0.9, 0.75), ("recalibrate", 0.45, 0.35, 0.52))
+            for epoch in (2, 4)
+        ]
+    )
+    table = bn_modes_table(study, study.recommendation, reruns).set_index("bn_mode")
+    own = "(the trial itself)"  # these hand-made trials name no bn_mode
+    assert list(table.index) == [own, "frozen", "recalibrate", "retrain reference (target)"]
+    assert table.loc["frozen", "mia_forget"] == 0.9 and table.loc["recalibrate", "mia_forget_auc"] == 0.52
+    assert table.loc["recalibrate", "forget_dice"] == 0.45  # the epoch-4 row, not epoch 2's
+    assert table.loc[own, "forget_dice"] == study.recommendation.figures["forget_dice"]
+    assert table.loc["retrain reference (target)", "mia_forget_auc"] == 0.55
+    study.run.write_bn_mode_runs(reruns)
+    assert "<td>recalibrate</td>" in _section(
+        build_report(study, overlays=False).html.read_text(), "BatchNorm"
+    )

@@ -1,52 +1,24 @@
-"""The recommended configuration rerun: with fresh seeds (on two forget sets), and under every
-other bn_mode."""
+"""The reruns of the recommended configuration: which it asks for, and which a resumed study
+still has to run (the reruns themselves run in the smoke study, ``tests/test_study.py``)."""
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 
 import pandas as pd
-from test_report_views import _figures, _run_dir, _section, _trials
 
-from analysis.report import build_report
-from analysis.study_state import load_study, recommendation_of
-from study.run import RunDir
-from trainables.replay import FRESH_SEEDS
-from trainables.reruns import Rerun, done_reruns, planned_reruns
+from study.config import load_config
+from study.run.rundir import RunDir
+from trainables.reruns import Rerun, done_reruns, pending_reruns, planned_reruns
+from trainables.trial import FRESH_SEEDS
 
-
-def test_the_batchnorm_section_compares_the_recommendation_under_each_mode(tmp_path: Path):
-    run_dir = _run_dir(tmp_path, _trials())
-    study = load_study(run_dir)
-    recommendation = recommendation_of(study)
-    page = build_report(study, recommendation, overlays=False).html.read_text()
-    assert "Not run: the run directory has no bn_modes.parquet." in _section(page, "BatchNorm statistics")
-
-    reruns = [
-        {"bn_mode": mode, "epoch": epoch, **_figures(forget, 0.7, (0.8, mia, auc, 0.4))}
-        for mode, forget, mia, auc in (("frozen", 0.3, 0.9, 0.75), ("recalibrate", 0.45, 0.35, 0.52))
-        for epoch in (2, 4)
-    ]
-    study.run.write_bn_mode_runs(pd.DataFrame(reruns))
-    section = _section(build_report(study, recommendation, overlays=False).html.read_text(), "BatchNorm")
-    body = [re.findall(r"<td>(.*?)</td>", row) for row in section.split("<tr")[2:]]
-    columns = re.findall(r"<th>(.*?)</th>", section)
-    cells = pd.DataFrame([row[1:] for row in body], columns=columns[1:], index=[row[0] for row in body])
-    cells = cells.apply(pd.to_numeric)
-    own = "(the trial itself)"  # these hand-made trials name no bn_mode
-    assert list(cells.index) == [own, "frozen", "recalibrate", "retrain reference (target)"]
-    assert cells.loc["frozen", "mia_forget"] == 0.9 and cells.loc["recalibrate", "mia_forget_auc"] == 0.52
-    assert cells.loc["recalibrate", "forget_dice"] == 0.45  # the epoch-4 row, not epoch 2's
-    assert cells.loc[own, "forget_dice"] == recommendation["forget_dice"]
-    assert cells.loc["retrain reference (target)", "mia_forget_auc"] == 0.55
+#: The figures a rerun's row carries, made up.
+FIGURES = {"forget_dice": 0.2, "retain_dice": 0.7, "mia_forget": 0.1}
 
 
-def test_a_resumed_study_reruns_only_what_its_tables_lack(tmp_path: Path):
-    run_dir = _run_dir(tmp_path, _trials())
-    run, config = RunDir.open(run_dir)
-    config = dataclasses.replace(config, seed_reruns=2, bn_mode_reruns=True)
+def test_the_reruns_asked_for_are_fresh_seeds_on_both_forget_sets_and_every_other_bn_mode():
+    config = dataclasses.replace(load_config("smoke"), seed_reruns=2, bn_mode_reruns=True)
     planned = planned_reruns(config, "train", "070,148", "1,4")
     assert [(r.column, r.value, r.forget) for r in planned] == [
         ("seed", 0, "070,148"),
@@ -56,15 +28,28 @@ def test_a_resumed_study_reruns_only_what_its_tables_lack(tmp_path: Path):
         ("bn_mode", "frozen", "070,148"),
         ("bn_mode", "recalibrate", "070,148"),
     ]
-    assert planned[0].changes == {"trial_number": FRESH_SEEDS} and planned[-1].changes == {
-        "bn_mode": "recalibrate"
-    }
-    assert [r.forget for r in planned_reruns(config, "train", "070,148", None)].count("1,4") == 0
+    assert planned[0].changes == {"trial_number": FRESH_SEEDS}
+    assert planned[-1].changes == {"bn_mode": "recalibrate"}
+    assert [r.forget for r in planned_reruns(config, "frozen", "070,148", None)] == ["070,148"] * 4
+    assert (
+        planned_reruns(dataclasses.replace(config, seed_reruns=0, bn_mode_reruns=False), "train", "a", "b")
+        == []
+    )
 
-    # Seeds written before other forget sets were rerun (no forget column) count as the study's own.
-    figures = _figures(0.2, 0.7, (0.8, 0.1, 0.3, 0.5))
-    run.write_seed_runs(pd.DataFrame([{"trial_id": "t", "seed": k, "epoch": 4, **figures} for k in (0, 1)]))
-    run.write_bn_mode_runs(pd.DataFrame([{"trial_id": "other", "bn_mode": "frozen", "epoch": 4, **figures}]))
-    rows = done_reruns(run, "t", "070,148")
-    done = {Rerun(column, row[column], row["forget"]) for column, table in rows.items() for row in table}
-    assert [r for r in planned if r not in done] == planned[2:]  # another trial's bn_mode rows do not count
+
+def test_a_resumed_study_reruns_only_what_its_tables_lack(tmp_path: Path):
+    run = RunDir(tmp_path)
+    config = dataclasses.replace(load_config("smoke"), seed_reruns=2, bn_mode_reruns=True)
+    planned = planned_reruns(config, "train", "070,148", "1,4")
+    assert pending_reruns(planned, done_reruns(run, "t", "070,148")) == planned  # no tables yet
+
+    # Seeds written before other forget sets were rerun (no forget column) count as the study's own;
+    # another trial's rows do not count.
+    seeds = [{"trial_id": "t", "seed": k, "epoch": 4, **FIGURES} for k in (0, 1)]
+    run.write_seed_runs(pd.DataFrame([*seeds, {"trial_id": "other", "seed": 0, "epoch": 4, **FIGURES}]))
+    run.write_bn_mode_runs(pd.DataFrame([{"trial_id": "other", "bn_mode": "frozen", "epoch": 4, **FIGURES}]))
+    done = done_reruns(run, "t", "070,148")
+    assert [row["forget"] for row in done["seed"]] == ["070,148", "070,148"] and done["bn_mode"] == []
+    assert pending_reruns(planned, done) == planned[2:]
+    finished = {**done, "bn_mode": [{"bn_mode": "frozen", "forget": "070,148"}]}
+    assert pending_reruns(planned, finished) == [*planned[2:4], Rerun("bn_mode", "recalibrate", "070,148")]

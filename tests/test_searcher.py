@@ -13,12 +13,11 @@ import ray.cloudpickle
 import toy_strategy
 from ray.tune.search import Searcher
 
+from search_spaces import STRATEGIES, check_config, register, spaces_of
 from search_spaces.searcher import build_searcher, make_sampler
 from study.config import load_config
 from study.launch import main
-from study.run import RunDir
-from trainables import STRATEGIES
-from trainables.registry import check_config, register, spaces_of
+from study.run.rundir import RunDir
 
 RESULT = {"forget_drop": 0.5, "retain_kept": 0.9}
 

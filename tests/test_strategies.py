@@ -10,16 +10,18 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
-from study.data import IGNORE_LABEL
+from search_spaces import STRATEGIES
+from study.cohort import IGNORE_LABEL
+from study.config import EpochSchedule
 from study.model import MedicalNetSegmentation
-from trainables import STRATEGIES
 from trainables.finetune import Finetune
 from trainables.learn_others import LearnOthers
-from trainables.loop import LoopSettings, run_epochs
+from trainables.loop import run_epochs
 from trainables.max_loss import MaxLoss
 from trainables.noisy_label import corrupt_labels
 from trainables.random_encoder import RandomEncoder
 from trainables.salun import SalUn
+from trainables.settings import LoopSettings
 from trainables.strategy import Batch, segmentation_loss
 
 
@@ -35,7 +37,7 @@ def _unlearn(strategy_name: str, params: dict, cohort, epochs: int = 1, lr: floa
     strategy = STRATEGIES[strategy_name].strategy(
         n_classes=4, original_model=copy.deepcopy(original).eval(), **params
     )
-    loop = LoopSettings(max_epochs=epochs, lr=lr, batch_size=2, **settings)
+    loop = LoopSettings(EpochSchedule(epochs), lr=lr, batch_size=2, **settings)
     run_epochs(model, strategy, cohort, loop, lambda m, s: None)
     return original, model, strategy
 
@@ -77,7 +79,7 @@ def test_max_loss_stays_below_the_ceiling_and_finite_at_a_large_learning_rate(ti
     model = _model()
     strategy = Recording(n_classes=4, forget_weight=1.0, loss_ceiling=2.5)
     reports = []
-    settings = LoopSettings(max_epochs=3, lr=1.0, optimizer="sgd", batch_size=3)
+    settings = LoopSettings(EpochSchedule(3), lr=1.0, optimizer="sgd", batch_size=3)
     run_epochs(model, strategy, tiny_cohort, settings, lambda m, s: reports.append(m))
     assert seen and all(math.isfinite(v) and v <= 2.5 for v in seen)
     assert max(seen) == pytest.approx(2.5)  # the ascent reached the ceiling and stopped there
@@ -141,7 +143,7 @@ def test_finetune_never_feeds_forget_subjects(tiny_cohort):
             fed.append(batch.forget.clone())
             return super().loss(model, batch)
 
-    settings = LoopSettings(max_epochs=2, lr=1e-3, batch_size=1)
+    settings = LoopSettings(EpochSchedule(2), lr=1e-3, batch_size=1)
     run_epochs(_model(), Recording(n_classes=4), tiny_cohort, settings, lambda m, s: None)
     assert len(fed) == 2 * len(tiny_cohort.split.retain)
     assert not any(f.any() for f in fed)

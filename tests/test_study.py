@@ -5,36 +5,31 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import optuna
 import pandas as pd
 import pytest
-from test_forget import assert_a_deletion_request_is_honoured
 
-from study.config import config_from_toml, load_config
-from study.data import open_cohort
-from study.errors import StudyError
-from study.forget_sets import with_other_forget
+from analysis.study_state import load_study
+from search_spaces import STRATEGIES
+from study.cohort import open_cohort, with_other_forget
+from study.config import EpochSchedule, StudyError, config_from_toml, load_config
 from study.launch import main
 from study.metrics import METRICS
-from study.run import RunDir
-from trainables import STRATEGIES
-from trainables.baseline import baseline_key, load_cached
-from trainables.replay import replay_trial
+from study.replay import replay_trial
+from study.run.rundir import RunDir
+from trainables.baseline import cache_key, load_cached
 
 
-@pytest.fixture
-def cache_env(cache_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
-    return cache_home
-
-
-def _assert_one_row_per_trial_and_epoch(trials: pd.DataFrame) -> None:
-    """The smoke study's table: 2 strategies x 2 trials x 2 epochs, parameters within their ranges."""
+def test_the_smoke_study_writes_one_row_per_trial_and_epoch(smoke_study):
+    """2 strategies x 2 trials x 2 epochs, parameters within their ranges."""
+    trials = smoke_study.trials
+    assert smoke_study.code == 0
     assert len(trials) == 8
-    assert set(trials["strategy"]) == {"noisy_label", "max_loss"}
     assert trials.groupby("strategy")["trial_id"].nunique().to_dict() == {"noisy_label": 2, "max_loss": 2}
     assert not trials.duplicated(["trial_id", "epoch"]).any()
     assert sorted(trials["epoch"].unique()) == [1, 2]
@@ -53,26 +48,71 @@ def _assert_one_row_per_trial_and_epoch(trials: pd.DataFrame) -> None:
     assert trials.groupby("strategy")["trial_number"].apply(lambda n: sorted(set(n))).tolist() == [[0, 1]] * 2
 
 
-def _assert_reruns_of_the_recommendation(run: RunDir, out: str) -> None:
-    """The smoke preset's 2 fresh seeds (on two forget sets) and the 2 other bn_modes, every
-    epoch, the same trial."""
-    trial_id = out.split("recommended: ")[1].split(" trial ")[1].split()[0]
+def test_the_baselines_and_the_resolved_config_are_recorded(smoke_study):
+    """Both baselines' metrics and weights, and a config.toml that reads back as the study's config."""
+    run = smoke_study.run
+    baseline = json.loads(run.baseline_metrics_file.read_text())
+    assert set(baseline["original"]) == set(baseline["retrain"]) == set(METRICS)
+    assert baseline["retrain"]["forget_gap_to_retrain"] == 0.0 and baseline["retrain"]["retrain_match"] == 1.0
+    assert baseline["original"]["forget_drop"] == 0.0 and baseline["original"]["retain_kept"] == 1.0
+    assert baseline["original"]["forget_gap_to_retrain"] == pytest.approx(
+        abs(baseline["original"]["forget_dice"] - baseline["retrain"]["forget_dice"])
+    )
+    assert run.baseline_model("original").is_file() and run.baseline_model("retrain").is_file()
+    saved = config_from_toml(run.config_file)
+    reruns = {"seed_reruns": 2, "bn_mode_reruns": True}  # the study's --config file
+    assert saved == load_config("smoke", overrides={"run_dir": str(smoke_study.run_dir), **reruns})
+    assert saved.strategies == ["noisy_label", "max_loss"] and saved.max_epochs == 2  # the preset's
+
+
+def test_tune_keeps_each_trials_last_checkpoint_and_optuna_each_trial(smoke_study):
+    """Tune's experiment in the default storage keeps each trial's last checkpoint only;
+    each strategy's Optuna study holds its 2 trials, complete, with both objectives."""
+    run_dir, trials = smoke_study.run_dir, smoke_study.trials
+    experiment = smoke_study.run.storage
+    assert experiment.experiment_path == str(run_dir.resolve() / "ray_results" / run_dir.name)
+    for trial_id in trials["trial_id"].unique():
+        assert [index for index, _ in experiment.checkpoints(experiment.trial_path(trial_id))] == [1]
+    for strategy in ("noisy_label", "max_loss"):
+        study = optuna.load_study(study_name=strategy, storage=smoke_study.run.optuna_url)
+        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        assert len(complete) == 2 and all(len(t.values) == 2 for t in complete)
+
+
+def test_the_console_and_the_report_name_the_recommendation(smoke_study):
+    run, out = smoke_study.run, smoke_study.output
+    recommended = load_study(smoke_study.run_dir).recommendation
+    assert "non-dominated trials" in out and f"run directory: {smoke_study.run_dir}" in out
+    assert f"report: {run.report_html}" in out
+    assert (
+        f"recommended: {recommended.strategy} trial {recommended.trial_id} at {recommended.epoch} epochs"
+        in out
+    )
+    assert run.pareto_file.is_file() and run.report_markdown.is_file()
+    page = run.report_html.read_text()
+    assert page.count("data:image/png;base64,") == 4  # a front per view, curves, overlays
+    assert "is not saved" not in page  # the recommended model's overlay is there
+    assert f"python -m study.replay {smoke_study.run_dir} {recommended.trial_id} --epochs" in page
+
+
+def test_the_recommendation_is_rerun_with_fresh_seeds_on_two_forget_sets_and_other_bn_modes(smoke_study):
+    """The 2 fresh seeds on the study's forget set and on the first 2 retain subjects, and the
+    2 other bn_modes, every epoch, the same trial; each set against its own retrain reference."""
+    run, config = smoke_study.run, smoke_study.config
+    trial_id = load_study(smoke_study.run_dir).recommendation.trial_id
     seeds, bn_modes = run.read_seed_runs(), run.read_bn_mode_runs()
     assert set(seeds["trial_id"]) == set(bn_modes["trial_id"]) == {trial_id}
-    # The same 2 seeds on the study's forget set and on the first 2 retain subjects.
     for forget in ("070,148", "1,14"):
         on = seeds[seeds["forget"] == forget]
         assert sorted(zip(on["seed"], on["epoch"], strict=True)) == [(0, 1), (0, 2), (1, 1), (1, 2)]
-    # Each set's figures against its own retrain reference, trained once and cached.
     references = seeds.groupby("forget")["retrain_forget_dice"].agg(["min", "max"])
     assert (references["min"] == references["max"]).all() and references["max"].nunique() == 2
     assert seeds["forget_gap_to_retrain"].to_numpy() == pytest.approx(
         (seeds["forget_dice"] - seeds["retrain_forget_dice"]).abs().to_numpy(), abs=1e-6
     )
-    config = RunDir.open(run.path)[1]
     other = with_other_forget(open_cohort(config), config.other_forget)
-    assert load_cached(config.cache_path, baseline_key(config, other, "retrain")) is not None
-    recommended = pd.read_parquet(run.trials_file).query("trial_id == @trial_id")["param_bn_mode"].iloc[0]
+    assert load_cached(config, cache_key(config, other, "retrain")) is not None  # trained once, cached
+    recommended = smoke_study.trials.query("trial_id == @trial_id")["param_bn_mode"].iloc[0]
     assert set(bn_modes["bn_mode"]) == {"train", "frozen", "recalibrate"} - {recommended}
     assert seeds["forget_dice"].between(0, 1).all() and bn_modes["mia_forget"].between(0, 1).all()
     page = run.report_html.read_text()
@@ -80,67 +120,13 @@ def _assert_reruns_of_the_recommendation(run: RunDir, out: str) -> None:
     assert "(the trial itself)" in page
 
 
-def _assert_baselines_and_config(run_dir: Path) -> None:
-    """Both baselines' metrics and weights, and a config.toml that reads back as the study's config."""
-    baseline = json.loads(RunDir(run_dir).baseline_metrics_file.read_text())
-    assert set(baseline["original"]) == set(baseline["retrain"]) == set(METRICS)
-    assert baseline["retrain"]["forget_gap_to_retrain"] == 0.0 and baseline["retrain"]["retrain_match"] == 1.0
-    assert baseline["original"]["forget_drop"] == 0.0 and baseline["original"]["retain_kept"] == 1.0
-    assert baseline["original"]["forget_gap_to_retrain"] == pytest.approx(
-        abs(baseline["original"]["forget_dice"] - baseline["retrain"]["forget_dice"])
-    )
-    assert RunDir(run_dir).baseline_model("original").is_file()
-    assert RunDir(run_dir).baseline_model("retrain").is_file()
-    saved = config_from_toml(RunDir(run_dir).config_file)
-    reruns = {"seed_reruns": 2, "bn_mode_reruns": True}  # the test's --config file
-    assert saved == load_config("smoke", overrides={"run_dir": str(run_dir), **reruns})
-    assert saved.preset == "smoke" and saved.run_dir == str(run_dir)  # what the command line said
-    assert saved.strategies == ["noisy_label", "max_loss"] and saved.max_epochs == 2  # the preset's
-
-
-def _assert_tune_and_optuna_storage(run_dir: Path, trials: pd.DataFrame) -> None:
-    """Tune's experiment in the default storage keeps each trial's last checkpoint only;
-    each strategy's Optuna study holds its 2 trials, complete, with both objectives."""
-    experiment = RunDir.open(run_dir)[0].storage
-    assert experiment.experiment_path == str(run_dir.resolve() / "ray_results" / run_dir.name)
-    for trial_id in trials["trial_id"].unique():
-        assert [index for index, _ in experiment.checkpoints(experiment.trial_path(trial_id))] == [1]
-    storage = f"sqlite:///{run_dir / 'optuna.db'}"
-    for strategy in ("noisy_label", "max_loss"):
-        study = optuna.load_study(study_name=strategy, storage=storage)
-        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        assert len(complete) == 2 and all(len(t.values) == 2 for t in complete)
-
-
-@pytest.mark.slow
-def test_smoke_study_writes_one_row_per_trial_and_epoch(ray_local, cache_env, tmp_path: Path, capsys):
-    run_dir, reruns = tmp_path / "run", tmp_path / "reruns.toml"
-    reruns.write_text("seed_reruns = 2\nbn_mode_reruns = true\n")  # off in the smoke preset
-    assert main(["--preset", "smoke", "--config", str(reruns), "--run-dir", str(run_dir)]) == 0
-
-    trials = pd.read_parquet(RunDir(run_dir).trials_file)
-    _assert_one_row_per_trial_and_epoch(trials)
-    _assert_baselines_and_config(run_dir)
-    _assert_tune_and_optuna_storage(run_dir, trials)
-
-    out = capsys.readouterr().out
-    assert "non-dominated trials" in out and f"run directory: {run_dir}" in out
-    assert f"report: {run_dir / 'report.html'}" in out and "recommended: " in out
-    assert RunDir(run_dir).pareto_file.is_file() and RunDir(run_dir).report_markdown.is_file()
-    page = RunDir(run_dir).report_html.read_text()
-    assert page.count("data:image/png;base64,") == 4  # a front per view, curves, overlays
-    assert "is not saved" not in page  # the recommended model's overlay is there
-    _assert_reruns_of_the_recommendation(RunDir(run_dir), out)
-
-    # One trial rerun without Ray, from what the run directory holds, lands on its figures.
-    finals = trials[trials["epoch"] == 2]
+def test_a_trial_replayed_without_ray_lands_on_its_recorded_figures(smoke_study):
+    finals = smoke_study.trials[smoke_study.trials["epoch"] == 2]
     trial = finals[finals["strategy"] == "noisy_label"].iloc[1]
-    _, replayed = replay_trial(run_dir, trial["trial_id"], quiet=True)
+    replayed = replay_trial(smoke_study.run_dir, trial["trial_id"], quiet=True)
+    assert [int(r["epoch"]) for r in replayed.reports] == [1, 2]
     for metric in ("forget_dice", "retain_dice", "forget_drop"):
-        assert replayed[metric] == pytest.approx(trial[metric], abs=1e-4)
-
-    # A deletion request honoured with the finished study (python -m study.forget).
-    assert_a_deletion_request_is_honoured(run_dir, tmp_path / "forget", capsys)
+        assert replayed.last[metric] == pytest.approx(trial[metric], abs=1e-4)
 
 
 @pytest.mark.slow  # starts the local Ray
@@ -211,12 +197,18 @@ def test_bad_input_is_one_line_and_exit_code_2(cache_env, tmp_path: Path, capsys
     assert not run_dir.exists()
 
 
-def test_presets_validate():
-    for preset in ("demo", "smoke"):
-        load_config(preset).validate(tuple(STRATEGIES))
-    paper = load_config("paper", overrides={"data": "/data/MRBrainS18/training"})
-    paper.validate(tuple(STRATEGIES))
-    assert paper.model_depth == 50 and paper.max_epochs == 50 and paper.horizons == [20, 50]
+def test_the_presets_resolve_to_their_strategies_and_schedules():
+    demo = load_config("demo").validate(tuple(STRATEGIES))
+    assert demo.strategies == list(STRATEGIES)  # none named: every registered strategy
+    demo_schedule = EpochSchedule.of(demo)
+    assert demo_schedule.reported_epochs() == [5, 10, 15, 20, 25, 30]
+    assert [e for e in range(1, 31) if demo_schedule.checkpoints(e)] == [15, 30]  # the horizons only
+    smoke = load_config("smoke").validate(tuple(STRATEGIES))
+    assert smoke.strategies == ["noisy_label", "max_loss"]
+    assert EpochSchedule.of(smoke).reported_epochs() == [1, 2] and smoke.dashboard is False
+    paper = load_config("paper", overrides={"data": "/data/MRBrainS18/training"}).validate(tuple(STRATEGIES))
+    assert paper.model_depth == 50 and paper.input_size == [48, 240, 240] and paper.gpus_per_trial == 1
+    assert [e for e in range(1, 51) if EpochSchedule.of(paper).checkpoints(e)] == [20, 50]
     with pytest.raises(StudyError, match="unknown setting"):
         load_config("demo", overrides={"learning_rate": 1})
 
@@ -255,10 +247,10 @@ def test_search_bounds_narrow_the_space_and_clip_the_start():
     assert start["lr"] == 1e-3 and start["noise_level"] == 1.0
 
 
-def test_a_local_ray_binds_its_dashboard_to_this_machine_and_keeps_authentication(monkeypatch, tmp_path):
+def test_a_local_ray_binds_its_dashboard_to_this_machine(monkeypatch, tmp_path):
     import ray
 
-    from study.cluster import Connection, connect
+    from study.run.cluster import Connection, connect
 
     calls = []
 
@@ -274,10 +266,39 @@ def test_a_local_ray_binds_its_dashboard_to_this_machine_and_keeps_authenticatio
     assert connection == Connection("http://127.0.0.1:8265", local=True)
     assert calls[0]["dashboard_host"] == "127.0.0.1" and calls[0]["include_dashboard"] is True
     assert calls[0]["_temp_dir"] == "/tmp/r/ray"  # inside the run directory: short enough
-    # Token authentication is left as Ray sets it: no module of the tool turns it off.
-    root = Path(__file__).parents[1]
-    for package in ("study", "trainables", "search_spaces", "analysis"):
-        assert all("RAY_AUTH_MODE" not in f.read_text() for f in (root / package).glob("*.py"))
+
+
+# Every module of the tool imported, then a local Ray started (``ray.init`` stood in for):
+# what the process's environment and ``ray.init`` hold of token authentication afterwards.
+_AUTHENTICATION = """
+import importlib, json, os, pathlib, pkgutil, sys
+import ray
+for package in ("study", "trainables", "search_spaces", "analysis"):
+    for found in pkgutil.walk_packages(importlib.import_module(package).__path__, package + "."):
+        importlib.import_module(found.name)
+calls = []
+ray.is_initialized = lambda: False
+ray.init = lambda **kwargs: calls.append(sorted(kwargs)) or type("Context", (), {"dashboard_url": ""})
+from study.config import load_config
+from study.run.cluster import connect
+run_dir = pathlib.Path(sys.argv[1])
+connect(load_config("demo", overrides={"run_dir": str(run_dir)}), run_dir)
+print(json.dumps({"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "unset"), "init": calls}))
+"""
+
+
+def test_no_module_of_the_tool_turns_token_authentication_off(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # as a user's shell
+    done = subprocess.run(
+        [sys.executable, "-c", _AUTHENTICATION, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == {"RAY_AUTH_MODE": "unset", "init": [["_temp_dir", "dashboard_host", "include_dashboard"]]}
 
 
 @pytest.mark.parametrize(("cores", "dashboard"), [(2, False), (4, True), (64, True)])
@@ -286,7 +307,7 @@ def test_unless_asked_a_local_ray_starts_its_dashboard_on_machines_with_four_cor
 ):
     import ray
 
-    from study.cluster import connect
+    from study.run.cluster import connect
 
     calls = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
@@ -327,7 +348,7 @@ def test_cluster_settings_round_trip_through_the_run_directorys_config(tmp_path:
 
 
 def test_a_trial_that_errored_before_its_first_report_is_named():
-    from study.launch import never_reported
+    from study.run.results import never_reported
 
     grid = [
         SimpleNamespace(error=RuntimeError("killed"), metrics={"trial_id": "a1"}, path="/r/trial_a1"),

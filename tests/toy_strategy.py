@@ -1,9 +1,10 @@
 """Toy strategies, written the way every strategy is: its class and its search space.
 
 ``ToyBackground`` teaches the model that forget subjects are background everywhere. The
-test registers it with ``trainables.registry.register(ToyBackground, toy_background)``:
-the one step that trainables/__init__.py takes for each built-in strategy. ``ToyNaN``'s
-loss is never finite, so each of its trials diverges at epoch 1.
+``toy_registered`` fixture registers it with ``search_spaces.register(ToyBackground,
+toy_background)``: what ``@space_for`` does for each built-in strategy in
+``search_spaces/spaces.py``. ``ToyNaN``'s loss is never finite, so each of its trials
+diverges at epoch 1.
 """
 
 from __future__ import annotations

@@ -1,9 +1,12 @@
-"""The baselines of every table: the original model and the retrain reference.
+"""Models of the original recipe: the original model and the retrain reference, trained once.
 
 ``original``: trained on retain + forget subjects; every strategy starts from it.
 ``retrain``: the same recipe on retain subjects only: exact unlearning, the gold standard.
-Both train with the shared epoch loop and are cached under a key of everything that
-determines them: the cohort's content, the network, the initial weights and the recipe.
+``reference_models`` is the one way to get them, for any cohort (its split says who is
+retained and who forgotten) and seed (``config.seed``): each is taken from the cache or
+trained, as Ray tasks side by side while Ray is up and in this process otherwise, and cached
+under a key of everything that determines it as soon as it is trained; then both are
+measured on every subject, the ``Reference`` that trials are scored against.
 """
 
 from __future__ import annotations
@@ -16,44 +19,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from study.cluster import task_options, trial_device
-from study.config import StudyConfig
-from study.data import Cohort
+from study.cohort import Cohort
+from study.config import EpochSchedule, StudyConfig
 from study.metrics import Reference, measure_reference, set_metrics
-from study.model import MedicalNetSegmentation
-from study.results import atomic_write
-from study.run import RunDir
-from study.weights import file_digest, load_medicalnet_weights
-from trainables.loop import LoopSettings, device_for_training, run_epochs
-from trainables.strategy import Batch, Strategy, segmentation_loss
+from study.model import cpu_state, file_digest, model_from
+from study.run.cluster import remote
+from study.run.rundir import RunDir, atomic_write
+from trainables.loop import run_epochs
+from trainables.settings import Compute, LoopSettings
+from trainables.strategy import Supervised
 
-#: Baseline name -> whether its training set includes the forget subjects.
-BASELINES = {"original": True, "retrain": False}
-
-
-@dataclass(kw_only=True, eq=False)
-class Supervised(Strategy):
-    """True labels on every subject fed (forget subjects too when ``uses_forget``): how the
-    baselines are trained."""
-
-    uses_forget: bool = True  # type: ignore[misc]  # a field here, a class constant in strategies
-
-    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        return segmentation_loss(model(batch.images), batch.labels)
+#: Model of the original recipe -> whether its training set includes the forget subjects.
+KINDS = {"original": True, "retrain": False}
+#: What the study prints of each model's figures.
+SHOWN = ("retain_dice", "forget_dice", "holdout_dice", "forget_gap_to_retrain", "mia_auc", "mia_forget")
 
 
-def build_model(config: StudyConfig, n_classes: int) -> MedicalNetSegmentation:
-    """The study's network, randomly initialised (seeded by ``config.seed``)."""
-    torch.manual_seed(config.seed)
-    return MedicalNetSegmentation(depth=config.model_depth, n_classes=n_classes, width=config.model_width)
-
-
-def baseline_key(config: StudyConfig, cohort: Cohort, name: str) -> str:
-    """Cache key of baseline ``name``: changes whenever anything that shapes it changes."""
+def cache_key(config: StudyConfig, cohort: Cohort, kind: str) -> str:
+    """Cache key of model ``kind``: changes whenever anything that shapes it changes."""
     recipe = {
-        "kind": name,
+        "kind": kind,
         "cohort": cohort.digest,
         "depth": config.model_depth,
         "width": config.model_width,
@@ -69,194 +55,187 @@ def baseline_key(config: StudyConfig, cohort: Cohort, name: str) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _cache_file(cache_dir: Path, key: str) -> Path:
-    return cache_dir / "models" / f"{key}.pt"
+def cache_file(config: StudyConfig, key: str) -> Path:
+    """``{"model": state_dict, "metrics": set metrics}`` of the model cached under ``key``."""
+    return config.cache_path / "models" / f"{key}.pt"
 
 
-def load_cached(cache_dir: Path, key: str) -> tuple[dict[str, torch.Tensor], dict[str, float]] | None:
-    """``(state_dict, metrics)`` of the baseline cached under ``key``, or ``None``."""
-    path = _cache_file(cache_dir, key)
+def load_cached(config: StudyConfig, key: str) -> tuple[dict[str, torch.Tensor], dict[str, float]] | None:
+    """``(state_dict, metrics)`` of the model cached under ``key``, or ``None``."""
+    path = cache_file(config, key)
     if not path.is_file():
         return None
     cached = torch.load(path, map_location="cpu", weights_only=True)
     return cached["model"], cached["metrics"]
 
 
-def store_cached(
-    cache_dir: Path, key: str, state: dict[str, torch.Tensor], metrics: dict[str, float]
-) -> None:
-    """Caches a baseline under ``key``: one file, written atomically."""
-    path = _cache_file(cache_dir, key)
+def _store(config: StudyConfig, key: str, state: dict[str, torch.Tensor], metrics: dict[str, float]) -> None:
+    path = cache_file(config, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda p: torch.save({"model": state, "metrics": metrics}, p))
 
 
-def initial_state(config: StudyConfig, n_classes: int) -> tuple[dict[str, torch.Tensor], str]:
-    """The state both baselines start from, and a note on how it was made.
-
-    MedicalNet weights from ``config.weights`` (read here, on the driver, so that no task
-    opens the driver's files) or the network's own random initialisation.
-    """
-    model = build_model(config, n_classes)
-    note = "random initialisation"
-    if config.weights:
-        loaded = load_medicalnet_weights(model, Path(config.weights))
-        note = f"MedicalNet weights {config.weights}; {loaded['head']}"
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}, note
-
-
-def train_baseline(
-    name: str,
-    config: StudyConfig,
-    cohort: Cohort,
-    start: dict[str, torch.Tensor],
-    threads: int = 1,
-    device: str = "",
+def train_model(
+    kind: str, config: StudyConfig, cohort: Cohort, start: dict[str, torch.Tensor], compute: Compute
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """Trains baseline ``name`` (see ``BASELINES``) from the state ``start``; returns its CPU
-    ``state_dict`` and set metrics. Every subject of its training set is seen with true labels.
-    """
-    torch.set_num_threads(threads)
-    model = build_model(config, cohort.n_classes)
-    model.load_state_dict(start)
-    strategy = Supervised(n_classes=cohort.n_classes, uses_forget=BASELINES[name])
+    """Trains model ``kind`` (one of ``KINDS``) from the state ``start``: plain Adam, cosine
+    decay, true labels on every subject of its training set; returns its CPU state dict and
+    set metrics."""
+    compute.use_threads()
+    model = model_from(config, cohort.n_classes, start)
+    schedule = EpochSchedule(config.baseline_epochs, max(1, config.baseline_epochs // 5), checkpoint_every=0)
     settings = LoopSettings(
-        max_epochs=config.baseline_epochs,
+        schedule,
         lr=config.baseline_lr,
+        weight_decay=0.0,
         batch_size=config.batch_size,
         seed=config.seed,
-        checkpoint_every=0,
         cosine_decay=True,
-        eval_every=max(1, config.baseline_epochs // 5),
-        device=device,
-        precision=config.precision,
-        channels_last=config.channels_last,
     )
     started = time.monotonic()
 
-    def progress(metrics: dict[str, Any], state: Any) -> None:
-        if metrics["epoch"] % settings.eval_every == 0:
+    def progress(metrics: dict[str, Any], checkpoint: Any) -> None:
+        if metrics["epoch"] % schedule.eval_every == 0:
             print(
-                f"{name} model: epoch {metrics['epoch']}/{settings.max_epochs}  "
+                f"{kind} model: epoch {metrics['epoch']}/{schedule.max_epochs}  "
                 f"retain Dice {metrics['retain_dice']:.3f}  forget Dice {metrics['forget_dice']:.3f}  "
                 f"({time.monotonic() - started:.0f} s)",
                 flush=True,
             )
 
-    run_epochs(model, strategy, cohort, settings, progress)
-    metrics = set_metrics(model, cohort, device_for_training(device))
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return state, metrics
+    strategy = Supervised(n_classes=cohort.n_classes, uses_forget=KINDS[kind])
+    run_epochs(model, strategy, cohort, settings, progress, compute=compute)
+    return cpu_state(model), set_metrics(model, cohort, compute.torch_device())
 
 
-def measure_baselines(
-    config: StudyConfig,
-    cohort: Cohort,
-    states: dict[str, dict[str, torch.Tensor]],
-    threads: int = 1,
-    device: str = "",
+def measure(
+    config: StudyConfig, cohort: Cohort, states: dict[str, dict[str, torch.Tensor]], compute: Compute
 ) -> Reference:
-    """The study's ``Reference``: both baselines evaluated on every subject (set metrics,
-    gaps, membership inference) from their state dicts ``states``."""
-    torch.set_num_threads(threads)
-    models = {}
-    for name in BASELINES:
-        models[name] = build_model(config, cohort.n_classes)
-        models[name].load_state_dict(states[name])
-    on = device_for_training(device)
+    """The ``Reference``: both models (``states``) evaluated on every subject (set metrics,
+    gaps, membership inference)."""
+    compute.use_threads()
+    models = {kind: model_from(config, cohort.n_classes, states[kind]) for kind in KINDS}
+    device = compute.torch_device()
     return measure_reference(
-        models["original"].to(on), models["retrain"].to(on), cohort, on, config.score_weight
+        models["original"].to(device), models["retrain"].to(device), cohort, device, config.score_weight
     )
 
 
-#: What the study prints of each baseline's figures.
-SHOWN = ("retain_dice", "forget_dice", "holdout_dice", "forget_gap_to_retrain", "mia_auc", "mia_forget")
+@dataclass(frozen=True)
+class References:
+    """The models of the original recipe for one cohort and the ``Reference`` measured with them."""
+
+    states: dict[str, dict[str, torch.Tensor]]
+    reference: Reference
 
 
-def trained_baselines(
-    config: StudyConfig, cohort: Cohort, cohort_ref: Any, start_ref: Any, names: list[str], cpus: int
-) -> dict[str, Any]:
-    """Per baseline in ``names``: ``(state_dict, metrics)`` from the cache, else the ``ObjectRef``
-    of a Ray task now training it (``cohort_ref``, ``start_ref``: the cohort and the initial
-    state in the object store). ``cached_baselines`` waits for those and caches them."""
-    import ray
+class ReferencesInTraining:
+    """``reference_models``' work: the models found in the cache, and the others in training
+    (Ray tasks) or to train (in this process, once ``result()`` is asked for)."""
 
-    found: dict[str, Any] = {}
-    for name in names:
-        key = baseline_key(config, cohort, name)
-        found[name] = load_cached(config.cache_path, key)
-        if found[name] is not None:
-            print(
-                f"{name} model for forget set {','.join(cohort.split.forget)}: cached "
-                f"({_cache_file(config.cache_path, key)})"
-            )
-    if missing := [name for name, cached in found.items() if cached is None]:
-        print(
-            f"training {', '.join(missing)} for forget set {','.join(cohort.split.forget)} "
-            f"({config.baseline_epochs} epochs each)"
+    def __init__(
+        self,
+        config: StudyConfig,
+        cohort: Cohort,
+        start: dict[str, torch.Tensor],
+        states: dict[str, dict[str, torch.Tensor]],
+        cores: int | None,
+    ) -> None:
+        self.config, self.cohort, self.start, self.states, self.cores = config, cohort, start, states, cores
+        self.missing = [kind for kind in KINDS if kind not in states]
+        self.cohort_ref: Any = None  # the cohort in Ray's object store, while Ray is up
+        self.tasks: dict[Any, str] = {}  # Ray task -> the kind it trains
+
+    def submit(self, cohort_ref: Any) -> None:
+        """Starts a Ray task for every missing model, side by side."""
+        import ray
+
+        self.cohort_ref = cohort_ref if cohort_ref is not None else ray.put(self.cohort)
+        if self.missing:
+            compute, start = self.compute(len(self.missing)), ray.put(self.start)
+            train = remote(self.config, train_model, compute.threads)
+            self.tasks = {
+                train.remote(k, self.config, self.cohort_ref, start, compute): k for k in self.missing
+            }
+
+    def result(self) -> References:
+        """Both models, each trained one cached as soon as it is done, and their ``Reference``."""
+        config, measuring = self.config, self.compute(1)
+        if self.cohort_ref is None:  # in this process, one after the other
+            for kind in self.missing:
+                self._trained(
+                    kind, *train_model(kind, config, self.cohort, self.start, self.compute(len(self.missing)))
+                )
+            return References(self._states(), measure(config, self.cohort, self._states(), measuring))
+        import ray
+
+        while self.tasks:
+            (done, *_), _ = ray.wait(list(self.tasks))
+            self._trained(self.tasks.pop(done), *ray.get(done))
+        task = remote(config, measure, measuring.threads).remote(
+            config, self.cohort_ref, self._states(), measuring
         )
-        train = ray.remote(**task_options(config, cpus))(train_baseline)
-        for name in missing:
-            found[name] = train.remote(name, config, cohort_ref, start_ref, cpus, trial_device(config))
-    return found
+        return References(self._states(), ray.get(task))
+
+    def compute(self, tasks: int) -> Compute:
+        """How each of ``tasks`` running at once computes: with a trial's CPUs, or with a share
+        of the cores that are ours alone."""
+        cpus = max(1, self.cores // max(1, tasks)) if self.cores else self.config.cpus_per_trial
+        return Compute.of(self.config, threads=cpus)
+
+    def _trained(self, kind: str, state: dict[str, torch.Tensor], metrics: dict[str, float]) -> None:
+        _store(self.config, cache_key(self.config, self.cohort, kind), state, metrics)
+        self.states[kind] = state
+
+    def _states(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {kind: self.states[kind] for kind in KINDS}
 
 
-def cached_baselines(
-    config: StudyConfig, cohort: Cohort, found: dict[str, Any]
-) -> dict[str, dict[str, torch.Tensor]]:
-    """The state dicts of ``trained_baselines``' answer, each trained one cached once done."""
-    import ray
-
-    states = {}
-    for name, value in found.items():
-        if not isinstance(value, tuple):
-            value = ray.get(value)
-            store_cached(config.cache_path, baseline_key(config, cohort, name), *value)
-        states[name] = value[0]
-    return states
-
-
-def measured_reference(
-    config: StudyConfig, cohort_ref: Any, states: dict[str, dict[str, torch.Tensor]], cpus: int
-) -> Reference:
-    """``measure_baselines`` run as a Ray task."""
-    import ray
-
-    measure = ray.remote(**task_options(config, cpus))(measure_baselines)
-    return ray.get(measure.remote(config, cohort_ref, states, cpus, trial_device(config)))
-
-
-def baseline_cpus(config: StudyConfig, local: bool, tasks: int) -> int:
-    """CPUs per baseline task: a local Ray is ours alone, so ``tasks`` of them share every core."""
-    import ray
-
-    if not local:
-        return config.cpus_per_trial
-    return max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, tasks))
-
-
-def train_or_load_baselines(
+def reference_models(
     config: StudyConfig,
     cohort: Cohort,
-    cohort_ref: Any,
     start: dict[str, torch.Tensor],
-    run: RunDir,
-    local: bool,
-) -> tuple[dict[str, dict[str, torch.Tensor]], Reference]:
-    """Every baseline's weights and the study's ``Reference``, recorded in the run directory:
-    weights from the cache, else trained side by side as Ray tasks (``cohort_ref``: the cohort
-    in the object store); the figures measured in one more task."""
-    import ray
+    known: dict[str, dict[str, torch.Tensor]] | None = None,
+    cores: int | None = None,
+    cohort_ref: Any = None,
+) -> ReferencesInTraining:
+    """Both models of the original recipe for ``cohort``: from the cache, or trained from
+    ``start``, starting now (``result()`` waits for them and measures the ``Reference``).
 
-    keys = {name: baseline_key(config, cohort, name) for name in BASELINES}
-    missing = [name for name, key in keys.items() if not _cache_file(config.cache_path, key).is_file()]
-    cpus = baseline_cpus(config, local, len(missing))
-    states = cached_baselines(
-        config, cohort, trained_baselines(config, cohort, cohort_ref, ray.put(start), list(BASELINES), cpus)
-    )
-    reference = measured_reference(config, cohort_ref, states, baseline_cpus(config, local, 1))
-    for name, state in states.items():
-        metrics = getattr(reference, name)
-        run.record_baseline(name, state, metrics)
-        print(f"{name} model: " + "  ".join(f"{k} {metrics[k]:.3f}" for k in SHOWN))
-    return states, reference
+    ``known``: states the caller holds already (a deletion request's original model).
+    While Ray is up, each model trains and the two are measured in a Ray task that asks for a
+    trial's resources (``cohort_ref``: the cohort in the object store, put there when not
+    given); otherwise here. ``cores``: the CPUs of a Ray that is ours alone, shared by the
+    tasks that run at once (``None``: each gets a trial's CPUs).
+    """
+    states = dict(known or {})
+    forget = ",".join(cohort.split.forget)
+    for kind in [k for k in KINDS if k not in states]:
+        key = cache_key(config, cohort, kind)
+        if (cached := load_cached(config, key)) is not None:
+            print(f"{kind} model for forget set {forget}: cached ({cache_file(config, key)})")
+            states[kind] = cached[0]
+    training = ReferencesInTraining(config, cohort, start, states, cores)
+    if training.missing:
+        print(
+            f"training {', '.join(training.missing)} for forget set {forget} ({config.baseline_epochs} epochs each)"
+        )
+    if _ray_is_up():
+        training.submit(cohort_ref)
+    return training
+
+
+def _ray_is_up() -> bool:
+    try:
+        import ray
+    except ImportError:  # a GPU machine running the benches has torch, not Ray
+        return False
+    return ray.is_initialized()
+
+
+def record(run: RunDir, references: References) -> None:
+    """Writes both models and their figures into the run directory, and prints the figures."""
+    for kind, state in references.states.items():
+        metrics = getattr(references.reference, kind)
+        run.record_baseline(kind, state, metrics)
+        print(f"{kind} model: " + "  ".join(f"{k} {metrics[k]:.3f}" for k in SHOWN))

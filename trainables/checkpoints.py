@@ -12,19 +12,15 @@ checkpoints.
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from ray.tune import Callback, ExperimentAnalysis
 
-from study.storage import STATE_FILE, ExperimentStorage, checkpoint_index
-
-#: The state of a checkpoint that tells its trial to start again from epoch 1.
-START_AGAIN: dict[str, Any] = {"start_again": True}
+from study.run.checkpoint import STATE_FILE, start_again_marker
+from study.run.storage import ExperimentStorage, checkpoint_index
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +62,7 @@ def replace_lost_checkpoints(storage: ExperimentStorage) -> list[str]:
     (deleted by hand, a bucket lifecycle rule); returns those trials' ids.
 
     Tune would fail restoring such a trial; with the marker in place it restores, and the
-    trainable (seeing no ``epoch`` in the state) reruns it from epoch 1, its rows replacing
+    trainable (``TrialCheckpoint.load`` finds the marker) reruns it from epoch 1, its rows replacing
     the earlier ones. Older checkpoints are pruned and newer ones may hold epochs the saved
     results lack, so starting over is the one way to lose nothing.
     """
@@ -80,10 +76,8 @@ def replace_lost_checkpoints(storage: ExperimentStorage) -> list[str]:
             continue
         folder = f"{trial.path}/{Path(trial.checkpoint.path).name}"
         fs.create_dir(folder)
-        buffer = io.BytesIO()
-        torch.save(START_AGAIN, buffer)
         with fs.open_output_stream(f"{folder}/{STATE_FILE}") as stream:
-            stream.write(buffer.getvalue())
+            stream.write(start_again_marker())
         replaced.append(trial.trial_id)
     return replaced
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from study.data import Cohort
+from study.cohort import Cohort
 from trainables.strategy import Batch, Strategy, segmentation_loss
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from study.data import IGNORE_LABEL
+from study.cohort import IGNORE_LABEL
 from trainables.strategy import Batch, Strategy, segmentation_loss
 
 

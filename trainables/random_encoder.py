@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from study.data import Cohort
+from study.cohort import Cohort
 from study.model import MedicalNetSegmentation, recalibrate_batchnorm
 from trainables.strategy import Batch, Strategy
 

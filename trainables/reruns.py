@@ -18,14 +18,19 @@ from typing import Any
 import pandas as pd
 import torch
 
-from study.cluster import task_options, trial_device
-from study.config import BN_MODES, StudyConfig
-from study.data import Cohort
+from study.cohort import Cohort
+from study.config import StudyConfig
 from study.metrics import Reference
-from study.run import RunDir
-from trainables.baseline import cached_baselines, measured_reference, trained_baselines
-from trainables.replay import FRESH_SEEDS, rerun, trial_params
+from study.run.cluster import remote
+from study.run.results import trial_config
+from study.run.rundir import RunDir
+from trainables.baseline import reference_models
+from trainables.settings import BN_MODES
+from trainables.trial import FRESH_SEEDS, TrialSpec, run_trial
 from trainables.tune_trainable import Handover
+
+#: The table of each kind of rerun: ``seeds.parquet`` and ``bn_modes.parquet``.
+COLUMNS = ("seed", "bn_mode")
 
 
 @dataclass(frozen=True)
@@ -63,14 +68,27 @@ def planned_reruns(config: StudyConfig, bn_mode: str, own: str, other: str | Non
 def done_reruns(run: RunDir, trial_id: str, own: str) -> dict[str, list[dict[str, Any]]]:
     """Per column (``"seed"``, ``"bn_mode"``): the rows of ``trial_id``'s reruns already in the
     run directory's tables."""
-    rows: dict[str, list[dict[str, Any]]] = {"seed": [], "bn_mode": []}
-    for column, table in (("seed", run.read_seed_runs()), ("bn_mode", run.read_bn_mode_runs())):
+    rows: dict[str, list[dict[str, Any]]] = {column: [] for column in COLUMNS}
+    for column, table in zip(COLUMNS, (run.read_seed_runs(), run.read_bn_mode_runs()), strict=True):
         if table is not None:
             table = table[table["trial_id"] == trial_id]
             if "forget" not in table:  # written before other forget sets were rerun
                 table = table.assign(forget=own)
             rows[column] = table.to_dict("records")
     return rows
+
+
+def pending_reruns(planned: list[Rerun], done: dict[str, list[dict[str, Any]]]) -> list[Rerun]:
+    """The ``planned`` reruns without rows among ``done`` (``done_reruns``' answer)."""
+    finished = {Rerun(column, row[column], row["forget"]) for column, rows in done.items() for row in rows}
+    return [r for r in planned if r not in finished]
+
+
+def _reports(
+    spec: TrialSpec, cohort: Cohort, original: dict[str, torch.Tensor], reference: Reference
+) -> list:
+    """Every report of the trial ``spec``: what a rerun's task sends back (its model is not kept)."""
+    return run_trial(spec, cohort, original, reference).reports
 
 
 def rerun_recommendation(
@@ -89,44 +107,39 @@ def rerun_recommendation(
     """
     import ray
 
-    params = trial_params(run.read_trials(), trial_id)
-    own = ",".join(config.forget)
+    params, own = trial_config(run.read_trials(), trial_id), ",".join(config.forget)
     rows = done_reruns(run, trial_id, own)
-    done = {Rerun(column, row[column], row["forget"]) for column, table in rows.items() for row in table}
-    other_label = forget_label(other) if other is not None else None
-    todo = [r for r in planned_reruns(config, params["bn_mode"], own, other_label) if r not in done]
-    if not todo:
+    planned = planned_reruns(config, params["bn_mode"], own, forget_label(other) if other else None)
+    if not (todo := pending_reruns(planned, rows)):
         return
     print(
         f"rerunning trial {trial_id} to epoch {epoch}: "
         + ", ".join(f"{r.column} {r.value} on {r.forget}" for r in todo)
     )
-    task = ray.remote(**task_options(config, config.cpus_per_trial))(rerun)
-    strategy, device = handover.strategies[params["strategy"]], trial_device(config)
+    task, strategy = remote(config, _reports), handover.strategies[params["strategy"]]
 
     def submit(
         reruns: list[Rerun], cohort_ref: Any, reference: Reference
     ) -> dict[Rerun, tuple[Reference, Any]]:
-        objects = (strategy, params, epoch, config, cohort_ref, handover.original_state, reference)
-        return {r: (reference, task.remote(*objects, r.changes, device)) for r in reruns}
+        specs = {r: TrialSpec.of(config, strategy, params, epoch, **r.changes) for r in reruns}
+        return {
+            r: (reference, task.remote(s, cohort_ref, handover.original_state, reference))
+            for r, s in specs.items()
+        }
 
     elsewhere = [r for r in todo if r.forget != own]
     if elsewhere:  # its retrain reference trains first, beside the study's own reruns
         other_ref = ray.put(other)
-        retrain = trained_baselines(
-            config, other, other_ref, ray.put(start), ["retrain"], config.cpus_per_trial
-        )
+        known = {"original": ray.get(handover.original_state)}
+        training = reference_models(config, other, start, known, cohort_ref=other_ref)
     pending = submit([r for r in todo if r.forget == own], handover.cohort, handover.reference)
     if elsewhere:
-        states = {"original": ray.get(handover.original_state), **cached_baselines(config, other, retrain)}
-        pending |= submit(
-            elsewhere, other_ref, measured_reference(config, other_ref, states, config.cpus_per_trial)
-        )
+        pending |= submit(elsewhere, other_ref, training.result().reference)
     for r, (reference, ref) in pending.items():
         base = {"strategy": params["strategy"], "trial_id": trial_id, "forget": r.forget, r.column: r.value}
         base |= {"original_forget_dice": reference.original["forget_dice"]}
         base |= {"retrain_forget_dice": reference.retrain["forget_dice"]}
         rows[r.column] += [base | report for report in ray.get(ref)]
-    for column, write in (("seed", run.write_seed_runs), ("bn_mode", run.write_bn_mode_runs)):
+    for column, write in zip(COLUMNS, (run.write_seed_runs, run.write_bn_mode_runs), strict=True):
         if any(r.column == column for r in todo):
             write(pd.DataFrame(rows[column]))

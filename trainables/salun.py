@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from study.data import Cohort
+from study.cohort import Cohort
 from trainables.noisy_label import NoisyLabel
 from trainables.strategy import segmentation_loss
 

@@ -5,7 +5,7 @@ its hyperparameters as fields whose defaults are their textbook values (the sear
 hand-picked start) and writes ``loss``; a few strategies also use the hooks ``prepare``
 (once before training), ``frozen_modules`` (what is not trained) and ``after_step``. The
 epoch loop (``trainables/loop.py``) does the rest. A misspelt hyperparameter fails at
-construction; ``trainables/registry.py`` pairs each strategy with its search space.
+construction; ``search_spaces/spaces.py`` registers each strategy with its search space.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 from torch import nn
 
-from study.data import IGNORE_LABEL, Cohort
+from study.cohort import IGNORE_LABEL, Cohort
 
 
 @dataclass
@@ -101,3 +101,14 @@ class Strategy:
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """The scalar loss to minimise on ``batch``."""
         return self.retain_loss(model(batch.images), batch)
+
+
+@dataclass(kw_only=True, eq=False)
+class Supervised(Strategy):
+    """True labels on every subject fed, forget subjects too when ``uses_forget``: how the
+    models of the original recipe (the original model, the retrain reference) are trained."""
+
+    uses_forget: bool = True  # type: ignore[misc]  # a field here, a class constant in strategies
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return segmentation_loss(model(batch.images), batch.labels)

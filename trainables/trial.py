@@ -1,64 +1,115 @@
-"""A trial without Ray: its model, its strategy and its loop settings, from its config.
+"""One trial: what it is (``TrialSpec``) and the one function that runs it (``run_trial``).
 
-The Tune wrapper (``tune_trainable.py``), ``trainables.replay`` and the recommended-model
-replay all build trials here, so a trial replayed in-process is the trial Tune ran. A
-trial's config holds ``strategy``, ``trial_number`` (its seed), the loop's hyperparameters
-(``LOOP_HYPERPARAMETERS``) and the strategy's own; a name that neither takes is a
+Tune's trainable, the replay, the reruns of the recommendation, ``study.forget`` and the
+search bench all run trials here, so a trial rerun anywhere is the trial Tune ran. A trial's
+config (what the searcher gives it, what ``trials.parquet`` records) holds ``strategy``,
+``trial_number`` (its seed) and its hyperparameters: the loop's
+(``LoopSettings.HYPERPARAMETERS``) and the strategy's own; a name that neither takes is a
 ``TypeError`` when the trial is built.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
+from study.cohort import Cohort
 from study.config import StudyConfig
-from study.data import Cohort
-from study.metrics import Reference
-from study.results import NOT_SEARCHED
-from trainables.baseline import build_model
-from trainables.loop import LoopSettings
+from study.metrics import Reference, Scoring
+from study.model import cpu_state, model_from
+from study.run.checkpoint import TrialCheckpoint
+from study.run.results import NOT_SEARCHED
+from trainables.loop import Report, run_epochs
+from trainables.settings import Compute, LoopSettings
 from trainables.strategy import Strategy
 
-#: The hyperparameters of a trial's config that the epoch loop takes (every other one is the strategy's).
-LOOP_HYPERPARAMETERS = ("lr", "optimizer", "weight_decay", "warmup_epochs", "bn_mode")
+#: Fresh seeds are trial numbers from here on, which no search reaches.
+FRESH_SEEDS = 1_000_000
 
 
-def loop_settings(
-    params: dict[str, Any], study: StudyConfig, reference: Reference | None, device: str = ""
-) -> LoopSettings:
-    """The loop's settings for a trial with config ``params``."""
-    return LoopSettings(
-        **{name: params[name] for name in LOOP_HYPERPARAMETERS},
-        max_epochs=study.max_epochs,
-        batch_size=study.batch_size,
-        seed=study.seed * 10_007 + int(params.get("trial_number", 0)),
-        checkpoint_every=study.checkpoint_every,
-        eval_every=study.eval_every,
-        checkpoint_epochs=tuple(study.horizons),
-        reference=reference,
-        score_weight=study.score_weight,
-        device=device,
-        precision=study.precision,
-        channels_last=study.channels_last,
-    )
+@dataclass(frozen=True)
+class TrialSpec:
+    """A trial of ``study``: ``strategy`` with the hyperparameters of its ``config``, seeded by
+    its trial number, for ``epochs`` epochs, computing as ``compute`` says."""
+
+    study: StudyConfig
+    strategy: type[Strategy]
+    config: dict[str, Any]
+    epochs: int
+    compute: Compute
+
+    @classmethod
+    def of(
+        cls,
+        study: StudyConfig,
+        strategy: type[Strategy],
+        config: dict[str, Any],
+        epochs: int | None = None,
+        **changes: Any,
+    ) -> TrialSpec:
+        """The trial with ``config`` (and ``changes`` to it: a fresh ``trial_number``, another
+        ``bn_mode``), run for ``epochs`` (default: the study's) on a trial's resources."""
+        return cls(study, strategy, {**config, **changes}, epochs or study.max_epochs, Compute.of(study))
+
+    @property
+    def trial_number(self) -> int:
+        return int(self.config.get("trial_number", 0))
+
+    def loop_settings(self) -> LoopSettings:
+        return LoopSettings.for_trial(self.config, self.study, self.trial_number, self.epochs)
+
+    def build_strategy(self, n_classes: int, original_model: torch.nn.Module) -> Strategy:
+        """The strategy with the trial's own hyperparameters, comparing against ``original_model``."""
+        own = {
+            k: v for k, v in self.config.items() if k not in (*LoopSettings.HYPERPARAMETERS, *NOT_SEARCHED)
+        }
+        return self.strategy(
+            n_classes=n_classes, original_model=original_model, seed=self.trial_number, **own
+        )
 
 
-def build_trial(
-    strategy: type[Strategy],
-    params: dict[str, Any],
-    study: StudyConfig,
+@dataclass(frozen=True)
+class TrialRun:
+    """What a trial left: every report in order (its figures, ``epoch``, ``diverged``, timings)
+    and the unlearned model's weights on the CPU."""
+
+    reports: list[dict[str, float]]
+    state: dict[str, torch.Tensor]
+
+    @property
+    def last(self) -> dict[str, float]:
+        return self.reports[-1]
+
+
+def run_trial(
+    spec: TrialSpec,
     cohort: Cohort,
-    original_state: dict[str, torch.Tensor],
-) -> tuple[nn.Module, Strategy]:
-    """The model to unlearn (a copy of the original) and the ``strategy`` with ``params``'s
-    hyperparameters."""
-    model = build_model(study, cohort.n_classes)
-    model.load_state_dict(original_state)
-    original_model = copy.deepcopy(model).eval().requires_grad_(False)
-    own = {k: v for k, v in params.items() if k not in LOOP_HYPERPARAMETERS and k not in NOT_SEARCHED}
-    seed = int(params.get("trial_number", 0))
-    return model, strategy(n_classes=cohort.n_classes, original_model=original_model, seed=seed, **own)
+    original: dict[str, torch.Tensor],
+    reference: Reference,
+    report: Report | None = None,
+    resume: TrialCheckpoint | None = None,
+) -> TrialRun:
+    """Runs the trial ``spec`` from the ``original`` model's state, scored against ``reference``
+    (``report``: told each report as it comes; ``resume``: a checkpoint to continue from).
+
+    Everything comes in as objects, so a Ray task on any node can run it.
+    """
+    spec.compute.use_threads()
+    model = model_from(spec.study, cohort.n_classes, original)
+    strategy = spec.build_strategy(cohort.n_classes, copy.deepcopy(model).eval().requires_grad_(False))
+    reports: list[dict[str, float]] = []
+
+    def on_report(metrics: dict[str, float], checkpoint: TrialCheckpoint | None) -> None:
+        reports.append(metrics)
+        if report is not None:
+            report(metrics, checkpoint)
+
+    scoring = Scoring(reference, spec.study.score_weight)
+    settings = spec.loop_settings()
+    run_epochs(
+        model, strategy, cohort, settings, on_report, scoring=scoring, compute=spec.compute, resume=resume
+    )
+    return TrialRun(reports, cpu_state(model))

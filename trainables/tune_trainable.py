@@ -15,33 +15,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from study.cluster import trial_device
 from study.config import StudyConfig
 from study.metrics import Reference
-from study.storage import STATE_FILE, trial_dirname
-from trainables.loop import run_epochs
+from study.run.checkpoint import TrialCheckpoint
+from study.run.storage import trial_dirname
 from trainables.strategy import Strategy
-from trainables.trial import build_trial, loop_settings
+from trainables.trial import TrialSpec, run_trial
 
 
 @dataclass(frozen=True)
 class Handover:
-    """What every trial and baseline task gets from the driver.
+    """What every trial gets from the driver.
 
     ``cohort``: a reference to the preprocessed ``Cohort``; ``original_state``: a reference to
-    the original model's state dict (``None`` while the baselines train);
-    ``reference``: the original and retrain models' figures that every trial is measured
-    against; ``study``: the configuration; ``strategies``:
-    the classes of the study's strategies (so a worker builds exactly what the driver checked).
+    the original model's state dict; ``reference``: the original and retrain models' figures
+    that every trial is measured against; ``study``: the configuration; ``strategies``: the
+    classes of the study's strategies (so a worker builds exactly what the driver checked).
     """
 
     study: StudyConfig
     strategies: dict[str, type[Strategy]]
     cohort: Any  # ray.ObjectRef[Cohort]
-    original_state: Any = None  # ray.ObjectRef[dict[str, torch.Tensor]]
-    reference: Reference | None = None
+    original_state: Any  # ray.ObjectRef[dict[str, torch.Tensor]]
+    reference: Reference
 
 
 def unlearning_trial(params: dict[str, Any], *, handover: Handover) -> None:
@@ -51,26 +47,16 @@ def unlearning_trial(params: dict[str, Any], *, handover: Handover) -> None:
     from ray import tune
 
     entered = time.time()
-    study = handover.study
-    torch.set_num_threads(study.cpus_per_trial)
+    spec = TrialSpec.of(handover.study, handover.strategies[params["strategy"]], params)
     cohort, original_state = ray.get([handover.cohort, handover.original_state])
-    model, strategy = build_trial(
-        handover.strategies[params["strategy"]], params, study, cohort, original_state
-    )
-
-    resume_state = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
+    resume = None
+    if (checkpoint := tune.get_checkpoint()) is not None:
         with checkpoint.as_directory() as folder:
-            resume_state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
-        if "epoch" not in resume_state:  # the stand-in for a lost checkpoint: start again
-            resume_state = None
-
+            resume = TrialCheckpoint.load(Path(folder))  # None: a lost checkpoint, start again
     node = ray.get_runtime_context().get_node_id()  # which node ran it, in Tune's result files
     reports = BackgroundReports(entered, {"node_id": node})
-    settings = loop_settings(params, study, handover.reference, trial_device(study))
     try:
-        run_epochs(model, strategy, cohort, settings, reports.submit, resume_state)
+        run_trial(spec, cohort, original_state, handover.reference, reports.submit, resume)
     finally:
         reports.close()  # the last report (and its checkpoint) reaches Tune before the trial ends
 
@@ -94,9 +80,9 @@ class BackgroundReports:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tune-report")
         self._pending: Future[float] | None = None
 
-    def submit(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
-        """Hands ``metrics`` (and the checkpoint ``state``, a copy the loop no longer changes)
-        to the background thread."""
+    def submit(self, metrics: dict[str, float], checkpoint: TrialCheckpoint | None) -> None:
+        """Hands ``metrics`` (and the ``checkpoint``, a copy the loop no longer changes) to the
+        background thread."""
         started = time.time()
         if "seconds_setup" not in self._timing:
             epoch = sum(metrics.get(k, 0.0) for k in ("seconds_train", "seconds_eval", "seconds_snapshot"))
@@ -112,7 +98,7 @@ class BackgroundReports:
             "peak_rss_mb": peak_rss_mb,
         }
         self._timing["seconds_setup"] = 0.0
-        self._pending = self._pool.submit(_report, metrics, state)
+        self._pending = self._pool.submit(_report, metrics, checkpoint)
 
     def wait(self) -> float:
         """Waits for the report in flight; returns its seconds (0 when none was)."""
@@ -127,18 +113,18 @@ class BackgroundReports:
             self._pool.shutdown()
 
 
-def _report(metrics: dict[str, float], state: dict[str, Any] | None) -> float:
-    """One report to Tune, with its checkpoint when ``state`` is given; returns its seconds."""
+def _report(metrics: dict[str, float], checkpoint: TrialCheckpoint | None) -> float:
+    """One report to Tune, with its ``checkpoint`` when given; returns its seconds."""
     from ray import tune
 
     started = time.perf_counter()
-    if state is None:
+    if checkpoint is None:
         tune.report(metrics)
     else:
         with tempfile.TemporaryDirectory() as folder:
-            torch.save(state, Path(folder) / STATE_FILE)
+            checkpoint.save(Path(folder))
             saved = tune.Checkpoint.from_directory(folder)
-            saved.set_metadata({"epoch": int(state["epoch"])})
+            saved.set_metadata({"epoch": checkpoint.epoch})
             tune.report(metrics, checkpoint=saved)
     return time.perf_counter() - started
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from study.errors import StudyError
+from study.config import StudyError
 
 
 def parser() -> argparse.ArgumentParser:

@@ -41,9 +41,10 @@ def run(preset: str = "smoke") -> list[dict[str, Any]]:
     """One row per file kind (images, labels) and a total: decodes, files, bytes, passes."""
     import ray
 
+    from search_spaces import check_config
+    from study.cohort import synthetic
     from study.config import load_config
     from study.launch import run_study
-    from trainables.registry import check_config
 
     work = Path(tempfile.mkdtemp(prefix="bench-data-"))
     log = work / "decodes.tsv"
@@ -63,7 +64,7 @@ def run(preset: str = "smoke") -> list[dict[str, Any]]:
     )
     try:
         run_study(config)
-        return _rows(log, next((work / "cache").glob("synthetic-v*")), os.getpid())
+        return _rows(log, synthetic.cohort_folder(work / "cache"), os.getpid())
     finally:
         ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)

@@ -1,6 +1,6 @@
 """``python -m study.bench epoch``: seconds per subject-epoch of the training loop, without Ray.
 
-One training step is the loop's own (``trainables.loop._train_epoch``: the segmentation
+One training step is the loop's own (``trainables.loop.train_epoch``: the segmentation
 loss, backward, Adam, the scheduler) on random volumes of the size measured; one
 evaluation is the forward pass every subject gets after an epoch, in fp32 as the loop
 evaluates. Each variant (precision, memory format, cuDNN autotuning on a GPU) runs in a
@@ -18,10 +18,11 @@ from typing import Any
 
 import torch
 
-from study.errors import StudyError
+from study.config import EpochSchedule, StudyError
 from study.model import MedicalNetSegmentation
-from trainables.loop import LoopSettings, _scheduler, _train_epoch, fp32_logits
-from trainables.strategy import Batch, segmentation_loss
+from trainables.loop import fp32_logits, lr_schedule, train_epoch
+from trainables.settings import LoopSettings
+from trainables.strategy import Batch, Supervised, segmentation_loss
 
 
 @dataclass(frozen=True)
@@ -67,17 +68,6 @@ def variants(cuda: bool) -> list[Variant]:
     """fp32 and bf16, each in both memory formats; on a GPU each with and without cuDNN autotuning."""
     tuning = (False, True) if cuda else (False,)
     return [Variant(p, c, b) for b in tuning for p in ("fp32", "bf16") for c in (False, True)]
-
-
-class _Supervised:
-    """The baselines' objective (true labels on every subject). Not ``trainables.baseline``'s
-    own: that module reads the run directory, which needs pandas, absent on a bare GPU box."""
-
-    def after_step(self, model: torch.nn.Module) -> None:
-        pass
-
-    def loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-        return segmentation_loss(model(batch.images), batch.labels)
 
 
 def _batch(size: Size, device: torch.device, channels_last: bool) -> Batch:
@@ -133,12 +123,12 @@ def measure(size_name: str, variant: Variant, steps: int, threads: int) -> dict[
         fp32_logits(model)  # as the loop does
     flops = _step_flops(model, batch)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    scheduler = _scheduler(optimizer, LoopSettings(max_epochs=1, lr=1e-4), steps + 2)
+    scheduler = lr_schedule(optimizer, LoopSettings(EpochSchedule(1), lr=1e-4), steps + 2)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
 
     def train() -> None:
-        _train_epoch(model, _Supervised(), [batch], optimizer, scheduler, variant.precision)  # type: ignore[arg-type]
+        train_epoch(model, Supervised(n_classes=4), [batch], optimizer, scheduler, variant.precision)
 
     def evaluate() -> None:  # in fp32, as the loop evaluates
         with torch.no_grad():

@@ -47,9 +47,9 @@ def run(
     (``config_file``: a study TOML over the preset, as ``--config`` of ``study.launch``)."""
     import ray
 
+    from search_spaces import check_config
     from study import launch
     from study.config import load_config
-    from trainables.registry import check_config
 
     work = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     overrides = {"run_dir": str(work / "run"), "cache_dir": str(work / "cache"), "seed_reruns": 0}
@@ -81,7 +81,7 @@ def _trial_parts(run_dir: Path) -> pd.DataFrame:
     """Per trial: each part summed over its reports, its span and its worker's peak RSS."""
     from ray.tune import ExperimentAnalysis
 
-    from study.run import RunDir
+    from study.run.rundir import RunDir
 
     storage = RunDir.open(run_dir)[0].storage
     fs, _ = storage.filesystem()
@@ -108,31 +108,25 @@ def _bare_trial_seconds(run_dir: Path) -> dict[str, float]:
     """Per trial: the wall seconds of the same trial run again in this process, without Ray,
     one thread (trials differ in cost: strategies train on different subjects, and
     ``bn_mode`` recalibrate adds a pass)."""
-    from study.data import open_cohort
-    from study.run import RunDir
-    from trainables.baseline import measure_baselines
-    from trainables.registry import STRATEGIES
-    from trainables.replay import replayed_state, trial_params
+    from search_spaces import STRATEGIES
+    from study.cohort import open_cohort
+    from study.run.results import trial_config
+    from study.run.rundir import RunDir
+    from trainables.baseline import KINDS, measure
+    from trainables.settings import Compute
+    from trainables.trial import TrialSpec, run_trial
 
     run, config = RunDir.open(run_dir)
     trials = run.read_trials()
     cohort = open_cohort(config)
-    states = {name: run.load_baseline(name) for name in ("original", "retrain")}
-    reference = measure_baselines(config, cohort, states, config.cpus_per_trial)
+    states = {kind: run.load_baseline(kind) for kind in KINDS}
+    reference = measure(config, cohort, states, Compute.of(config))
     seconds = {}
     for trial_id in trials["trial_id"].unique():
-        params = trial_params(trials, trial_id)
+        params = trial_config(trials, trial_id)
+        spec = TrialSpec.of(config, STRATEGIES[params["strategy"]].strategy, params)
         started = time.perf_counter()
-        replayed_state(
-            STRATEGIES[params["strategy"]].strategy,
-            params,
-            config.max_epochs,
-            config,
-            cohort,
-            states["original"],
-            reference,
-            "cpu",
-        )
+        run_trial(spec, cohort, states["original"], reference)
         seconds[str(trial_id)] = time.perf_counter() - started
     return seconds
 

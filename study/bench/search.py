@@ -21,23 +21,14 @@ import optuna
 import torch
 
 from analysis.pareto import hypervolume
-from search_spaces import starting_point
+from search_spaces import STRATEGIES, check_config, starting_point
 from search_spaces.searcher import make_sampler
-from study.config import StudyConfig, load_config
-from study.data import Cohort, open_cohort
+from study.cohort import Cohort, open_cohort
+from study.config import OBJECTIVES, StudyConfig, load_config
 from study.metrics import Reference
-from study.objectives import OBJECTIVES
-from trainables.baseline import (
-    baseline_key,
-    initial_state,
-    load_cached,
-    measure_baselines,
-    store_cached,
-    train_baseline,
-)
-from trainables.loop import run_epochs
-from trainables.registry import STRATEGIES, check_config
-from trainables.trial import build_trial, loop_settings
+from study.model import initial_state
+from trainables.baseline import reference_models
+from trainables.trial import TrialSpec, run_trial
 
 #: The small preset: the smoke preset's cohort and network, a longer-trained original model.
 SMALL = {"baseline_epochs": 40, "max_epochs": 6, "horizons": [6], "eval_every": 6}
@@ -53,37 +44,21 @@ class Setting:
     reference: Reference
 
 
-def setting(cache_dir: str = "") -> Setting:
-    """The small preset's cohort, baselines (trained once, cached) and reference."""
-    config = load_config("smoke", overrides={"run_dir": "unused", "cache_dir": cache_dir or None, **SMALL})
-    check_config(config)
+def setting(cache_dir: str = "", **changes: Any) -> Setting:
+    """The small preset (with ``changes``): its cohort, its original model and retrain
+    reference (trained once, cached) and their ``Reference``."""
+    overrides = {"run_dir": "unused", "cache_dir": cache_dir or None, **SMALL, **changes}
+    config = check_config(load_config("smoke", overrides=overrides))
     cohort = open_cohort(config)
     start, _ = initial_state(config, cohort.n_classes)
-    states = {}
-    for name in ("original", "retrain"):
-        key = baseline_key(config, cohort, name)
-        cached = load_cached(config.cache_path, key)
-        if cached is None:
-            print(f"search bench: training the {name} model ({config.baseline_epochs} epochs)", flush=True)
-            cached = train_baseline(name, config, cohort, start)
-            store_cached(config.cache_path, key, *cached)
-        states[name] = cached[0]
-    return Setting(config, cohort, states["original"], measure_baselines(config, cohort, states))
+    references = reference_models(config, cohort, start).result()
+    return Setting(config, cohort, references.states["original"], references.reference)
 
 
 def _trial(s: Setting, strategy: str, params: dict[str, Any]) -> tuple[float, float] | None:
     """The trial's objectives after its epochs, or ``None`` when it diverged."""
-    config = {**params, "strategy": strategy}
-    model, unlearning = build_trial(STRATEGIES[strategy].strategy, config, s.config, s.cohort, s.original)
-    reports: list[dict[str, float]] = []
-    run_epochs(
-        model,
-        unlearning,
-        s.cohort,
-        loop_settings(config, s.config, s.reference, "cpu"),
-        lambda m, _: reports.append(m),
-    )
-    last = reports[-1]
+    spec = TrialSpec.of(s.config, STRATEGIES[strategy].strategy, {**params, "strategy": strategy})
+    last = run_trial(spec, s.cohort, s.original, s.reference).last
     return None if last["diverged"] else tuple(last[o] for o in OBJECTIVES["reference"])  # type: ignore[return-value]
 
 

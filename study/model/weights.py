@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from study.errors import StudyError
-from study.model import ARCHITECTURES, MedicalNetSegmentation
+from study.config import StudyError
+from study.model.network import ARCHITECTURES, MedicalNetSegmentation
 
 
 def _checkpoint_depth(keys: set[str]) -> int | None:

@@ -1,8 +1,8 @@
 """Where Tune keeps a study's experiment (per-trial results and checkpoints), through ``pyarrow.fs``.
 
 ``RUN/ray_results`` by default, or a shared path or ``s3://``/``gs://`` URI that every node
-of a cluster can reach. ``RunDir.storage`` (``study/run.py``) opens it; nothing else
-composes these paths.
+of a cluster can reach. ``RunDir.storage`` (``study/run/rundir.py``) opens it; nothing else
+composes these paths: a trial's folder, its id, its checkpoint folders.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ from typing import Any
 import pyarrow
 import pyarrow.fs
 
-from study.errors import StudyError
+from study.config import StudyError
 
 TRIAL_PREFIX = "trial_"
-CHECKPOINT_PREFIX = "checkpoint_"
-STATE_FILE = "state.pt"  # inside a trial checkpoint: {"epoch", "model", "optimizer", "scheduler", "metrics"}
+CHECKPOINT_PREFIX = "checkpoint_"  # inside each: a ``TrialCheckpoint`` (study/run/checkpoint.py)
 
 
 @functools.lru_cache(maxsize=8)

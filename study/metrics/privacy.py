@@ -29,7 +29,6 @@ import torch
 
 #: Axial slices per slab.
 SLAB = 4
-FEATURES = ("loss", "confidence", "entropy", "dice")
 PRIVACY_METRICS = ("mia_auc", "mia_forget", "mia_forget_auc", "forget_loss_gap_to_retrain")
 
 
@@ -146,8 +145,3 @@ def privacy_metrics(
     metrics["mia_forget"] = float((attack.score(forget_x) > 0.5).mean())
     metrics["mia_forget_auc"] = auc(-forget_x[:, 0], -nonmembers[:, 0])
     return metrics
-
-
-def forget_losses(features: Mapping[str, np.ndarray], forget: Sequence[str]) -> np.ndarray:
-    """The slab losses ``(F,)`` of the forget subjects, in ``forget`` order."""
-    return np.concatenate([features[s][:, 0] for s in forget])

@@ -1,16 +1,16 @@
-"""The results table: one row per trial per epoch (DESIGN 10), written atomically as Parquet."""
+"""The results table: one row per trial per epoch (DESIGN 10), from Tune's results or read back."""
 
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pandas as pd
 
+from study.config import StudyError
 from study.metrics import METRICS
+from study.run.storage import trial_id_of
 
 STATUSES = ("running", "terminated", "diverged", "error")
 KEY_COLUMNS = ("strategy", "trial_id", "trial_number", "epoch", "status")
@@ -81,9 +81,19 @@ def rows_from_results(results: Iterable[Any], max_epochs: int) -> pd.DataFrame:
     tables = []
     for result in results:
         history = [] if result.metrics_dataframe is None else result.metrics_dataframe.to_dict("records")
-        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        trial_id = (result.metrics or {}).get("trial_id") or trial_id_of(result.path)
         tables.append(_rows_of(result.config or {}, history, trial_id, result.error is not None, max_epochs))
     return combine(tables)
+
+
+def never_reported(results: Iterable[Any]) -> dict[str, str]:
+    """Trials of a Tune ``ResultGrid`` that errored before their first report (Tune's result
+    for such a trial holds its ``trial_id`` alone), so no row of theirs says they failed."""
+    return {
+        trial_id_of(r.path): "failed before its first epoch"
+        for r in results
+        if r.error and "epoch" not in (r.metrics or {})
+    }
 
 
 def rows_from_experiment(path: str, filesystem: Any, max_epochs: int) -> pd.DataFrame:
@@ -117,19 +127,6 @@ def combine(tables: Iterable[pd.DataFrame]) -> pd.DataFrame:
     return table.sort_values(["strategy", "trial_id", "epoch"], ignore_index=True)
 
 
-def atomic_write(path: Path, write: Callable[[Path], Any]) -> Path:
-    """Calls ``write(temporary_path)``, then renames it to ``path``: a crash never leaves a
-    truncated ``path``, and a failed write leaves the previous file as it was."""
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        write(partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
-
-
 def params_of(row: pd.Series) -> dict[str, Any]:
     """The ``param_`` columns of a trial row as plain Python values, absent ones (NaN, None) dropped."""
     return {
@@ -139,6 +136,16 @@ def params_of(row: pd.Series) -> dict[str, Any]:
         and value is not None
         and not (isinstance(value, float) and math.isnan(value))
     }
+
+
+def trial_config(trials: pd.DataFrame, trial_id: str) -> dict[str, Any]:
+    """The config Tune gave ``trial_id``, read back from its rows: ``strategy``,
+    ``trial_number`` and its hyperparameters."""
+    rows = trials[trials["trial_id"] == trial_id]
+    if rows.empty:
+        raise StudyError(f"trial {trial_id!r} is not in the study's results; see its trial_id column")
+    first = rows.iloc[0]
+    return {**params_of(first), "strategy": first["strategy"], "trial_number": int(first["trial_number"])}
 
 
 def candidates(rows: pd.DataFrame) -> pd.DataFrame:
@@ -159,7 +166,7 @@ def final_rows(trials: pd.DataFrame) -> pd.DataFrame:
 
 def incomplete_trials(trials: pd.DataFrame, reported: list[int]) -> dict[str, str]:
     """``{trial_id: what is wrong}`` for trials that failed, stopped early or miss one of the
-    ``reported`` epochs (``StudyConfig.reported_epochs``; the last is ``max_epochs``).
+    ``reported`` epochs (``EpochSchedule.reported_epochs``; the last is ``max_epochs``).
 
     A diverged trial is complete: it ended on purpose at its last finite epoch.
     """

@@ -1,17 +1,14 @@
-"""Command-line flags of ``python -m study.launch`` and the one-line error convention."""
+"""The flags of ``python -m study.launch`` (DESIGN section 2); each maps onto the
+``StudyConfig`` field of its name."""
 
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from study.config import PRESETS, StudyConfig, load_config
-from study.errors import StudyError, StudyIncomplete, StudyInterrupted
-from study.objectives import OBJECTIVES
-from study.run import RunDir
+from study.config.objectives import OBJECTIVES
+from study.config.sources import PRESETS
 
 
 def _ids(text: str) -> list[str]:
@@ -26,7 +23,7 @@ def _ints(text: str) -> list[int]:
 
 
 def parser() -> argparse.ArgumentParser:
-    """The flags of DESIGN section 2; each maps onto the ``StudyConfig`` field of its name."""
+    """The command line: ``--preset``, ``--config``, ``--resume`` and one flag per setting."""
     p = argparse.ArgumentParser(
         prog="python -m study.launch",
         description="Hyperparameter study of machine unlearning for 3D brain-MRI segmentation.",
@@ -75,37 +72,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(argv: list[str] | None = None) -> tuple[StudyConfig, bool]:
-    """``(config, resuming)`` from the command line; flags override preset and ``--config``."""
-    args = parser().parse_args(argv)
-    if args.resume is not None:
-        return RunDir.open(args.resume)[1], True
-    overrides = {
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the flags set, by field name (flags left out are not settings)."""
+    return {
         key: value
         for key, value in vars(args).items()
         if key not in ("preset", "config", "resume") and value is not None
     }
-    return load_config(args.preset, args.config, overrides), False
-
-
-def run_cli(main: Callable[[], Any]) -> int:
-    """Runs ``main``; a ``StudyError`` becomes one line on stderr and exit code 2.
-
-    A study that ended with failed or unfinished trials exits with 3, an interrupted one
-    with 130, each after saying how to resume it.
-    """
-    try:
-        main()
-    except StudyError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except StudyIncomplete as incomplete:
-        print(f"incomplete: {incomplete}", file=sys.stderr)
-        return 3
-    except StudyInterrupted as interrupted:
-        print(f"interrupted: {interrupted}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0

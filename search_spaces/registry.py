@@ -1,18 +1,20 @@
 """The strategy registry: each strategy registered together with its search space.
 
-``register(Strategy, space_function)`` is the one step that adds a strategy to the study.
-It checks, before anything trains, that the space suggests exactly the hyperparameters the
-strategy and the epoch loop take; the strategy's field defaults become its search's
-hand-picked start.
+``@space_for(Strategy)`` on a define-by-run function in ``search_spaces/spaces.py`` (or a call
+``register(Strategy, function)``) is the one step that adds a strategy to the study. It
+checks, before anything trains, that the space suggests exactly the hyperparameters the
+strategy and the epoch loop take; their defaults (``Strategy`` fields, ``LoopSettings``)
+become the search's hand-picked start.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from search_spaces import SearchSpace, SpaceFunction, numeric_bounds, suggested_names
-from search_spaces.spaces import COMMON_START
+from search_spaces.space import SearchSpace, SpaceFunction, numeric_bounds, suggested_names
 from study.config import StudyConfig
+from trainables.settings import LoopSettings
 from trainables.strategy import Strategy
 
 
@@ -30,7 +32,7 @@ STRATEGIES: dict[str, Registered] = {}
 
 def register(strategy: type[Strategy], space: SpaceFunction) -> Registered:
     """Adds ``strategy`` with the define-by-run ``space``; a ``TypeError`` if they disagree."""
-    start = {**COMMON_START, **strategy.hyperparameters()}
+    start = {**LoopSettings.start(), **strategy.hyperparameters()}
     suggested = suggested_names(space)
     if sorted(suggested) != sorted(start):
         extra, missing = set(suggested) - set(start), set(start) - set(suggested)
@@ -41,6 +43,16 @@ def register(strategy: type[Strategy], space: SpaceFunction) -> Registered:
         )
     STRATEGIES[strategy.name] = entry = Registered(strategy, SearchSpace(space, start))
     return entry
+
+
+def space_for(strategy: type[Strategy]) -> Callable[[SpaceFunction], SpaceFunction]:
+    """Registers the decorated define-by-run function as ``strategy``'s search space."""
+
+    def registering(space: SpaceFunction) -> SpaceFunction:
+        register(strategy, space)
+        return space
+
+    return registering
 
 
 def check_config(config: StudyConfig) -> StudyConfig:

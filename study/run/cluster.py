@@ -7,18 +7,21 @@ any compute: a trial no node can hold is a one-line error, never an endless wait
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from study.config import DASHBOARD_MIN_CPUS, StudyConfig
-from study.errors import StudyError
-from study.storage import ExperimentStorage
+from study.config import StudyConfig, StudyError
+from study.run.storage import ExperimentStorage
 
 # Ray's Unix sockets live in <temp>/session_<date>_<time>_<usec>_<pid>/sockets/<name>, and a
 # socket path may not exceed 107 bytes; the session part takes about 64 of them.
@@ -26,6 +29,8 @@ _MAX_TEMP_DIR_CHARS = 40
 _PROBE_TIMEOUT_S = 10.0
 #: The packages that trials import, shipped to every worker when joining a cluster.
 PACKAGES = ("study", "trainables", "search_spaces", "analysis")
+#: Cores from which a local Ray starts its dashboard unless ``dashboard`` says otherwise.
+DASHBOARD_MIN_CPUS = 4
 
 
 @dataclass(frozen=True)
@@ -111,13 +116,12 @@ def task_options(config: StudyConfig, cpus: int) -> dict:
     return {"num_cpus": cpus, "num_gpus": config.gpus_per_trial, "resources": dict(config.trial_resources)}
 
 
-def trial_device(config: StudyConfig) -> str:
-    """``"cuda"`` when trials ask for GPUs (the one Ray assigned), else ``"cpu"``.
+def remote(config: StudyConfig, function: Callable[..., Any], cpus: int | None = None) -> Any:
+    """``function`` as a Ray remote function whose tasks ask for what a trial asks for, with
+    ``cpus`` CPUs (default: a trial's)."""
+    import ray
 
-    Ray leaves every GPU of a node visible to a task that asked for none: naming the device
-    from the request keeps such trials off the GPUs others were given.
-    """
-    return "cuda" if config.gpus_per_trial > 0 else "cpu"
+    return ray.remote(**task_options(config, cpus or config.cpus_per_trial))(function)
 
 
 def _fits(node: dict[str, float], request: dict[str, float]) -> int:
@@ -196,3 +200,20 @@ def check_cluster(
         if connection.local:
             ray.shutdown()
         raise
+
+
+@contextmanager
+def joined(config: StudyConfig, address: str, run_dir: Path) -> Iterator[None]:
+    """Joins the Ray cluster at ``address`` for the ``with`` block (a Ray this process has
+    already stays as it is), after refusing (``StudyError``) a request no node can hold: one
+    line, not an endless wait."""
+    import ray
+
+    joining = not ray.is_initialized()
+    connect(dataclasses.replace(config, address=address), run_dir)
+    try:
+        check_resources(config)
+        yield
+    finally:
+        if joining:
+            ray.shutdown()

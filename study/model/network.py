@@ -1,4 +1,4 @@
-"""Med3D (Tencent MedicalNet) 3D ResNet for segmentation (weights: ``study/weights.py``).
+"""Med3D (Tencent MedicalNet) 3D ResNet for segmentation (weights: ``study/model/weights.py``).
 
 Layer for layer the network of MedicalNet's ``models/resnet.py``, so that its published
 checkpoints load unchanged:
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from study.errors import StudyError
+from study.config import StudyError
 
 #: depth -> (block type, blocks per layer, shortcut type), as MedicalNet's pretrained models.
 ARCHITECTURES: dict[int, tuple[str, tuple[int, int, int, int], str]] = {
@@ -212,16 +212,6 @@ class MedicalNetSegmentation(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x), tuple(x.shape[2:]))
-
-
-def encoder_parameters(model: MedicalNetSegmentation) -> list[nn.Parameter]:
-    """Parameters of conv1..layer4: what the strategies call the encoder."""
-    return [p for name, p in model.named_parameters() if not name.startswith("conv_seg.")]
-
-
-def decoder_parameters(model: MedicalNetSegmentation) -> list[nn.Parameter]:
-    """Parameters of ``conv_seg``: what the strategies call the decoder."""
-    return list(model.conv_seg.parameters())
 
 
 @torch.no_grad()

@@ -12,8 +12,8 @@ A subject set's figure is the mean over its subjects. With ``0`` the original mo
   ``score = w * forget_drop + (1 - w) * retain_kept``.
 With ``r`` the retrain reference (trained without the forget subjects):
   ``forget_gap_to_retrain = |forget_dice - forget_dice_r|`` (and the same for MAE),
-  ``retrain_match = 1 - forget_gap_to_retrain / forget_dice0`` (``study/objectives.py``).
-Membership inference: ``study/privacy.py``.
+  ``retrain_match = 1 - forget_gap_to_retrain / forget_dice0`` (``study/config/objectives.py``).
+Membership inference: ``study/metrics/privacy.py``.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from monai.metrics import DiceMetric
 from torch import nn
 
-from study.data import IGNORE_LABEL, Cohort, Split
-from study.privacy import PRIVACY_METRICS, SLAB, privacy_metrics, slab_features
+from study.cohort import IGNORE_LABEL, Cohort, Split
+from study.metrics.privacy import PRIVACY_METRICS, SLAB, privacy_metrics, slab_features
 
 SUBJECT_SETS = ("retain", "forget", "holdout")
 SET_METRICS = tuple(f"{s}_{m}" for m in ("dice", "mae") for s in SUBJECT_SETS)
@@ -212,3 +212,22 @@ def measure_reference(
         retrain=_all_metrics(retrain_figures, split, partial, score_weight),
         retrain_forget_losses=losses,
     )
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How the epoch loop scores a model: its set figures alone (no ``reference``: a model of
+    the original recipe being trained), or every figure of ``METRICS`` against ``reference``."""
+
+    reference: Reference | None = None
+    score_weight: float = 0.5
+
+    def __call__(self, model: nn.Module, cohort: Cohort, device: torch.device) -> dict[str, float]:
+        if self.reference is None:
+            return set_metrics(model, cohort, device)
+        return evaluate(model, cohort, device, self.reference, self.score_weight)
+
+    def at_start(self) -> dict[str, float]:
+        """The figures of the model an unlearning run starts from, the original model's
+        (empty while the baselines themselves train)."""
+        return {} if self.reference is None else dict(self.reference.original)

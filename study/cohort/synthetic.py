@@ -7,11 +7,8 @@ size, lesion load and position, per-modality tissue contrast, bias field and noi
 About half of the subjects also have one cortical-subcortical infarct (label 9), which
 MRBrainS18 leaves unscored and the loader maps to ``IGNORE_LABEL``.
 
-Files, geometry and label values are those of the MRBrainS18 training release::
-
-    <root>/<subject>/pre/reg_T1.nii.gz  pre/reg_IR.nii.gz  pre/FLAIR.nii.gz  segm.nii.gz
-
-240 x 240 x 48 voxels of 0.958 x 0.958 x 3.0 mm; labels 0 background, 1 cortical GM,
+Files (``study/cohort/mrbrains.py``), geometry and label values are those of the MRBrainS18
+training release: 240 x 240 x 48 voxels of 0.958 x 0.958 x 3.0 mm; labels 0 background, 1 cortical GM,
 2 basal ganglia, 3 WM, 4 WM lesions, 5 extracerebral CSF, 6 ventricles, 7 cerebellum,
 8 brain stem, 9 infarction (10, other, is never written). The study reads them back
 through the same loader as real data.
@@ -31,6 +28,8 @@ import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from study.cohort.mrbrains import subject_files
 
 #: The MRBrainS18 training subjects, then three extra subjects that are never trained on.
 TRAINING_IDS = ("1", "4", "5", "7", "14", "070", "148")
@@ -217,10 +216,14 @@ def _save(volume: np.ndarray, path: Path) -> None:
 
 def _write_subject(root: Path, subject: str, seed: int) -> None:
     images, labels = make_subject(subject, seed)
-    _save(images["T1"], root / subject / "pre" / "reg_T1.nii.gz")
-    _save(images["IR"], root / subject / "pre" / "reg_IR.nii.gz")
-    _save(images["FLAIR"], root / subject / "pre" / "FLAIR.nii.gz")
-    _save(labels, root / subject / "segm.nii.gz")
+    volumes = (images["T1"], images["IR"], images["FLAIR"], labels)  # the files' order
+    for volume, path in zip(volumes, subject_files(root, subject), strict=True):
+        _save(volume, path)
+
+
+def cohort_folder(cache_dir: Path) -> Path:
+    """Where the default synthetic cohort of this generator version lives in a cache folder."""
+    return Path(cache_dir) / f"synthetic-v{GENERATOR_VERSION}"
 
 
 def write_cohort(

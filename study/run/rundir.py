@@ -1,17 +1,19 @@
-"""The run directory: every path and format of what the driver writes.
+"""The run directory: every path and format of what a study writes.
 
 ``RunDir`` is the one owner of the run directory's layout (configuration, baselines,
-results table, report, recommended model, Optuna storage) and opens the experiment
-storage (``study/storage.py``) where Tune keeps per-trial results and checkpoints:
-``RUN/ray_results`` by default, or a shared path or bucket. Launch, report, replay and
-resume open a run through it; nothing else composes its paths.
+results tables, report, recommended model, Optuna storage, deletion requests) and opens
+the experiment storage (``study/run/storage.py``) where Tune keeps per-trial results and
+checkpoints: ``RUN/ray_results`` by default, or a shared path or bucket. Launch, report,
+replay, forget and resume open a run through it; nothing else composes its paths.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,15 +21,67 @@ from typing import Any
 
 import pandas as pd
 
-from study.config import StudyConfig, config_from_toml
-from study.errors import StudyError
-from study.results import atomic_write
-from study.storage import STATE_FILE, ExperimentStorage
+from study.config import StudyConfig, StudyError, config_from_toml, config_to_toml
+from study.run.checkpoint import TrialCheckpoint
+from study.run.storage import ExperimentStorage
+
+
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> Path:
+    """Calls ``write(temporary_path)``, then renames it to ``path``: a crash never leaves a
+    truncated ``path``, and a failed write leaves the previous file as it was."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+@dataclass(frozen=True)
+class DeletionOutputs:
+    """What ``python -m study.forget`` writes for one request: the audit record (JSON and a
+    page) and, when the verdict lets it, the unlearned model in MedicalNet's format."""
+
+    folder: Path
+
+    @property
+    def audit_json(self) -> Path:
+        return self.folder / "audit.json"
+
+    @property
+    def audit_html(self) -> Path:
+        return self.folder / "audit.html"
+
+    @property
+    def model(self) -> Path:
+        return self.folder / "unlearned.pt"
+
+    @staticmethod
+    def model_bytes(state: dict[str, Any]) -> bytes:
+        """``unlearned.pt``'s bytes: MedicalNet's ``{"state_dict": ...}`` layout."""
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save({"state_dict": state}, buffer)
+        return buffer.getvalue()
+
+    def write(self, record: dict[str, Any], page: str, model: bytes | None) -> None:
+        """The record and its page and, when given, the model's bytes; each file atomically.
+        Without a model, an earlier run's is removed: it is not this request's answer."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if model is None:
+            self.model.unlink(missing_ok=True)
+        else:
+            atomic_write(self.model, lambda p: Path(p).write_bytes(model))
+        atomic_write(self.audit_json, lambda p: Path(p).write_text(json.dumps(record, indent=1, default=str)))
+        atomic_write(self.audit_html, lambda p: Path(p).write_text(page))
 
 
 @dataclass(frozen=True)
 class RunDir:
-    """A study's run directory: paths and formats of everything the driver writes."""
+    """A study's run directory: paths and formats of everything the study writes."""
 
     path: Path
     storage_root: str = ""  # empty: <path>/ray_results
@@ -39,7 +93,7 @@ class RunDir:
     @classmethod
     def open(cls, path: Path) -> tuple[RunDir, StudyConfig]:
         """An existing run directory and its saved configuration (``run_dir`` set to ``path``)."""
-        config_file = Path(path) / "config.toml"
+        config_file = cls(Path(path)).config_file
         if not config_file.is_file():
             raise StudyError(f"{path} is not a study run directory (no config.toml)")
         config = config_from_toml(config_file)
@@ -104,13 +158,14 @@ class RunDir:
         return f"sqlite:///{(self.path / 'optuna.db').resolve()}"
 
     @property
-    def ray_temp_dir(self) -> Path:
-        return self.path.resolve() / "ray"
-
-    @property
     def storage(self) -> ExperimentStorage:
         root = self.storage_root or str(self.path.resolve() / "ray_results")
         return ExperimentStorage(root, self.path.resolve().name)
+
+    def deletion(self, subjects: list[str], folder: Path | None = None) -> DeletionOutputs:
+        """Where a request to forget ``subjects`` is written: ``folder``, by default
+        ``forget/<ids joined by ->``."""
+        return DeletionOutputs(Path(folder) if folder else self.path / "forget" / "-".join(subjects))
 
     # Lifecycle -----------------------------------------------------------------------
     @contextmanager
@@ -143,7 +198,7 @@ class RunDir:
             raise
 
     def write_config(self, config: StudyConfig) -> None:
-        atomic_write(self.config_file, lambda path: path.write_text(config.to_toml()))
+        atomic_write(self.config_file, lambda path: path.write_text(config_to_toml(config)))
 
     # Baselines ---------------------------------------------------------------------------
     def record_baseline(self, name: str, state: dict[str, Any], metrics: dict[str, float]) -> None:
@@ -168,29 +223,29 @@ class RunDir:
         path = self.baseline_model(name)
         return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
 
-    # Results -----------------------------------------------------------------------------
+    # Results tables ------------------------------------------------------------------------
     def write_trials(self, table: pd.DataFrame) -> None:
-        atomic_write(self.trials_file, lambda p: table.to_parquet(p, index=False))
+        _write_table(self.trials_file, table)
 
     def read_trials(self) -> pd.DataFrame | None:
-        return pd.read_parquet(self.trials_file) if self.trials_file.is_file() else None
+        return _read_table(self.trials_file)
 
     def write_seed_runs(self, table: pd.DataFrame) -> None:
-        atomic_write(self.seeds_file, lambda p: table.to_parquet(p, index=False))
+        _write_table(self.seeds_file, table)
 
     def read_seed_runs(self) -> pd.DataFrame | None:
-        return pd.read_parquet(self.seeds_file) if self.seeds_file.is_file() else None
+        return _read_table(self.seeds_file)
 
     def write_bn_mode_runs(self, table: pd.DataFrame) -> None:
-        atomic_write(self.bn_modes_file, lambda p: table.to_parquet(p, index=False))
+        _write_table(self.bn_modes_file, table)
 
     def read_bn_mode_runs(self) -> pd.DataFrame | None:
-        return pd.read_parquet(self.bn_modes_file) if self.bn_modes_file.is_file() else None
+        return _read_table(self.bn_modes_file)
 
     def write_pareto(self, table: pd.DataFrame) -> None:
-        atomic_write(self.pareto_file, lambda p: table.to_parquet(p, index=False))
+        _write_table(self.pareto_file, table)
 
-    # The recommended model ---------------------------------------------------------------------
+    # Trained models ------------------------------------------------------------------------
     def save_recommended(
         self, trial_id: str, epoch: int, state: dict[str, Any], to: Path | None = None
     ) -> Path:
@@ -217,7 +272,14 @@ class RunDir:
             checkpoint = storage.tune_checkpoint(path)
             if checkpoint.get_metadata().get("epoch") == epoch:
                 with checkpoint.as_directory() as folder:
-                    return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)[
-                        "model"
-                    ]
+                    saved = TrialCheckpoint.load(Path(folder))
+                return None if saved is None else saved.model
         return None
+
+
+def _write_table(path: Path, table: pd.DataFrame) -> None:
+    atomic_write(path, lambda p: table.to_parquet(p, index=False))
+
+
+def _read_table(path: Path) -> pd.DataFrame | None:
+    return pd.read_parquet(path) if path.is_file() else None

@@ -1,0 +1,147 @@
+"""The study's cohort: every subject of its split read once and preprocessed, in memory.
+
+Every NIfTI file is decoded once per study, in the driver; the ``Cohort`` then travels to
+the trials through Ray's object store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from study.cohort import synthetic
+from study.cohort.mrbrains import CLASS_NAMES
+from study.cohort.preprocess import preprocess
+from study.cohort.reader import find_subjects, read_subject
+from study.cohort.split import Split, check_request, moved, resolve_split
+from study.config import StudyConfig, StudyError
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """Preprocessed subjects of one study.
+
+    ``images[s]``: ``(3, D, H, W)`` float32, channels T1, IR, FLAIR, each z-scored over its
+    non-zero voxels. ``labels[s]``: ``(D, H, W)`` uint8 class indices in ``0..n_classes-1``,
+    or ``IGNORE_LABEL`` where the voxel is not scored.
+    ``digest`` identifies the content (arrays + split) for cache keys.
+    """
+
+    images: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+    split: Split
+    n_classes: int
+    digest: str
+
+
+def io_threads(tasks: int) -> int:
+    """Threads that read or write a cohort's subjects side by side: one per core, at most 8."""
+    return max(1, min(tasks, os.cpu_count() or 1, 8))
+
+
+def load_cohort(
+    root: Path,
+    split: Split,
+    input_size: tuple[int, int, int],
+    label_mode: str,
+) -> Cohort:
+    """Reads and preprocesses every subject of ``split`` under ``root``, each file once,
+    several subjects at a time (decompression and resampling release the GIL)."""
+    subjects = split.training + split.holdout
+
+    def read(subject: str) -> tuple[np.ndarray, np.ndarray]:
+        return preprocess(*read_subject(root, subject), input_size, label_mode)
+
+    # One torch thread per subject: the normalisation's sums then add up in the same order on
+    # every machine, so the cohort (and the cache keys made from its digest) are the same.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=io_threads(len(subjects))) as pool:
+            read_in_order = list(pool.map(read, subjects))
+    finally:
+        torch.set_num_threads(threads)
+    images = {subject: image for subject, (image, _) in zip(subjects, read_in_order, strict=True)}
+    labels = {subject: label for subject, (_, label) in zip(subjects, read_in_order, strict=True)}
+    digest = hashlib.sha256(repr((split, tuple(input_size), label_mode)).encode())
+    for subject in subjects:
+        digest.update(images[subject].tobytes())
+        digest.update(labels[subject].tobytes())
+    return Cohort(
+        images=images,
+        labels=labels,
+        split=split,
+        n_classes=len(CLASS_NAMES[label_mode]),
+        digest=digest.hexdigest(),
+    )
+
+
+def cohort_root(config: StudyConfig) -> tuple[Path, str, list[str]]:
+    """The study's data folder (the synthetic cohort written there first, once), how to name
+    it in messages, and its default holdout subjects."""
+    if config.data:
+        return Path(config.data), f"data directory {config.data}", []
+    subjects = synthetic.TRAINING_IDS + synthetic.HOLDOUT_IDS
+    root = synthetic.write_cohort(
+        synthetic.cohort_folder(config.cache_path), subjects, threads=io_threads(len(subjects))
+    )
+    return root, "the synthetic cohort", list(synthetic.HOLDOUT_IDS)
+
+
+def study_split(config: StudyConfig) -> tuple[Path, Split]:
+    """The study's data folder and split, without reading a volume.
+
+    Default split: forget as configured; holdout none for real data and the synthetic
+    extras for the synthetic cohort; retain every other subject.
+    """
+    root, source, default_holdout = cohort_root(config)
+    holdout = default_holdout if config.holdout is None else config.holdout
+    return root, resolve_split(find_subjects(root), config.forget, config.retain, holdout, source)
+
+
+def open_cohort(config: StudyConfig) -> Cohort:
+    """The study's cohort: ``config.data``, or the synthetic cohort (written once, cached),
+    split as ``study_split`` says."""
+    root, split = study_split(config)
+    return load_cohort(root, split, tuple(config.input_size), config.label_mode)
+
+
+def with_other_forget(cohort: Cohort, other: list[str] | None) -> Cohort | None:
+    """The same subjects with another forget set, for asking whether a configuration carries
+    over to other subjects; ``None`` when there is none to ask with.
+
+    ``other=None``: the first ``len(forget)`` retain subjects (``None`` when there are fewer);
+    ``[]``: none. The old forget subjects join the retain set, the holdout stays; the training
+    set, and so the original model, is the same.
+    """
+    split = cohort.split
+    if other is None:
+        other = list(split.retain[: len(split.forget)]) if len(split.retain) >= len(split.forget) else []
+    if not other:
+        return None
+    if outside := [s for s in other if s not in split.retain]:
+        raise StudyError(
+            f"other_forget names {', '.join(outside)}, which are not retain subjects; "
+            f"choose from {', '.join(split.retain)}"
+        )
+    return _with_forget_set(cohort, other, "other_forget")
+
+
+def with_forget(cohort: Cohort, subjects: list[str]) -> Cohort:
+    """The same subjects with ``subjects`` (any of the training subjects) as the forget set:
+    a deletion request on the original model (``python -m study.forget``)."""
+    check_request(cohort.split, subjects)
+    return _with_forget_set(cohort, subjects, "--subjects")
+
+
+def _with_forget_set(cohort: Cohort, forget: list[str], setting: str) -> Cohort:
+    """``cohort`` with ``forget`` (training subjects) as its forget set."""
+    split = moved(cohort.split, forget, setting)
+    digest = hashlib.sha256((cohort.digest + repr(split)).encode()).hexdigest()
+    return Cohort(cohort.images, cohort.labels, split, cohort.n_classes, digest)
