@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING
 
 import matplotlib
 import matplotlib.patches
@@ -14,12 +13,9 @@ import numpy as np
 import pandas as pd
 
 from analysis.pareto import OBJECTIVES, pareto_front
-from analysis.summary import at_horizon, diverged_label
+from analysis.summary import Recommendation, at_horizon, diverged_label
 from study.cohort import IGNORE_LABEL
 from study.run.results import candidates
-
-if TYPE_CHECKING:  # the knees are the study's (analysis/study_state.py)
-    from analysis.study_state import Recommendation
 
 
 def _png(figure: plt.Figure) -> bytes:

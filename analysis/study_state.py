@@ -9,38 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
-from analysis.summary import horizon_rows, recommend
+from analysis.summary import Recommendation, horizon_rows, recommend
 from analysis.views import forgets_past_retrain
 from study.config import OBJECTIVES, EpochSchedule, StudyConfig
 from study.metrics import METRICS
-from study.run.results import combine, incomplete_trials, params_of, rows_from_experiment
+from study.run.results import combine, incomplete_trials, rows_from_experiment
 from study.run.rundir import RunDir
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    """The knee of one view's front, pooled over the configured horizons: which strategy to
-    run with which hyperparameters (``params``) for how many epochs, and the figures
-    (``figures``, of ``METRICS``) its trial had there."""
-
-    view: str
-    strategy: str
-    trial_id: str
-    epoch: int
-    params: dict[str, Any]
-    figures: dict[str, float]
-
-    @classmethod
-    def of(cls, row: pd.Series, view: str) -> Recommendation:
-        """The recommendation of ``view`` that one trial row (at a horizon) makes."""
-        figures = {m: float(row[m]) for m in METRICS if m in row}
-        return cls(
-            view, str(row["strategy"]), str(row["trial_id"]), int(row["epoch"]), params_of(row), figures
-        )
 
 
 @dataclass
@@ -68,9 +45,7 @@ class Study:
     def knees(self) -> dict[str, Recommendation | None]:
         """Per view (``study/config/objectives.py``): the knee of its front pooled over the
         configured horizons, or ``None`` before any trial reached one."""
-        horizons = sorted(self.config.horizons)
-        knees = {view: recommend(self.rows, horizons, objectives) for view, objectives in OBJECTIVES.items()}
-        return {view: None if row is None else Recommendation.of(row, view) for view, row in knees.items()}
+        return {view: recommend(self.rows, sorted(self.config.horizons), view) for view in OBJECTIVES}
 
     @property
     def recommendation(self) -> Recommendation | None:

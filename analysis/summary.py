@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
 from analysis.pareto import OBJECTIVES, hypervolume, knee_index, pareto_front
-from study.run.results import candidates
+from study.config import OBJECTIVES as VIEWS
+from study.metrics import METRICS
+from study.run.results import candidates, params_of
 
 #: A horizon: a number of epochs, or ``None``, each trial's final epoch. The ``horizon`` column
 #: of the rows below holds them as nullable integers (``<NA>``: final); as text, only written
@@ -160,17 +164,37 @@ def paper_table(
     return pd.DataFrame(lines)
 
 
-def recommend(
-    rows: pd.DataFrame, horizons: list[int], objectives: tuple[str, ...] = OBJECTIVES
-) -> pd.Series | None:
-    """The knee on ``objectives`` of the front pooled over every configured horizon, or ``None``
-    without points.
+@dataclass(frozen=True)
+class Recommendation:
+    """The knee of one view's front, pooled over the configured horizons: which strategy to
+    run with which hyperparameters (``params``) for how many epochs, and the figures
+    (``figures``, of ``METRICS``) its trial had there."""
+
+    view: str
+    strategy: str
+    trial_id: str
+    epoch: int
+    params: dict[str, Any]
+    figures: dict[str, float]
+
+    @classmethod
+    def of(cls, row: pd.Series, view: str) -> Recommendation:
+        """The recommendation of ``view`` that one trial row (at a horizon) makes."""
+        figures = {m: float(row[m]) for m in METRICS if m in row}
+        return cls(
+            view, str(row["strategy"]), str(row["trial_id"]), int(row["epoch"]), params_of(row), figures
+        )
+
+
+def recommend(rows: pd.DataFrame, horizons: list[int], view: str = "reference") -> Recommendation | None:
+    """The knee under ``view`` (``study/config/objectives.py``) of the front pooled over every
+    configured horizon, or ``None`` without points.
 
     Each point is one trial read at one horizon, so the recommendation names a strategy,
     its hyperparameters and how many epochs to run it. A diverged trial is never one.
     """
-    pooled = candidates(at_horizons(rows, horizons))
-    front = pareto_front(pooled, objectives)
+    objectives = VIEWS[view]
+    front = pareto_front(candidates(at_horizons(rows, horizons)), objectives)
     if front.empty:
         return None
-    return front.iloc[knee_index(front, objectives)]
+    return Recommendation.of(front.iloc[knee_index(front, objectives)], view)

@@ -9,17 +9,13 @@ a forget set segmented worse than unseen subjects is itself a sign of membership
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from analysis.summary import at_horizons, fronts
+from analysis.summary import Recommendation, at_horizons, fronts
 from study.config import OBJECTIVES
 from study.metrics import Reference, derived_metrics
 from study.run.results import candidates
-
-if TYPE_CHECKING:  # the knees are the study's (analysis/study_state.py), which imports this module
-    from analysis.study_state import Recommendation
 
 #: Forget Dice this far (absolute) below the retrain reference's is over-forgetting. Two
 #: trainings of a small 3D segmentation network that differ only in their seed differ by a

@@ -22,9 +22,9 @@ from study.config import OBJECTIVES, StudyConfig
 from study.run.results import is_diverged
 
 
-def make_sampler(name: str, seed: int, budget: int, parallel: int) -> optuna.samplers.BaseSampler:
-    """Optuna's sampler ``name`` ("tpe", "nsga2" or "random") fitted to ``budget`` trials of
-    which up to ``parallel`` run at once.
+def sampler_settings(name: str, budget: int, parallel: int) -> dict[str, Any]:
+    """The settings of Optuna's sampler ``name`` ("tpe", "nsga2" or "random") fitted to
+    ``budget`` trials of which up to ``parallel`` run at once.
 
     TPE's default start-up phase (10 random trials) would spend most of a small budget at
     random: a quarter of the budget (at least 2) is random here, and with trials in flight
@@ -33,13 +33,26 @@ def make_sampler(name: str, seed: int, budget: int, parallel: int) -> optuna.sam
     budget (at least 4) gets several.
     """
     if name == "tpe":
-        startup = min(10, max(2, budget // 4))
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, constant_liar=parallel > 1)
+        return {"n_startup_trials": min(10, max(2, budget // 4)), "constant_liar": parallel > 1}
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, budget // 4))
+        return {"population_size": max(4, budget // 4)}
     if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
+        return {}
     raise ValueError(f"unknown sampler {name!r}")
+
+
+#: The sampler of each name.
+SAMPLERS = {
+    "tpe": optuna.samplers.TPESampler,
+    "nsga2": optuna.samplers.NSGAIISampler,
+    "random": optuna.samplers.RandomSampler,
+}
+
+
+def make_sampler(name: str, seed: int, budget: int, parallel: int) -> optuna.samplers.BaseSampler:
+    """Optuna's sampler ``name``, seeded, with ``sampler_settings``."""
+    settings = sampler_settings(name, budget, parallel)  # an unknown name is a ValueError here
+    return SAMPLERS[name](seed=seed, **settings)
 
 
 class StrategySearcher(Searcher):

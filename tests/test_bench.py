@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
@@ -11,11 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from search_spaces import STRATEGIES
+from analysis.pareto import hypervolume
+from search_spaces import STRATEGIES, starting_point
 from study.bench import data, epoch, search
 from study.bench.__main__ import main
+from study.config import load_config
 from study.metrics import measure_reference
-from study.model import MedicalNetSegmentation
+from trainables.noisy_label import NoisyLabel
+from trainables.trial import TrialSpec, run_trial
 
 
 def test_the_epoch_bench_times_a_real_step_and_counts_its_flops():
@@ -52,26 +54,28 @@ def test_the_data_bench_counts_every_decode_and_the_passes_it_makes(tmp_path: Pa
         nib.load(path)
     for path in (root / "1" / "segm.nii.gz", root / "070" / "segm.nii.gz"):
         nib.load(path)
-    rows = {row["files"]: row for row in data._rows(log, root, driver=-1)}
+    rows = {row["files"]: row for row in data.decode_rows(log, root, driver=-1)}
     assert rows["images"]["in the cohort"] == 2 and rows["images"]["decodes"] == 3
     assert rows["images"]["passes"] == pytest.approx(1.5) and rows["labels"]["passes"] == pytest.approx(1.0)
     assert rows["images"]["decodes outside the driver"] == 3  # pid -1 is nobody's
 
 
-def test_a_search_runs_its_budget_and_scores_its_hypervolume(tiny_cohort):
-    torch.manual_seed(0)
-    original = MedicalNetSegmentation(depth=10, n_classes=4, width=0.125)
-    config = search.setting.__globals__["load_config"](
-        "smoke", overrides={"run_dir": "unused", "max_epochs": 1}
-    )
+def test_a_search_runs_its_budget_from_the_hand_picked_start(tiny_cohort, tiny_model):
+    original = tiny_model()
     reference = measure_reference(original, original, tiny_cohort, torch.device("cpu"))
+    config = load_config(
+        "smoke", overrides={"run_dir": "unused", "max_epochs": 1, "strategies": ["noisy_label"]}
+    )
     state = {k: v.clone() for k, v in original.state_dict().items()}
-    s = search.Setting(dataclasses.replace(config, strategies=["noisy_label"]), tiny_cohort, state, reference)
+    s = search.Setting(config, tiny_cohort, state, reference)
     found = search.search(s, "noisy_label", "tpe", seed=0, budget=3, parallel=2)
-    assert found["hypervolume"] >= 0 and 0 < found["seconds_per_suggestion"] < 1
+    assert len(found["points"]) == 3 and 0 < found["seconds_per_suggestion"] < 1
+    start = {**starting_point(STRATEGIES["noisy_label"].search), "trial_number": 0, "strategy": "noisy_label"}
+    first = run_trial(TrialSpec.of(config, NoisyLabel, start), tiny_cohort, state, reference).last
+    assert found["points"][0] == [first["forget_drop"], first["retain_kept"]]  # the start ran first
+    assert found["hypervolume"] == pytest.approx(hypervolume(found["points"]))
     again = search.search(s, "noisy_label", "tpe", seed=0, budget=3, parallel=2)
-    assert again["hypervolume"] == pytest.approx(found["hypervolume"])  # seeded: the same search
-    assert "noisy_label" in STRATEGIES
+    assert again["points"] == found["points"]  # seeded: the same search
 
 
 def test_the_overhead_table_divides_slot_time_into_the_trials_parts():
@@ -113,7 +117,9 @@ def test_the_overhead_table_divides_slot_time_into_the_trials_parts():
     phases = {"run_experiment": 10.0, "run_experiment started at": 100.0, "train_or_load_baselines": 3.0}
     phases |= {"run_experiment driver CPU": 1.5}
     bare = {"a": 2.0, "b": 3.0, "c": 4.0}
-    rows = {row["part"]: row for row in overhead._rows(trials, phases, total=20.0, slots=2, bare=bare)}
+    rows = {
+        row["part"]: row for row in overhead.overhead_rows(trials, phases, total=20.0, slots=2, bare=bare)
+    }
     assert rows["trials: train"]["seconds"] == 6.0 and rows["trials: train"]["share of slot time"] == 0.3
     assert rows["trials: gaps between trials on a worker"]["seconds"] == 1.0
     assert rows["trials: checkpoint write and report, in the background"]["seconds"] == pytest.approx(2.1)

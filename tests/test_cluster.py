@@ -20,10 +20,9 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.fs
 import pytest
-from _studies import EPOCHS, assert_complete, resume_study, start_study, study_env, wait_until
 
 from analysis.report import build_report
-from analysis.study_state import load_study, recommendation_of
+from analysis.study_state import load_study
 from study.run.checkpoint import STATE_FILE
 from study.run.rundir import RunDir
 
@@ -104,16 +103,16 @@ def _intervals(results: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def test_a_study_across_nodes_keeps_everything_in_the_bucket(cluster, s3, cache_home, tmp_path):
+def test_a_study_across_nodes_keeps_everything_in_the_bucket(cluster, s3, studies, tmp_path):
     address, worker_ids, temp_dir = cluster
     uri, fs = s3
     run_dir = tmp_path / "across"
-    driver = start_study(
-        run_dir, study_env(cache_home), "--address", address, "--storage", uri, "--config", _config(tmp_path)
+    driver = studies.start(
+        run_dir, "--address", address, "--storage", uri, "--config", _config(tmp_path), env=studies.env()
     )
     output, _ = driver.communicate(timeout=420)
     assert driver.returncode == 0, output[-4000:]
-    trials = assert_complete(run_dir)
+    trials = studies.assert_complete(run_dir)
 
     experiment = f"{BUCKET}/unlearning/{run_dir.name}"
     keys = _keys(fs, experiment)
@@ -154,7 +153,7 @@ def test_a_study_across_nodes_keeps_everything_in_the_bucket(cluster, s3, cache_
     request = [sys.executable, "-m", "study.forget", str(run_dir), "--subjects", "1", "--address", address]
     done = subprocess.run(
         [*request, "--out", str(out), *lenient],
-        env=study_env(cache_home),
+        env=studies.env(),
         capture_output=True,
         text=True,
         timeout=300,
@@ -166,36 +165,38 @@ def test_a_study_across_nodes_keeps_everything_in_the_bucket(cluster, s3, cache_
 
     RunDir(run_dir).trials_file.unlink()
     study = load_study(run_dir)
-    report = build_report(study, recommendation_of(study))
+    report = build_report(study)
     assert len(load := pd.read_parquet(RunDir(run_dir).pareto_file)) and set(load["strategy"]) <= set(
         trials["strategy"]
     )
     page = report.html.read_text()
     assert "trials.parquet is not written yet" in page and f"{len(trials)} trial-epochs" in page
-    last = trials[trials["epoch"] == EPOCHS].iloc[0]
-    assert run.load_model_of(last["trial_id"], EPOCHS) is not None  # its checkpoint, from the bucket
+    last = trials[trials["epoch"] == studies.EPOCHS].iloc[0]
+    assert run.load_model_of(last["trial_id"], studies.EPOCHS) is not None  # its checkpoint, from the bucket
 
 
-def test_a_driver_killed_mid_study_resumes_from_the_bucket_losing_nothing(cluster, s3, cache_home, tmp_path):
+def test_a_driver_killed_mid_study_resumes_from_the_bucket_losing_nothing(cluster, s3, studies, tmp_path):
     address, *_ = cluster
     uri, fs = s3
     run_dir = tmp_path / "killed"
-    env = study_env(cache_home)
-    driver = start_study(run_dir, env, "--address", address, "--storage", uri, "--config", _config(tmp_path))
+    env = studies.env()
+    driver = studies.start(
+        run_dir, "--address", address, "--storage", uri, "--config", _config(tmp_path), env=env
+    )
     experiment = f"{BUCKET}/unlearning/{run_dir.name}"
 
     def mid_study() -> bool:
         keys = _keys(fs, experiment)
         return sum(k.endswith(STATE_FILE) for k in keys) >= 6 and any("experiment_state" in k for k in keys)
 
-    wait_until(mid_study, driver, "six checkpoints in the bucket")
+    studies.wait_until(mid_study, driver, "six checkpoints in the bucket")
     os.kill(driver.pid, signal.SIGKILL)  # the driver only: the cluster lives on, as on a login node
     driver.communicate(timeout=60)
     assert not RunDir(run_dir).trials_file.exists()
 
-    resumed = resume_study(run_dir, env)
+    resumed = studies.resume(run_dir, env)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert_complete(run_dir)
+    studies.assert_complete(run_dir)
     assert not Path(RunDir(run_dir).storage.root).exists()
 
 
@@ -213,13 +214,13 @@ def test_a_driver_killed_mid_study_resumes_from_the_bucket_losing_nothing(cluste
     ],
 )
 def test_requests_no_node_can_hold_are_refused_before_any_compute(
-    cluster, s3, cache_home, tmp_path, flags, message
+    cluster, s3, studies, tmp_path, flags, message
 ):
     address, *_ = cluster
     uri, fs = s3
     run_dir = tmp_path / "impossible"
     started = time.monotonic()
-    driver = start_study(run_dir, study_env(cache_home), "--address", address, "--storage", uri, *flags)
+    driver = studies.start(run_dir, "--address", address, "--storage", uri, *flags, env=studies.env())
     output, _ = driver.communicate(timeout=120)
     assert time.monotonic() - started < 60
     assert driver.returncode == 2, output[-3000:]

@@ -1,4 +1,4 @@
-"""The Med3D network: shapes per depth, encoder/decoder split, MedicalNet checkpoint loading."""
+"""The Med3D network: shapes per depth, MedicalNet's key layout, MedicalNet checkpoint loading."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ import torch
 from study.config import StudyError
 from study.model import (
     MedicalNetSegmentation,
-    decoder_parameters,
-    encoder_parameters,
     load_medicalnet_weights,
 )
 
@@ -27,13 +25,6 @@ def test_logits_have_the_input_size_for_every_depth(depth: int):
     assert features.shape[2:] == (2, 4, 3)  # output stride 8
     expansion = 4 if depth == 50 else 1
     assert features.shape[1] == 64 * expansion  # 512 * width * expansion
-
-
-def test_encoder_and_decoder_partition_the_parameters():
-    model = MedicalNetSegmentation(depth=10, width=0.125)
-    encoder, decoder = encoder_parameters(model), decoder_parameters(model)
-    assert {id(p) for p in encoder}.isdisjoint(id(p) for p in decoder)
-    assert len(encoder) + len(decoder) == len(list(model.parameters()))
 
 
 def test_medicalnet_key_layout_is_kept():

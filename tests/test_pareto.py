@@ -12,9 +12,13 @@ import pytest
 from analysis.pareto import front_table, hypervolume, knee_index, non_dominated_mask, pareto_front
 from analysis.summary import (
     FINAL,
+    at_horizon,
+    at_horizons,
     best_trials,
+    by_horizon,
     diverged_label,
     fronts,
+    horizon_label,
     horizon_rows,
     hypervolumes,
     paper_table,
@@ -95,34 +99,50 @@ def _with_diverged_trials() -> pd.DataFrame:
 
 def test_a_trial_is_read_at_a_horizon_only_when_it_ran_to_it():
     half = _trial("max_loss", "half", [(0.1, 0.9), (0.2, 0.9), (0.3, 0.9)], "running")
-    rows = horizon_rows(combine([_with_diverged_trials(), half]), [2, 4]).set_index(["horizon", "trial_id"])
-    assert sorted(rows.loc["4"].index) == ["good", "ok"]  # neither diverged trial nor half ran to 4
-    assert sorted(rows.loc["2"].index) == ["good", "half", "late", "ok"]  # late's epoch 2 is real
-
-    assert rows.loc[("2", "late"), "epoch"] == 2 and rows.loc[("2", "late"), "diverged_at"] == 3
-    finals = rows.loc[FINAL]
+    rows = horizon_rows(combine([_with_diverged_trials(), half]), [2, 4])
+    assert sorted(at_horizon(rows, 4)["trial_id"]) == [
+        "good",
+        "ok",
+    ]  # neither diverged trial nor half ran to 4
+    assert sorted(at_horizon(rows, 2)["trial_id"]) == ["good", "half", "late", "ok"]  # late's epoch 2 is real
+    late = at_horizon(rows, 2).set_index("trial_id").loc["late"]
+    assert late["epoch"] == 2 and late["diverged_at"] == 3
+    finals = at_horizon(rows, FINAL).set_index("trial_id")
+    assert len(finals) == 5 and [horizon_label(h) for h in (FINAL, 2)] == ["final", "2"]
     assert finals.loc["blew", "epoch"] == 1 and finals.loc["blew", "status"] == "diverged"
     assert finals.loc["late", "epoch"] == 3 and math.isnan(finals.loc["good", "diverged_at"])
     assert diverged_label(finals.loc["blew", "diverged_at"]) == "diverged at epoch 1"
+    assert [h for h, _ in by_horizon(rows)] == [FINAL, 2, 4]
 
 
 def test_diverged_trials_are_never_a_choice():
     trials = _with_diverged_trials()
     rows = horizon_rows(trials, [2, 4])
-    assert recommend(rows, [2, 4])["trial_id"] == "good"  # (0.6, 0.7) at epoch 4
+    assert recommend(rows, [2, 4]).trial_id == "good"  # (0.6, 0.7) at epoch 4
     # Even read at a horizon as if it ran to it, a diverged row is no candidate.
-    pretended = pd.concat([rows, rows[rows["horizon"] == FINAL].assign(horizon="4")], ignore_index=True)
-    assert recommend(pretended, [2, 4])["trial_id"] == "good"
+    finals = at_horizon(rows, FINAL)
+    pretended = pd.concat(
+        [rows, finals.assign(horizon=pd.array([4] * len(finals), dtype="Int64"))], ignore_index=True
+    )
+    assert recommend(pretended, [2, 4]).trial_id == "good"
     for table in (rows, pretended):
-        best = best_trials(table).set_index(["strategy", "horizon"])["trial_id"]
-        assert best.to_dict() == {
-            ("noisy_label", FINAL): "good",
-            ("max_loss", FINAL): "ok",
+        best = best_trials(table)
+        chosen = {
+            (s, horizon_label(h)): t
+            for s, h, t in best[["strategy", "horizon", "trial_id"]].itertuples(index=False)
+        }
+        assert chosen == {
+            ("noisy_label", "final"): "good",
+            ("max_loss", "final"): "ok",
             ("noisy_label", "2"): "good",
             ("max_loss", "2"): "ok",
             ("noisy_label", "4"): "good",
             ("max_loss", "4"): "ok",
         }
+        assert best_trials(at_horizons(table, [2, 4]), per_horizon=False)["trial_id"].tolist() == [
+            "good",
+            "ok",
+        ]
         assert set(fronts(table)["trial_id"]) == {"good", "ok"} and "diverged_at" not in fronts(table)
         # max_loss's area at horizon 2 is ok's alone: 0.3 x 0.85
         assert hypervolumes(table).loc["max_loss", "horizon 2"] == pytest.approx(0.255)
@@ -150,9 +170,15 @@ def test_each_view_has_its_own_front_and_knee_and_tables_show_holdout_dice():
         for t, f in figures.items()
     )
     rows = horizon_rows(trials, [1])
-    assert recommend(rows, [1], OBJECTIVES["reference"])["trial_id"] == "deep"
-    assert recommend(rows, [1], OBJECTIVES["retrain-match"])["trial_id"] == "match"
-    at_1 = fronts(rows, OBJECTIVES["retrain-match"]).query("horizon == '1'")
+    assert recommend(rows, [1], "reference").trial_id == "deep"
+    knee = recommend(rows, [1], "retrain-match")
+    assert (knee.trial_id, knee.epoch, knee.view, knee.figures["retrain_match"]) == (
+        "match",
+        1,
+        "retrain-match",
+        1.0,
+    )
+    at_1 = at_horizon(fronts(rows, OBJECTIVES["retrain-match"]), 1)
     assert at_1["trial_id"].tolist() == ["match"]  # deep's retrain_match 0.4 is dominated
 
     original = {

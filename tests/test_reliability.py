@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from _studies import EPOCHS, assert_complete, resume_study, start_study, study_env, wait_until
 
 from study.run.rundir import RunDir
 
@@ -31,17 +30,19 @@ def _checkpoints(run_dir: Path) -> dict[Path, int]:
     return found
 
 
-def _finished_and_running(run_dir: Path) -> bool:
+def _finished_and_running(run_dir: Path, epochs: int) -> bool:
     saved = _checkpoints(run_dir).values()
-    return any(n == EPOCHS for n in saved) and any(2 <= n < EPOCHS for n in saved)
+    return any(n == epochs for n in saved) and any(2 <= n < epochs for n in saved)
 
 
-def test_ctrl_c_stops_the_study_and_resume_finishes_it_without_rerunning_finished_trials(
-    cache_home, tmp_path
-):
-    env, run_dir = study_env(cache_home), tmp_path / "run"
-    driver = start_study(run_dir, env)
-    wait_until(lambda: _finished_and_running(run_dir), driver, "one trial finished and another under way")
+def test_ctrl_c_stops_the_study_and_resume_finishes_it_without_rerunning_finished_trials(studies, tmp_path):
+    env, run_dir = studies.env(), tmp_path / "run"
+    driver = studies.start(run_dir, env=env)
+    studies.wait_until(
+        lambda: _finished_and_running(run_dir, studies.EPOCHS),
+        driver,
+        "one trial finished and another under way",
+    )
     driver.send_signal(signal.SIGINT)
     output, _ = driver.communicate(timeout=120)
     assert driver.returncode == 130, output[-3000:]
@@ -50,27 +51,29 @@ def test_ctrl_c_stops_the_study_and_resume_finishes_it_without_rerunning_finishe
     finished = {
         p: p.read_text() for p in Path(RunDir(run_dir).storage.experiment_path).glob("trial_*/result.json")
     }
-    finished = {p: text for p, text in finished.items() if len(text.splitlines()) == EPOCHS}
+    finished = {p: text for p, text in finished.items() if len(text.splitlines()) == studies.EPOCHS}
     assert finished
 
-    resumed = resume_study(run_dir, env)
+    resumed = studies.resume(run_dir, env)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert_complete(run_dir)
+    studies.assert_complete(run_dir)
     for path, before in finished.items():  # not rerun: no epoch of a finished trial trained again
         after = path.read_text()
         assert after.startswith(before), f"{path} changed:\n{before[-600:]}\n---\n{after[-1200:]}"
         # Ctrl-C between a trial's last report and Tune registering its checkpoint: the trial
         # resumes from the epoch before and reruns its last one (same seed, same figures).
         added = after[len(before) :].splitlines()
-        assert all(json.loads(line)["epoch"] == EPOCHS for line in added), added
+        assert all(json.loads(line)["epoch"] == studies.EPOCHS for line in added), added
 
 
-def test_sigkill_right_after_a_checkpoint_loses_nothing(cache_home, tmp_path):
+def test_sigkill_right_after_a_checkpoint_loses_nothing(studies, tmp_path):
     """Killing driver and Ray in the instant a trial writes a new checkpoint folder: the
     saved experiment state may still name the previous one, which must still exist."""
-    env, run_dir = study_env(cache_home), tmp_path / "run"
-    driver = start_study(run_dir, env)
-    wait_until(lambda: any(n >= 3 for n in _checkpoints(run_dir).values()), driver, "three epochs of a trial")
+    env, run_dir = studies.env(), tmp_path / "run"
+    driver = studies.start(run_dir, env=env)
+    studies.wait_until(
+        lambda: any(n >= 3 for n in _checkpoints(run_dir).values()), driver, "three epochs of a trial"
+    )
     before = _checkpoints(run_dir)
     deadline = time.monotonic() + 60
     while _checkpoints(run_dir) == before and time.monotonic() < deadline:
@@ -79,9 +82,9 @@ def test_sigkill_right_after_a_checkpoint_loses_nothing(cache_home, tmp_path):
     driver.communicate(timeout=60)
     assert not RunDir(run_dir).trials_file.exists()
 
-    resumed = resume_study(run_dir, env)
+    resumed = studies.resume(run_dir, env)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert_complete(run_dir)
+    studies.assert_complete(run_dir)
 
 
 def _unfinished_with_saved_checkpoints(run_dir: Path) -> list[Path]:
@@ -95,13 +98,15 @@ def _unfinished_with_saved_checkpoints(run_dir: Path) -> list[Path]:
     return [Path(t.path) for t in trials if t.checkpoint is not None and t.status != "TERMINATED"]
 
 
-def test_a_trial_whose_checkpoints_were_deleted_is_rerun_on_resume(cache_home, tmp_path):
+def test_a_trial_whose_checkpoints_were_deleted_is_rerun_on_resume(studies, tmp_path):
     # Tune saves its experiment state every second, so one soon names a mid-trial checkpoint.
-    env = study_env(cache_home, TUNE_GLOBAL_CHECKPOINT_S="1")
+    env = studies.env(TUNE_GLOBAL_CHECKPOINT_S="1")
     for attempt in range(3):  # the kill may land just after a save that names none: try again
         run_dir = tmp_path / f"run{attempt}"
-        driver = start_study(run_dir, env)
-        wait_until(lambda d=run_dir: _unfinished_with_saved_checkpoints(d), driver, "a saved mid-trial state")
+        driver = studies.start(run_dir, env=env)
+        studies.wait_until(
+            lambda d=run_dir: _unfinished_with_saved_checkpoints(d), driver, "a saved mid-trial state"
+        )
         os.killpg(driver.pid, signal.SIGKILL)
         driver.communicate(timeout=60)
         if lost := _unfinished_with_saved_checkpoints(run_dir):  # what the state says now, for good
@@ -110,25 +115,27 @@ def test_a_trial_whose_checkpoints_were_deleted_is_rerun_on_resume(cache_home, t
         for checkpoint in trial.glob("checkpoint_*"):
             shutil.rmtree(checkpoint)
 
-    resumed = resume_study(run_dir, env)
+    resumed = studies.resume(run_dir, env)
     output = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, output[-3000:]
     named = output.split("the checkpoints of trial(s) ")[1].split(" are gone")[0].split(", ")
     assert {f"trial_{t}" for t in named} == {trial.name for trial in lost}
-    assert_complete(run_dir)  # they ran again from epoch 1: every epoch once
+    studies.assert_complete(run_dir)  # they ran again from epoch 1: every epoch once
 
 
-def test_a_trial_that_fails_ends_the_study_with_exit_3_and_resumes_from_its_checkpoint(cache_home, tmp_path):
-    env, run_dir = study_env(cache_home), tmp_path / "run"
+def test_a_trial_that_fails_ends_the_study_with_exit_3_and_resumes_from_its_checkpoint(studies, tmp_path):
+    env, run_dir = studies.env(), tmp_path / "run"
     no_retries = tmp_path / "no-retries.toml"
     no_retries.write_text("max_failures = 0\n")
-    driver = start_study(run_dir, env, "--config", str(no_retries))
-    wait_until(
-        lambda: any(5 <= n < EPOCHS - 2 for n in _checkpoints(run_dir).values()), driver, "five epochs"
+    driver = studies.start(run_dir, "--config", str(no_retries), env=env)
+    studies.wait_until(
+        lambda: any(5 <= n < studies.EPOCHS - 2 for n in _checkpoints(run_dir).values()),
+        driver,
+        "five epochs",
     )
     # Kill the worker process of that trial, mid-run: trial workers are children of this
     # study's raylet, in sessions of their own, and Tune runs each in its trial's folder.
-    trial = next(t for t, n in _checkpoints(run_dir).items() if 5 <= n < EPOCHS - 2)
+    trial = next(t for t, n in _checkpoints(run_dir).items() if 5 <= n < studies.EPOCHS - 2)
     pgrep = lambda *args: subprocess.run(["pgrep", *args], capture_output=True, text=True).stdout.split()  # noqa: E731
     raylets = pgrep("-g", str(os.getpgid(driver.pid)), "-f", "raylet/raylet")
     workers = [int(w) for raylet in raylets for w in pgrep("-P", raylet, "-f", "ImplicitFunc")]
@@ -148,9 +155,9 @@ def test_a_trial_that_fails_ends_the_study_with_exit_3_and_resumes_from_its_chec
     assert set(trials[trials["trial_id"] == failed[1]]["status"]) == {"error"}
     assert f"trial {failed[1]}: {failed[2]}, failed after epoch" in RunDir(run_dir).report_html.read_text()
 
-    resumed = resume_study(run_dir, env)
+    resumed = studies.resume(run_dir, env)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert_complete(run_dir)
+    studies.assert_complete(run_dir)
     # It continued from its checkpoint, not from scratch: at most the epoch in flight ran twice.
     assert "from checkpoint" in resumed.stdout + resumed.stderr
     result = next(Path(RunDir(run_dir).storage.experiment_path).glob(f"trial_{failed[1]}/result.json"))

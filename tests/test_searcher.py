@@ -9,12 +9,10 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-import ray.cloudpickle
-import toy_strategy
 from ray.tune.search import Searcher
 
-from search_spaces import STRATEGIES, check_config, register, spaces_of
-from search_spaces.searcher import build_searcher, make_sampler
+from search_spaces import check_config, spaces_of
+from search_spaces.searcher import build_searcher, make_sampler, sampler_settings
 from study.config import load_config
 from study.launch import main
 from study.run.rundir import RunDir
@@ -131,21 +129,10 @@ def test_tune_hands_it_the_concurrency_limit_and_every_completion(tmp_path: Path
     assert "COMPLETE" in _states(url, "noisy_label")
 
 
-@pytest.fixture
-def toy_nan_registered():
-    """``toy_nan`` (every trial diverges at epoch 1) registered; shipped to Ray's workers by value."""
-    register(toy_strategy.ToyNaN, toy_strategy.toy_nan)
-    ray.cloudpickle.register_pickle_by_value(toy_strategy)
-    yield
-    ray.cloudpickle.unregister_pickle_by_value(toy_strategy)
-    del STRATEGIES["toy_nan"]
-
-
 @pytest.mark.slow
 def test_a_strategy_that_diverges_at_epoch_1_fails_in_optuna_and_is_not_recommended(
-    ray_local, cache_home: Path, tmp_path: Path, toy_nan_registered, monkeypatch: pytest.MonkeyPatch, capsys
+    ray_local, cache_env: Path, tmp_path: Path, toy_registered, capsys
 ):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
     run_dir = tmp_path / "run"
     argv = ["--preset", "smoke", "--strategies", "toy_nan,noisy_label", "--run-dir", str(run_dir)]
     assert main(argv) == 0
@@ -162,10 +149,14 @@ def test_a_strategy_that_diverges_at_epoch_1_fails_in_optuna_and_is_not_recommen
 
 
 def test_the_samplers_fit_the_budget():
-    tpe = make_sampler("tpe", seed=0, budget=16, parallel=2)
-    assert tpe._n_startup_trials == 4 and tpe._constant_liar  # a quarter of the budget is random
-    assert make_sampler("tpe", 0, budget=4, parallel=1)._n_startup_trials == 2
-    assert not make_sampler("tpe", 0, budget=4, parallel=1)._constant_liar
-    assert make_sampler("tpe", 0, budget=200, parallel=8)._n_startup_trials == 10  # Optuna's default at most
-    assert make_sampler("nsga2", 0, budget=32, parallel=4)._population_size == 8
+    assert sampler_settings("tpe", budget=16, parallel=2) == {"n_startup_trials": 4, "constant_liar": True}
+    assert sampler_settings("tpe", budget=4, parallel=1) == {"n_startup_trials": 2, "constant_liar": False}
+    assert (
+        sampler_settings("tpe", budget=200, parallel=8)["n_startup_trials"] == 10
+    )  # Optuna's default at most
+    assert sampler_settings("nsga2", budget=32, parallel=4) == {"population_size": 8}
+    assert sampler_settings("nsga2", budget=8, parallel=4) == {"population_size": 4}
+    assert isinstance(make_sampler("tpe", 0, 16, 2), optuna.samplers.TPESampler)
     assert isinstance(make_sampler("random", 0, 8, 2), optuna.samplers.RandomSampler)
+    with pytest.raises(ValueError, match="unknown sampler 'grid'"):
+        make_sampler("grid", 0, 8, 2)

@@ -95,7 +95,9 @@ def test_the_console_and_the_report_name_the_recommendation(smoke_study):
     assert f"python -m study.replay {smoke_study.run_dir} {recommended.trial_id} --epochs" in page
 
 
-def test_the_recommendation_is_rerun_with_fresh_seeds_on_two_forget_sets_and_other_bn_modes(smoke_study):
+def test_the_recommendation_is_rerun_with_fresh_seeds_on_two_forget_sets_and_other_bn_modes(
+    smoke_study, cache_env
+):
     """The 2 fresh seeds on the study's forget set and on the first 2 retain subjects, and the
     2 other bn_modes, every epoch, the same trial; each set against its own retrain reference."""
     run, config = smoke_study.run, smoke_study.config

@@ -64,13 +64,16 @@ def run(preset: str = "smoke") -> list[dict[str, Any]]:
     )
     try:
         run_study(config)
-        return _rows(log, synthetic.cohort_folder(work / "cache"), os.getpid())
+        return decode_rows(log, synthetic.cohort_folder(work / "cache"), os.getpid())
     finally:
         ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _rows(log: Path, cohort_root: Path, driver: int) -> list[dict[str, Any]]:
+def decode_rows(log: Path, cohort_root: Path, driver: int) -> list[dict[str, Any]]:
+    """One row per file kind of the cohort under ``cohort_root`` (and the subjects read): its
+    files and bytes, and the decodes, bytes read and passes the log records (``driver``: the
+    pid of the study's driver)."""
     decodes = [line.split("\t") for line in log.read_text().splitlines()]
     on_disk = {path.resolve(): path.stat().st_size for path in cohort_root.rglob("*.nii.gz")}
     # Only the subjects the study uses count as the cohort (the synthetic cohort has spares).

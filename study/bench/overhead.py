@@ -74,7 +74,7 @@ def run(
     finally:
         ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
-    return _rows(trials, phases, total, slots, bare)
+    return overhead_rows(trials, phases, total, slots, bare)
 
 
 def _trial_parts(run_dir: Path) -> pd.DataFrame:
@@ -131,7 +131,7 @@ def _bare_trial_seconds(run_dir: Path) -> dict[str, float]:
     return seconds
 
 
-def _rows(
+def overhead_rows(
     trials: pd.DataFrame, phases: dict[str, float], total: float, slots: int, bare: dict[str, float]
 ) -> list[dict]:
     """The table: the phases, each trial part's share, slot use, compute share, the ideal ratio."""

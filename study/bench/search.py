@@ -62,10 +62,9 @@ def _trial(s: Setting, strategy: str, params: dict[str, Any]) -> tuple[float, fl
     return None if last["diverged"] else tuple(last[o] for o in OBJECTIVES["reference"])  # type: ignore[return-value]
 
 
-def search(
-    s: Setting, strategy: str, sampler: str, seed: int, budget: int, parallel: int
-) -> dict[str, float]:
-    """One search: its hypervolume after ``budget`` trials and the sampler's seconds per suggestion."""
+def search(s: Setting, strategy: str, sampler: str, seed: int, budget: int, parallel: int) -> dict[str, Any]:
+    """One search: its hypervolume after ``budget`` trials, the objectives of each trial that
+    completed (``points``, in trial order) and the sampler's seconds per suggestion."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = STRATEGIES[strategy].search
     study = optuna.create_study(
@@ -84,7 +83,7 @@ def search(
             study.tell(trial, values, state=optuna.trial.TrialState.FAIL if values is None else None)
         done += len(trials)
     points = [t.values for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    return {"hypervolume": hypervolume(points), "seconds_per_suggestion": asking / budget}
+    return {"hypervolume": hypervolume(points), "points": points, "seconds_per_suggestion": asking / budget}
 
 
 def run(
