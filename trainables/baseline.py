@@ -161,21 +161,19 @@ class ReferencesInTraining:
     def result(self) -> References:
         """Both models, each trained one cached as soon as it is done, and their ``Reference``."""
         config, measuring = self.config, self.compute(1)
-        if self.cohort_ref is None:  # in this process, one after the other
+        if self.cohort_ref is None:  # in this process, one model after the other
             for kind in self.missing:
-                self._trained(
-                    kind, *train_model(kind, config, self.cohort, self.start, self.compute(len(self.missing)))
-                )
+                self._trained(kind, *train_model(kind, config, self.cohort, self.start, self.compute(1)))
             return References(self._states(), measure(config, self.cohort, self._states(), measuring))
         import ray
 
         while self.tasks:
             (done, *_), _ = ray.wait(list(self.tasks))
             self._trained(self.tasks.pop(done), *ray.get(done))
-        task = remote(config, measure, measuring.threads).remote(
-            config, self.cohort_ref, self._states(), measuring
+        task = remote(config, measure, measuring.threads)
+        return References(
+            self._states(), ray.get(task.remote(config, self.cohort_ref, self._states(), measuring))
         )
-        return References(self._states(), ray.get(task))
 
     def compute(self, tasks: int) -> Compute:
         """How each of ``tasks`` running at once computes: with a trial's CPUs, or with a share

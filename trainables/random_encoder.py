@@ -42,7 +42,7 @@ class RandomEncoder(Strategy):
         and the features' scale would drift with the seed instead of being the network's.
         The weights are drawn on the CPU, leaving the caller's random stream untouched; the
         seed is offset by ``SEED_OFFSET`` so that the encoder is never the original model's
-        own starting point (``build_model`` draws that from the study's seed, a small number).
+        own starting point (``model_from`` draws that from the study's seed, a small number).
         """
         random_model = copy.deepcopy(model).cpu()
         with torch.random.fork_rng(devices=[]):
