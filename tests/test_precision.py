@@ -70,7 +70,7 @@ def test_channels_last_trains_to_the_same_figures(premise, cohort):
     assert model_last.conv1.weight.is_contiguous(memory_format=layout)
     assert not model.conv1.weight.is_contiguous(memory_format=layout)
     for key in ("forget_dice", "retain_dice", "holdout_dice"):
-        assert last[key] == pytest.approx(plain[key], abs=2e-3), key  # measured: within 4e-5
+        assert last[key] == pytest.approx(plain[key], abs=2e-3), key  # measured: within 5e-4
     # Unlearning did move the figures both layouts agree on: forget Dice measured 0.72 -> 0.42.
     assert plain["forget_dice"] < 0.8 * figures["forget_dice"]
 

