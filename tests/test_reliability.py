@@ -30,9 +30,18 @@ def _checkpoints(run_dir: Path) -> dict[Path, int]:
     return found
 
 
+def _results_in_storage(run_dir: Path) -> dict[Path, str]:
+    """Each trial's ``result.json`` as storage holds it (Tune syncs it there now and then, its
+    checkpoints as they are made)."""
+    return {
+        p: p.read_text() for p in Path(RunDir(run_dir).storage.experiment_path).glob("trial_*/result.json")
+    }
+
+
 def _finished_and_running(run_dir: Path, epochs: int) -> bool:
-    saved = _checkpoints(run_dir).values()
-    return any(n == epochs for n in saved) and any(2 <= n < epochs for n in saved)
+    """One trial's every epoch is in storage's ``result.json``, and another trial is under way."""
+    finished = any(len(text.splitlines()) == epochs for text in _results_in_storage(run_dir).values())
+    return finished and any(2 <= n < epochs for n in _checkpoints(run_dir).values())
 
 
 def test_ctrl_c_stops_the_study_and_resume_finishes_it_without_rerunning_finished_trials(studies, tmp_path):
@@ -49,9 +58,10 @@ def test_ctrl_c_stops_the_study_and_resume_finishes_it_without_rerunning_finishe
     assert f"resume with: python -m study.launch --resume {run_dir}" in output
     assert not RunDir(run_dir).trials_file.exists()
     finished = {
-        p: p.read_text() for p in Path(RunDir(run_dir).storage.experiment_path).glob("trial_*/result.json")
+        p: text
+        for p, text in _results_in_storage(run_dir).items()
+        if len(text.splitlines()) == studies.EPOCHS
     }
-    finished = {p: text for p, text in finished.items() if len(text.splitlines()) == studies.EPOCHS}
     assert finished
 
     resumed = studies.resume(run_dir, env)
