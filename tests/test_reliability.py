@@ -45,7 +45,9 @@ def _finished_and_running(run_dir: Path, epochs: int) -> bool:
 
 
 def test_ctrl_c_stops_the_study_and_resume_finishes_it_without_rerunning_finished_trials(studies, tmp_path):
-    env, run_dir = studies.env(), tmp_path / "run"
+    # Tune writes result files to storage with its experiment state: every second here, so a
+    # finished trial's shows while another trial still runs (a smoke study lasts about 15 s).
+    env, run_dir = studies.env(TUNE_GLOBAL_CHECKPOINT_S="1"), tmp_path / "run"
     driver = studies.start(run_dir, env=env)
     studies.wait_until(
         lambda: _finished_and_running(run_dir, studies.EPOCHS),
