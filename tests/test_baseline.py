@@ -27,6 +27,13 @@ def config(cohort_root: Path, tmp_path: Path):
     return load_config("smoke", overrides={"run_dir": "unused", **overrides})
 
 
+@pytest.fixture(autouse=True)
+def in_this_process(monkeypatch):
+    """Train here even where an earlier test left the session's Ray up: a model trained in a
+    Ray worker would pass by the stand-ins these tests put for ``train_model``."""
+    monkeypatch.setattr(baseline, "_ray_is_up", lambda: False)
+
+
 def _refused(*args, **kwargs):
     raise AssertionError("trained a model the cache holds")
 
