@@ -1,0 +1,100 @@
+"""Per-subject membership tests: the statistic, balanced shadow subsets, the attack's power,
+the two-sided test against retraining and the challenge's epsilon, on figures known by hand."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from study.metrics.membership import (
+    Shadows,
+    attack_power,
+    epsilon,
+    membership_statistic,
+    seed_spread,
+    shadow_subsets,
+    tpr_at_fpr,
+    two_sided,
+)
+
+SUBJECTS = [f"s{i}" for i in range(10)]
+
+
+def test_the_statistic_is_the_mean_logit_of_the_true_class_over_scored_voxels():
+    target = torch.zeros(2, 2, 2, dtype=torch.long)
+    probabilities = torch.zeros(2, 2, 2, 2)
+    probabilities[0], probabilities[1] = 0.8, 0.2
+    valid = torch.ones_like(target, dtype=torch.bool)
+    assert membership_statistic(probabilities, target, valid) == pytest.approx(math.log(4))
+    probabilities[0, 0, 0, 0], probabilities[1, 0, 0, 0] = 0.0, 1.0  # confidently wrong, not scored
+    valid[0, 0, 0] = False
+    assert membership_statistic(probabilities, target, valid) == pytest.approx(math.log(4))
+    assert math.isnan(membership_statistic(probabilities, target, torch.zeros_like(valid)))
+
+
+@pytest.mark.parametrize("models", [2, 7, 8, 32])
+def test_every_subject_is_in_about_half_the_shadow_models(models):
+    subsets = shadow_subsets(SUBJECTS, models, seed=0)
+    assert len(subsets) == models and all(len(s) == 5 for s in subsets)
+    counts = Counter(s for subset in subsets for s in subset)
+    assert all(abs(counts[s] - models / 2) <= 1 for s in SUBJECTS)
+    assert subsets == shadow_subsets(SUBJECTS, models, seed=0)  # deterministic for a seed
+    assert len(set(subsets)) > 1 and subsets != shadow_subsets(SUBJECTS, models, seed=1)
+
+
+def _shadows(rng: np.random.Generator, models: int, signal: float) -> Shadows:
+    """Statistics: a subject's own level, ``signal`` higher when trained on, noise 0.3."""
+    level = {s: rng.normal(0, 1) for s in SUBJECTS}
+    members = {f"shadow_{m}": frozenset(s) for m, s in enumerate(shadow_subsets(SUBJECTS, models, 0))}
+    statistics = {
+        m: {s: level[s] + signal * (s in inside) + 0.3 * rng.normal() for s in SUBJECTS}
+        for m, inside in members.items()
+    }
+    return Shadows(statistics, members)
+
+
+def test_the_attack_has_power_where_training_shows_and_none_where_it_does_not():
+    rng = np.random.default_rng(0)
+    strong = attack_power(_shadows(rng, 16, signal=1.5))
+    assert strong.pairs == 160 and strong.auc > 0.95 and strong.tpr_at_5_fpr > 0.6
+    blind = attack_power(_shadows(rng, 16, signal=0.0))
+    assert 0.3 < blind.auc < 0.7 and blind.tpr_at_5_fpr < 0.25
+    # Two shadow models: one left out leaves each subject IN or OUT of the other only.
+    assert math.isnan(attack_power(_shadows(rng, 2, signal=1.5)).auc)
+
+
+def test_tpr_at_fpr_allows_that_share_of_false_positives():
+    negative = np.arange(20.0)  # 5% of 20: one false positive allowed, the threshold is 18
+    assert tpr_at_fpr(np.array([18.5, 19.5, 17.0, 30.0]), negative, 0.05) == 0.75
+    assert tpr_at_fpr(np.array([18.5]), negative, 0.0) == 0.0  # none allowed: above 19
+
+
+def test_two_sided_says_which_way_a_model_stands_out():
+    reference = [0.0, 1.0, -1.0, 0.5, -0.5]  # mean 0, sd 0.79
+    trained_on = two_sided(4.0, reference)
+    assert trained_on.direction == "under" and trained_on.distinguishable(0.05)
+    assert trained_on.z == pytest.approx(4.0 / np.std(reference, ddof=1))
+    forgotten_too_well = two_sided(-4.0, reference)
+    assert forgotten_too_well.direction == "over" and forgotten_too_well.p == pytest.approx(trained_on.p)
+    like_retraining = two_sided(0.3, reference)
+    assert not like_retraining.distinguishable(0.05) and like_retraining.p > 0.5
+    assert two_sided(0.3, reference, spread=0.1).distinguishable(0.05)  # a narrower spread given
+
+
+def test_seed_spread_pools_each_subjects_deviations():
+    # Deviations from each row's mean: +-1 and +-2: (1 + 1 + 4 + 4) / (4 - 2) = 5.
+    assert seed_spread({"a": [1.0, 3.0], "b": [0.0, 4.0]}) == pytest.approx(math.sqrt(5))
+
+
+def test_epsilon_is_small_for_alike_runs_and_the_cap_for_separated_ones():
+    rng = np.random.default_rng(0)
+    retrained = rng.normal(0, 1, 64)
+    alike = epsilon(rng.normal(0, 1, 64), retrained)
+    apart = epsilon(rng.normal(10, 1, 64), retrained)
+    assert apart.epsilon == pytest.approx(apart.cap) and apart.cap == pytest.approx(math.log(63), abs=1e-3)
+    assert alike.epsilon < 0.5 * apart.cap and (alike.runs, alike.references) == (64, 64)
+    assert epsilon([5.0, 6.0], [0.0, 1.0]).cap == pytest.approx(0.0, abs=1e-4)  # two runs each: log(1)
