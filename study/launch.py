@@ -105,7 +105,7 @@ def train_or_load_baselines(
 
     ours = int(ray.cluster_resources().get("CPU", 1)) if local else None
     references = reference_models(config, cohort, start, cores=ours, cohort_ref=cohort_ref).result()
-    record(run, references)
+    record(run, references, cohort.split, config.privacy_level)
     return references
 
 

@@ -53,7 +53,7 @@ def replay_trial(run_dir: Path, trial_id: str, epochs: int | None = None, quiet:
 
     print(f"replaying {params['strategy']} trial {trial_id} for {epochs} epochs: {params}", flush=True)
     cohort = open_cohort(study)
-    reference = measure(study, cohort, states, Compute.of(study))
+    reference, _ = measure(study, cohort, states, Compute.of(study))
     spec = TrialSpec.of(study, STRATEGIES[params["strategy"]].strategy, params, epochs)
     return run_trial(spec, cohort, states["original"], reference, report=None if quiet else report)
 

@@ -61,7 +61,9 @@ def test_the_data_bench_counts_every_decode_and_the_passes_it_makes(tmp_path: Pa
 
 def test_a_search_runs_its_budget_from_the_hand_picked_start(tiny_cohort, tiny_model):
     original = tiny_model()
-    reference = measure_reference(original, original, tiny_cohort, torch.device("cpu"))
+    reference = measure_reference(
+        {"original": original, "retrain": original}, tiny_cohort, torch.device("cpu")
+    )[0]
     config = load_config(
         "smoke", overrides={"run_dir": "unused", "max_epochs": 1, "strategies": ["noisy_label"]}
     )

@@ -37,7 +37,7 @@ def _running_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def test_loop_reports_every_epoch_and_checkpoints_every_second_and_the_last(tiny_cohort, tiny_model):
     model = tiny_model()
-    reference = measure_reference(model, model, tiny_cohort, torch.device("cpu"))
+    reference = measure_reference({"original": model, "retrain": model}, tiny_cohort, torch.device("cpu"))[0]
     original = reference.original
     reports = []
     settings = LoopSettings(EpochSchedule(3, checkpoint_every=2), lr=1e-3, batch_size=2, warmup_epochs=1)
@@ -237,7 +237,7 @@ def test_max_loss_forget_term_is_bounded_by_the_ceiling():
 
 def test_a_non_finite_loss_ends_the_run_as_diverged(tiny_cohort, tiny_model):
     model = tiny_model()
-    reference = measure_reference(model, model, tiny_cohort, torch.device("cpu"))
+    reference = measure_reference({"original": model, "retrain": model}, tiny_cohort, torch.device("cpu"))[0]
 
     class Exploding(NoisyLabel):
         def loss(self, model, batch):

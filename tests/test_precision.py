@@ -41,14 +41,16 @@ def premise(cohort):
         EpochSchedule(PREMISE_EPOCHS, eval_every=PREMISE_EPOCHS), lr=3e-3, weight_decay=0.0
     )
     run_epochs(model, Supervised(n_classes=4), cohort, settings, lambda m, s: None)
-    return model, measure_reference(model, model, cohort, torch.device("cpu")).original
+    return model, measure_reference({"original": model, "retrain": model}, cohort, torch.device("cpu"))[
+        0
+    ].original
 
 
 def _unlearned(original, cohort, compute: Compute) -> tuple[dict[str, float], torch.nn.Module]:
     """Noisy Label for 2 epochs (the smoke preset's) from ``original``; the last figures and the model."""
     model = copy.deepcopy(original)
     frozen = copy.deepcopy(original).eval().requires_grad_(False)
-    reference = measure_reference(frozen, frozen, cohort, compute.torch_device())
+    reference = measure_reference({"original": frozen, "retrain": frozen}, cohort, compute.torch_device())[0]
     settings = LoopSettings(EpochSchedule(2), lr=1e-3, seed=1)
     strategy = NoisyLabel(n_classes=4, original_model=frozen, seed=1)
     last = run_epochs(

@@ -1,16 +1,22 @@
-"""Models of the original recipe: the original model and the retrain reference, trained once.
+"""Models of the original recipe: the original model, the retrain reference, more retrained
+seeds and shadow models, each trained once.
 
 ``original``: trained on retain + forget subjects; every strategy starts from it.
-``retrain``: the same recipe on retain subjects only: exact unlearning, the gold standard.
+``retrain``: the same recipe on retain subjects only: exact unlearning, the gold standard;
+``retrain_seed_<k>``: the same with seed ``seed + k`` (``retrain_seeds`` in all).
+``shadow_<m>``: the recipe on a random half of every labelled subject (``shadow_models``),
+for the per-subject membership test (``study/metrics/membership.py``).
 ``reference_models`` is the one way to get them, for any cohort (its split says who is
 retained and who forgotten) and seed (``config.seed``): each is taken from the cache or
 trained, as Ray tasks side by side while Ray is up and in this process otherwise, and cached
-under a key of everything that determines it as soon as it is trained; then both are
-measured on every subject, the ``Reference`` that trials are scored against.
+under a key of everything that determines it (whom it trains on, in which order, the seed,
+the recipe) as soon as it is trained; then all are measured on every subject: the
+``Reference`` that trials are scored against and the membership ``Evidence``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -18,11 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
-from study.cohort import Cohort
+from study.cohort import Cohort, Split, trained_on
 from study.config import EpochSchedule, StudyConfig
 from study.metrics import Reference, measure_reference, set_metrics
+from study.metrics.membership import Evidence, attack_power, shadow_subsets
 from study.model import cpu_state, file_digest, model_from
 from study.run.cluster import remote
 from study.run.rundir import RunDir, atomic_write
@@ -30,29 +38,54 @@ from trainables.loop import run_epochs
 from trainables.settings import Compute, LoopSettings
 from trainables.strategy import Supervised
 
-#: Model of the original recipe -> whether its training set includes the forget subjects.
-KINDS = {"original": True, "retrain": False}
+#: The two models every study has; ``recipes`` adds retrain seeds and shadow models.
+KINDS = ("original", "retrain")
+#: Shadow model ``m`` trains with seed ``seed + SHADOW_SEEDS + m``.
+SHADOW_SEEDS = 1000
 #: What the study prints of each model's figures.
 SHOWN = ("retain_dice", "forget_dice", "holdout_dice", "forget_gap_to_retrain", "mia_auc", "mia_forget")
 
 
-def cache_key(config: StudyConfig, cohort: Cohort, kind: str) -> str:
-    """Cache key of model ``kind``: changes whenever anything that shapes it changes."""
-    recipe = {
-        "kind": kind,
-        "cohort": cohort.digest,
+@dataclass(frozen=True)
+class Recipe:
+    """One model of the original recipe: the subjects it trains on (in the loop's order), its seed."""
+
+    members: tuple[str, ...]
+    seed: int
+
+
+def recipes(config: StudyConfig, cohort: Cohort) -> dict[str, Recipe]:
+    """Every model of the original recipe the study needs for ``cohort``, by name."""
+    split = cohort.split
+    models = {"original": Recipe(split.training, config.seed), "retrain": Recipe(split.retain, config.seed)}
+    models |= {
+        f"retrain_seed_{k}": Recipe(split.retain, config.seed + k) for k in range(1, config.retrain_seeds)
+    }
+    halves = (
+        shadow_subsets(cohort.labelled, config.shadow_models, config.seed) if config.shadow_models else []
+    )
+    models |= {f"shadow_{m}": Recipe(h, config.seed + SHADOW_SEEDS + m) for m, h in enumerate(halves)}
+    return models
+
+
+def cache_key(config: StudyConfig, cohort: Cohort, recipe: Recipe) -> str:
+    """Cache key of the model of ``recipe``: changes whenever anything that shapes it changes
+    (the subjects' arrays, not the study's split: a shadow model serves every forget set)."""
+    key = {
+        "members": list(recipe.members),
+        "data": cohort.data_digest or cohort.digest,
         "depth": config.model_depth,
         "width": config.model_width,
         "weights": file_digest(Path(config.weights)) if config.weights else "",
         "epochs": config.baseline_epochs,
         "lr": config.baseline_lr,
         "batch_size": config.batch_size,
-        "seed": config.seed,
-        "loop_version": 3,  # 3: labels 9 and 10 left out of the loss
+        "seed": recipe.seed,
+        "loop_version": 4,  # 4: keyed by members; 3: labels 9 and 10 left out of the loss
     }
-    if config.precision != "fp32" or config.channels_last:  # so the fp32 keys stay as they were
-        recipe |= {"precision": config.precision, "channels_last": config.channels_last}
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    if config.precision != "fp32" or config.channels_last:
+        key |= {"precision": config.precision, "channels_last": config.channels_last}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def cache_file(config: StudyConfig, key: str) -> Path:
@@ -76,12 +109,18 @@ def _store(config: StudyConfig, key: str, state: dict[str, torch.Tensor], metric
 
 
 def train_model(
-    kind: str, config: StudyConfig, cohort: Cohort, start: dict[str, torch.Tensor], compute: Compute
+    name: str,
+    recipe: Recipe,
+    config: StudyConfig,
+    cohort: Cohort,
+    start: dict[str, torch.Tensor],
+    compute: Compute,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """Trains model ``kind`` (one of ``KINDS``) from the state ``start``: plain Adam, cosine
-    decay, true labels on every subject of its training set; returns its CPU state dict and
-    set metrics."""
+    """Trains the model of ``recipe`` from the state ``start``: plain Adam, cosine decay, true
+    labels on every subject it trains on; returns its CPU state dict and its figures
+    (``retain_*`` on those subjects, ``holdout_*`` on the others)."""
     compute.use_threads()
+    cohort = trained_on(cohort, recipe.members)
     model = model_from(config, cohort.n_classes, start)
     schedule = EpochSchedule(config.baseline_epochs, max(1, config.baseline_epochs // 5), checkpoint_every=0)
     settings = LoopSettings(
@@ -89,7 +128,7 @@ def train_model(
         lr=config.baseline_lr,
         weight_decay=0.0,
         batch_size=config.batch_size,
-        seed=config.seed,
+        seed=recipe.seed,
         cosine_decay=True,
     )
     started = time.monotonic()
@@ -97,36 +136,44 @@ def train_model(
     def progress(metrics: dict[str, Any], checkpoint: Any) -> None:
         if metrics["epoch"] % schedule.eval_every == 0:
             print(
-                f"{kind} model: epoch {metrics['epoch']}/{schedule.max_epochs}  "
-                f"retain Dice {metrics['retain_dice']:.3f}  forget Dice {metrics['forget_dice']:.3f}  "
-                f"({time.monotonic() - started:.0f} s)",
+                f"{name} model: epoch {metrics['epoch']}/{schedule.max_epochs}  "
+                f"Dice {metrics['retain_dice']:.3f} on its training subjects, "
+                f"{metrics['holdout_dice']:.3f} on the others  ({time.monotonic() - started:.0f} s)",
                 flush=True,
             )
 
-    strategy = Supervised(n_classes=cohort.n_classes, uses_forget=KINDS[kind])
-    run_epochs(model, strategy, cohort, settings, progress, compute=compute)
+    run_epochs(
+        model,
+        Supervised(n_classes=cohort.n_classes, uses_forget=False),
+        cohort,
+        settings,
+        progress,
+        compute=compute,
+    )
     return cpu_state(model), set_metrics(model, cohort, compute.torch_device())
 
 
 def measure(
     config: StudyConfig, cohort: Cohort, states: dict[str, dict[str, torch.Tensor]], compute: Compute
-) -> Reference:
-    """The ``Reference``: both models (``states``) evaluated on every subject (set metrics,
-    gaps, membership inference)."""
+) -> tuple[Reference, Evidence]:
+    """The ``Reference`` and the membership ``Evidence``: every model of ``states`` (named as
+    in ``recipes``) evaluated on every subject."""
     compute.use_threads()
-    models = {kind: model_from(config, cohort.n_classes, states[kind]) for kind in KINDS}
     device = compute.torch_device()
-    return measure_reference(
-        models["original"].to(device), models["retrain"].to(device), cohort, device, config.score_weight
-    )
+    models = {name: model_from(config, cohort.n_classes, state).to(device) for name, state in states.items()}
+    recipe = recipes(config, cohort)
+    members = {name: frozenset(recipe[name].members) for name in states}
+    return measure_reference(models, cohort, device, members, config.score_weight, config.privacy_level)
 
 
 @dataclass(frozen=True)
 class References:
-    """The models of the original recipe for one cohort and the ``Reference`` measured with them."""
+    """The models of the original recipe for one cohort, the ``Reference`` measured with them
+    and their membership ``Evidence``."""
 
     states: dict[str, dict[str, torch.Tensor]]
     reference: Reference
+    evidence: Evidence
 
 
 class ReferencesInTraining:
@@ -139,12 +186,14 @@ class ReferencesInTraining:
         cohort: Cohort,
         start: dict[str, torch.Tensor],
         states: dict[str, dict[str, torch.Tensor]],
+        wanted: dict[str, Recipe],
         cores: int | None,
     ) -> None:
         self.config, self.cohort, self.start, self.states, self.cores = config, cohort, start, states, cores
-        self.missing = [kind for kind in KINDS if kind not in states]
+        self.wanted = wanted
+        self.missing = [name for name in wanted if name not in states]
         self.cohort_ref: Any = None  # the cohort in Ray's object store, while Ray is up
-        self.tasks: dict[Any, str] = {}  # Ray task -> the kind it trains
+        self.tasks: dict[Any, str] = {}  # Ray task -> the model it trains
 
     def submit(self, cohort_ref: Any) -> None:
         """Starts a Ray task for every missing model, side by side."""
@@ -155,16 +204,20 @@ class ReferencesInTraining:
             compute, start = self.compute(len(self.missing)), ray.put(self.start)
             train = remote(self.config, train_model, compute.threads)
             self.tasks = {
-                train.remote(k, self.config, self.cohort_ref, start, compute): k for k in self.missing
+                train.remote(n, self.wanted[n], self.config, self.cohort_ref, start, compute): n
+                for n in self.missing
             }
 
     def result(self) -> References:
-        """Both models, each trained one cached as soon as it is done, and their ``Reference``."""
+        """Every model, each trained one cached as soon as it is done, and their measures."""
         config, measuring = self.config, self.compute(1)
         if self.cohort_ref is None:  # in this process, one model after the other
-            for kind in self.missing:
-                self._trained(kind, *train_model(kind, config, self.cohort, self.start, self.compute(1)))
-            return References(self._states(), measure(config, self.cohort, self._states(), measuring))
+            for name in self.missing:
+                trained = train_model(
+                    name, self.wanted[name], config, self.cohort, self.start, self.compute(1)
+                )
+                self._trained(name, *trained)
+            return References(self._states(), *measure(config, self.cohort, self._states(), measuring))
         import ray
 
         while self.tasks:
@@ -172,7 +225,7 @@ class ReferencesInTraining:
             self._trained(self.tasks.pop(done), *ray.get(done))
         task = remote(config, measure, measuring.threads)
         return References(
-            self._states(), ray.get(task.remote(config, self.cohort_ref, self._states(), measuring))
+            self._states(), *ray.get(task.remote(config, self.cohort_ref, self._states(), measuring))
         )
 
     def compute(self, tasks: int) -> Compute:
@@ -181,12 +234,12 @@ class ReferencesInTraining:
         cpus = max(1, self.cores // max(1, tasks)) if self.cores else self.config.cpus_per_trial
         return Compute.of(self.config, threads=cpus)
 
-    def _trained(self, kind: str, state: dict[str, torch.Tensor], metrics: dict[str, float]) -> None:
-        _store(self.config, cache_key(self.config, self.cohort, kind), state, metrics)
-        self.states[kind] = state
+    def _trained(self, name: str, state: dict[str, torch.Tensor], metrics: dict[str, float]) -> None:
+        _store(self.config, cache_key(self.config, self.cohort, self.wanted[name]), state, metrics)
+        self.states[name] = state
 
     def _states(self) -> dict[str, dict[str, torch.Tensor]]:
-        return {kind: self.states[kind] for kind in KINDS}
+        return {name: self.states[name] for name in self.wanted}
 
 
 def reference_models(
@@ -196,24 +249,30 @@ def reference_models(
     known: dict[str, dict[str, torch.Tensor]] | None = None,
     cores: int | None = None,
     cohort_ref: Any = None,
+    names: tuple[str, ...] | None = None,
 ) -> ReferencesInTraining:
-    """Both models of the original recipe for ``cohort``: from the cache, or trained from
-    ``start``, starting now (``result()`` waits for them and measures the ``Reference``).
+    """The models of the original recipe for ``cohort`` (``names`` of ``recipes``, default
+    all): from the cache, or trained from ``start``, starting now (``result()`` waits for
+    them and measures the ``Reference`` and the ``Evidence``).
 
     ``known``: states the caller holds already (a deletion request's original model).
-    While Ray is up, each model trains and the two are measured in a Ray task that asks for a
+    While Ray is up, each model trains and all are measured in Ray tasks that ask for a
     trial's resources (``cohort_ref``: the cohort in the object store, put there when not
     given); otherwise here. ``cores``: the CPUs of a Ray that is ours alone, shared by the
     tasks that run at once (``None``: each gets a trial's CPUs).
     """
-    states = dict(known or {})
+    every = recipes(config, cohort)
+    wanted = {name: every[name] for name in (names or every)}
+    states = {name: state for name, state in (known or {}).items() if name in wanted}
     forget = ",".join(cohort.split.forget)
-    for kind in [k for k in KINDS if k not in states]:
-        key = cache_key(config, cohort, kind)
-        if (cached := load_cached(config, key)) is not None:
-            print(f"{kind} model for forget set {forget}: cached ({cache_file(config, key)})")
-            states[kind] = cached[0]
-    training = ReferencesInTraining(config, cohort, start, states, cores)
+    cached = []
+    for name in [n for n in wanted if n not in states]:
+        if (found := load_cached(config, cache_key(config, cohort, wanted[name]))) is not None:
+            states[name] = found[0]
+            cached.append(name)
+    if cached:
+        print(f"for forget set {forget}, cached in {cache_file(config, '').parent}: {', '.join(cached)}")
+    training = ReferencesInTraining(config, cohort, start, states, wanted, cores)
     if training.missing:
         print(
             f"training {', '.join(training.missing)} for forget set {forget} ({config.baseline_epochs} epochs each)"
@@ -231,9 +290,22 @@ def _ray_is_up() -> bool:
     return ray.is_initialized()
 
 
-def record(run: RunDir, references: References) -> None:
-    """Writes both models and their figures into the run directory, and prints the figures."""
-    for kind, state in references.states.items():
+def record(run: RunDir, references: References, split: Split, level: float) -> None:
+    """Writes the original and retrain models and their figures into the run directory, and
+    with shadow models the attack's power and every model's membership figures
+    (``privacy.parquet``, subjects' roles from ``split``, tested at ``level``); prints them."""
+    for kind in KINDS:
         metrics = getattr(references.reference, kind)
-        run.record_baseline(kind, state, metrics)
+        run.record_baseline(kind, references.states[kind], metrics)
         print(f"{kind} model: " + "  ".join(f"{k} {metrics[k]:.3f}" for k in SHOWN))
+    evidence = references.evidence
+    if not evidence.shadows.members:
+        return
+    power = attack_power(evidence.shadows)
+    run.record_attack_power(dataclasses.asdict(power))
+    roles = {s: role for role in ("forget", "retain", "holdout") for s in getattr(split, role)}
+    run.write_privacy(pd.DataFrame(evidence.rows(roles, level)))
+    print(
+        f"membership attack on {power.pairs} (shadow model, subject) pairs: AUC {power.auc:.3f}, "
+        f"TPR {power.tpr_at_5_fpr:.3f} at 5% false positives"
+    )

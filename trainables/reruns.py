@@ -24,7 +24,7 @@ from study.metrics import Reference
 from study.run.cluster import remote
 from study.run.results import trial_config
 from study.run.rundir import RunDir
-from trainables.baseline import reference_models
+from trainables.baseline import KINDS, reference_models
 from trainables.settings import BN_MODES
 from trainables.trial import FRESH_SEEDS, TrialSpec, run_trial
 from trainables.tune_trainable import Handover
@@ -131,7 +131,7 @@ def rerun_recommendation(
     if elsewhere:  # its retrain reference trains first, beside the study's own reruns
         other_ref = ray.put(other)
         known = {"original": ray.get(handover.original_state)}
-        training = reference_models(config, other, start, known, cohort_ref=other_ref)
+        training = reference_models(config, other, start, known, cohort_ref=other_ref, names=KINDS)
     pending = submit([r for r in todo if r.forget == own], handover.cohort, handover.reference)
     if elsewhere:
         pending |= submit(elsewhere, other_ref, training.result().reference)

@@ -120,7 +120,7 @@ def _bare_trial_seconds(run_dir: Path) -> dict[str, float]:
     trials = run.read_trials()
     cohort = open_cohort(config)
     states = {kind: run.load_baseline(kind) for kind in KINDS}
-    reference = measure(config, cohort, states, Compute.of(config))
+    reference, _ = measure(config, cohort, states, Compute.of(config))
     seconds = {}
     for trial_id in trials["trial_id"].unique():
         params = trial_config(trials, trial_id)

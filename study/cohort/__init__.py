@@ -7,6 +7,7 @@ from study.cohort.cohort import (
     load_cohort,
     open_cohort,
     study_split,
+    trained_on,
     with_forget,
     with_other_forget,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "resolve_split",
     "study_split",
     "subject_files",
+    "trained_on",
     "with_forget",
     "with_other_forget",
 ]

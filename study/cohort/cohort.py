@@ -30,7 +30,8 @@ class Cohort:
     ``images[s]``: ``(3, D, H, W)`` float32, channels T1, IR, FLAIR, each z-scored over its
     non-zero voxels. ``labels[s]``: ``(D, H, W)`` uint8 class indices in ``0..n_classes-1``,
     or ``IGNORE_LABEL`` where the voxel is not scored.
-    ``digest`` identifies the content (arrays + split) for cache keys.
+    ``data_digest`` identifies the subjects' arrays alone (whatever the split), ``digest``
+    the arrays and the split: the cache keys of models trained on them.
     """
 
     images: dict[str, np.ndarray]
@@ -38,6 +39,12 @@ class Cohort:
     split: Split
     n_classes: int
     digest: str
+    data_digest: str = ""
+
+    @property
+    def labelled(self) -> tuple[str, ...]:
+        """Every subject with labels (training and holdout alike), sorted."""
+        return tuple(sorted(self.images))
 
 
 def io_threads(tasks: int) -> int:
@@ -69,17 +76,23 @@ def load_cohort(
         torch.set_num_threads(threads)
     images = {subject: image for subject, (image, _) in zip(subjects, read_in_order, strict=True)}
     labels = {subject: label for subject, (_, label) in zip(subjects, read_in_order, strict=True)}
-    digest = hashlib.sha256(repr((split, tuple(input_size), label_mode)).encode())
-    for subject in subjects:
-        digest.update(images[subject].tobytes())
-        digest.update(labels[subject].tobytes())
+    data = hashlib.sha256(repr((tuple(input_size), label_mode)).encode())
+    for subject in sorted(subjects):
+        data.update(subject.encode())
+        data.update(images[subject].tobytes())
+        data.update(labels[subject].tobytes())
     return Cohort(
         images=images,
         labels=labels,
         split=split,
         n_classes=len(CLASS_NAMES[label_mode]),
-        digest=digest.hexdigest(),
+        digest=_digest(data.hexdigest(), split),
+        data_digest=data.hexdigest(),
     )
+
+
+def _digest(data_digest: str, split: Split) -> str:
+    return hashlib.sha256((data_digest + repr(split)).encode()).hexdigest()
 
 
 def cohort_root(config: StudyConfig) -> tuple[Path, str, list[str]]:
@@ -143,5 +156,17 @@ def with_forget(cohort: Cohort, subjects: list[str]) -> Cohort:
 def _with_forget_set(cohort: Cohort, forget: list[str], setting: str) -> Cohort:
     """``cohort`` with ``forget`` (training subjects) as its forget set."""
     split = moved(cohort.split, forget, setting)
-    digest = hashlib.sha256((cohort.digest + repr(split)).encode()).hexdigest()
-    return Cohort(cohort.images, cohort.labels, split, cohort.n_classes, digest)
+    return _with_split(cohort, split)
+
+
+def trained_on(cohort: Cohort, members: tuple[str, ...]) -> Cohort:
+    """The same subjects split so that a model trains on ``members`` alone (the retain set, in
+    that order) and every other subject is held out: a model of the original recipe, a
+    retrained model or a shadow model."""
+    others = tuple(s for s in cohort.labelled if s not in members)
+    return _with_split(cohort, Split(forget=(), retain=tuple(members), holdout=others))
+
+
+def _with_split(cohort: Cohort, split: Split) -> Cohort:
+    digest = _digest(cohort.data_digest or cohort.digest, split)
+    return Cohort(cohort.images, cohort.labels, split, cohort.n_classes, digest, cohort.data_digest)

@@ -56,6 +56,18 @@ def parser() -> argparse.ArgumentParser:
         help="rerun the recommended configuration with this many fresh seeds (default 3; 0: none)",
     )
     p.add_argument(
+        "--retrain-seeds",
+        dest="retrain_seeds",
+        type=int,
+        help="models retrained without the forget subjects, one per seed (default 1)",
+    )
+    p.add_argument(
+        "--shadow-models",
+        dest="shadow_models",
+        type=int,
+        help="shadow models for the per-subject membership test, each on half the subjects (0: none)",
+    )
+    p.add_argument(
         "--other-forget",
         dest="other_forget",
         type=_ids,

@@ -57,6 +57,12 @@ class StudyConfig:
     seed: int = 0
     seed_reruns: int = 3  # the recommended configuration rerun with this many fresh seeds (0: none)
     bn_mode_reruns: bool = True  # ... and at its own seed under every other bn_mode
+    # The per-subject membership test (study/metrics/membership.py): models retrained without
+    # the forget subjects with this many seeds (1: the retrain reference alone), and shadow
+    # models, each trained on a random half of the labelled subjects (0: no test)
+    retrain_seeds: int = 1
+    shadow_models: int = 0
+    privacy_level: float = 0.05  # a forget subject is distinguishable from retraining at p below this
     # ... and the seed reruns on this forget set too, with its own retrain reference
     # (None: the first len(forget) retain subjects; []: not at all)
     other_forget: list[str] | None = None
@@ -149,6 +155,21 @@ class StudyConfig:
             raise StudyError("model_width and baseline_lr must be positive")
         if not 0 <= self.score_weight <= 1:
             raise StudyError(f"score_weight must lie in [0, 1], got {self.score_weight}")
+        self._check_membership_test()
+
+    def _check_membership_test(self) -> None:
+        if self.retrain_seeds < 1 or self.shadow_models < 0:
+            raise StudyError(
+                f"retrain_seeds must be at least 1 and shadow_models at least 0, got "
+                f"{self.retrain_seeds} and {self.shadow_models}"
+            )
+        if self.shadow_models and (self.shadow_models < 2 or self.retrain_seeds < 2):
+            raise StudyError(
+                f"the membership test needs shadow_models >= 2 and retrain_seeds >= 2 "
+                f"(got {self.shadow_models} and {self.retrain_seeds}); shadow_models = 0 turns it off"
+            )
+        if not 0 < self.privacy_level < 1:
+            raise StudyError(f"privacy_level must lie in (0, 1), got {self.privacy_level}")
 
     def _check_resources(self) -> None:
         counts = ("gpus_per_trial", "checkpoint_every", "max_failures", "concurrent_per_strategy")

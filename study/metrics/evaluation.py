@@ -19,7 +19,7 @@ Membership inference: ``study/metrics/privacy.py``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from monai.metrics import DiceMetric
 from torch import nn
 
 from study.cohort import IGNORE_LABEL, Cohort, Split
+from study.metrics.membership import MEMBERSHIP_METRICS, Evidence, ForgetReference, membership_statistic
 from study.metrics.privacy import PRIVACY_METRICS, SLAB, privacy_metrics, slab_features
 
 SUBJECT_SETS = ("retain", "forget", "holdout")
@@ -42,7 +43,7 @@ DERIVED_METRICS = (
     "forget_mae_gap_to_retrain",
     "retrain_match",
 )
-METRICS = SET_METRICS + DERIVED_METRICS + PRIVACY_METRICS
+METRICS = SET_METRICS + DERIVED_METRICS + PRIVACY_METRICS + MEMBERSHIP_METRICS
 
 
 def scored_voxels(target: torch.Tensor) -> torch.Tensor:
@@ -94,11 +95,13 @@ def mae_per_subject(probabilities: torch.Tensor, target: torch.Tensor) -> torch.
 
 @dataclass(frozen=True)
 class SubjectFigures:
-    """One subject's figures: Dice, MAE and its slabs' membership-inference features ``(S, 4)``."""
+    """One subject's figures: Dice, MAE, its slabs' membership-inference features ``(S, 4)``
+    and the per-subject membership statistic (``study/metrics/membership.py``)."""
 
     dice: float
     mae: float
     slabs: np.ndarray
+    statistic: float
 
 
 @torch.no_grad()
@@ -116,13 +119,12 @@ def evaluate_subjects(
         prediction = probabilities.argmax(dim=1)
         dice = dice_per_subject(prediction, target, cohort.n_classes)
         mae = mae_per_subject(probabilities, target)
+        scored = scored_voxels(target[0])
         slabs = slab_features(
-            probabilities[0],
-            target[0],
-            slab_dice(prediction[0], target[0], cohort.n_classes),
-            scored_voxels(target[0]),
+            probabilities[0], target[0], slab_dice(prediction[0], target[0], cohort.n_classes), scored
         )
-        figures[subject] = SubjectFigures(float(dice[0]), float(mae[0]), slabs)
+        statistic = membership_statistic(probabilities[0], target[0], scored)
+        figures[subject] = SubjectFigures(float(dice[0]), float(mae[0]), slabs, statistic)
     model.train(was_training)
     return figures
 
@@ -146,11 +148,13 @@ def set_metrics(model: nn.Module, cohort: Cohort, device: torch.device) -> dict[
 @dataclass(frozen=True)
 class Reference:
     """What every trial is measured against: the original model's and the retrain reference's
-    metrics, and the retrain reference's slab losses ``(F,)`` on the forget subjects."""
+    metrics, the retrain reference's slab losses ``(F,)`` on the forget subjects, and (with
+    shadow models and retrain seeds) what the forget subjects are tested against."""
 
     original: dict[str, float]
     retrain: dict[str, float]
     retrain_forget_losses: tuple[float, ...]
+    forget_reference: ForgetReference | None = None
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -184,7 +188,12 @@ def _all_metrics(
     slabs = {subject: f.slabs for subject, f in figures.items()}
     losses = np.asarray(reference.retrain_forget_losses)
     privacy = privacy_metrics(slabs, split.retain, split.forget, split.holdout, losses)
-    return metrics | derived_metrics(metrics, reference, score_weight) | privacy
+    membership = dict.fromkeys(MEMBERSHIP_METRICS, math.nan)
+    if reference.forget_reference is not None:
+        statistics = {s: figures[s].statistic for s in split.forget}
+        dice = {s: figures[s].dice for s in split.forget}
+        membership = reference.forget_reference.metrics(statistics, dice)
+    return metrics | derived_metrics(metrics, reference, score_weight) | privacy | membership
 
 
 def evaluate(
@@ -197,21 +206,48 @@ def evaluate(
 
 
 def measure_reference(
-    original: nn.Module, retrain: nn.Module, cohort: Cohort, device: torch.device, score_weight: float = 0.5
-) -> Reference:
-    """The ``Reference`` of a study, its two models' metrics complete (the original's objectives
-    relative to itself, the retrain reference's gaps zero)."""
+    models: dict[str, nn.Module],
+    cohort: Cohort,
+    device: torch.device,
+    members: dict[str, frozenset[str]] | None = None,
+    score_weight: float = 0.5,
+    level: float = 0.05,
+) -> tuple[Reference, Evidence]:
+    """The ``Reference`` of a study and the membership ``Evidence`` of its reference models.
+
+    ``models``: ``original``, ``retrain`` and any retrain seeds and shadow models (names as
+    ``Evidence`` says); ``members``: whom each trained on (default, for the two alone: the
+    split's training and retain subjects). The two models' metrics are
+    complete (the original's objectives relative to itself, the retrain reference's gaps
+    zero, its membership test against the other retrain seeds)."""
     split = cohort.split
-    subjects = split.training + split.holdout
-    original_figures = evaluate_subjects(original, cohort, subjects, device)
-    retrain_figures = evaluate_subjects(retrain, cohort, subjects, device)
-    losses = tuple(float(x) for s in split.forget for x in retrain_figures[s].slabs[:, 0])
-    partial = Reference(_set_means(original_figures, split), _set_means(retrain_figures, split), losses)
-    return Reference(
-        original=_all_metrics(original_figures, split, partial, score_weight),
-        retrain=_all_metrics(retrain_figures, split, partial, score_weight),
-        retrain_forget_losses=losses,
+    members = members or {"original": frozenset(split.training), "retrain": frozenset(split.retain)}
+    figures = {
+        name: evaluate_subjects(model, cohort, cohort.labelled, device) for name, model in models.items()
+    }
+    evidence = Evidence(
+        statistics={name: {s: f.statistic for s, f in by.items()} for name, by in figures.items()},
+        dice={name: {s: f.dice for s, f in by.items()} for name, by in figures.items()},
+        members=members,
     )
+    losses = tuple(float(x) for s in split.forget for x in figures["retrain"][s].slabs[:, 0])
+    original, retrain = (_set_means(figures[k], split) for k in ("original", "retrain"))
+    partial = Reference(original, retrain, losses)
+    forget_reference = retrain_reference = None
+    if evidence.sufficient()[0]:
+        forget_reference = evidence.forget_reference(split.forget, level)
+        retrain_reference = evidence.forget_reference(split.forget, level, without="retrain")
+    reference = Reference(
+        original=_all_metrics(
+            figures["original"], split, replace(partial, forget_reference=forget_reference), score_weight
+        ),
+        retrain=_all_metrics(
+            figures["retrain"], split, replace(partial, forget_reference=retrain_reference), score_weight
+        ),
+        retrain_forget_losses=losses,
+        forget_reference=forget_reference,
+    )
+    return reference, evidence
 
 
 @dataclass(frozen=True)

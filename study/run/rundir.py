@@ -124,6 +124,11 @@ class RunDir:
         return self.path / "pareto.parquet"
 
     @property
+    def privacy_file(self) -> Path:
+        """The membership test's figures: one row per (model, subject)."""
+        return self.path / "privacy.parquet"
+
+    @property
     def report_html(self) -> Path:
         return self.path / "report.html"
 
@@ -211,8 +216,14 @@ class RunDir:
         table[name] = metrics
         atomic_write(self.baseline_metrics_file, lambda p: p.write_text(json.dumps(table, indent=1)))
 
+    def record_attack_power(self, power: dict[str, float]) -> None:
+        """Adds the membership attack's power (``auc``, ``tpr_at_5_fpr``, ``pairs``) to
+        ``baseline/metrics.json``, as ``attack_power``."""
+        table = self.baseline_metrics() | {"attack_power": power}
+        atomic_write(self.baseline_metrics_file, lambda p: p.write_text(json.dumps(table, indent=1)))
+
     def baseline_metrics(self) -> dict[str, dict[str, float]]:
-        """``{"original": {...}, "retrain": {...}}`` as far as written."""
+        """``{"original": {...}, "retrain": {...}, "attack_power": {...}}`` as far as written."""
         path = self.baseline_metrics_file
         return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -244,6 +255,12 @@ class RunDir:
 
     def write_pareto(self, table: pd.DataFrame) -> None:
         _write_table(self.pareto_file, table)
+
+    def write_privacy(self, table: pd.DataFrame) -> None:
+        _write_table(self.privacy_file, table)
+
+    def read_privacy(self) -> pd.DataFrame | None:
+        return _read_table(self.privacy_file)
 
     # Trained models ------------------------------------------------------------------------
     def save_recommended(
