@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from study.cohort import with_forget
 from study.config import load_config
 from study.model import initial_state
 from trainables import baseline
-from trainables.baseline import KINDS, cache_key, load_cached, recipes, reference_models
+from trainables.baseline import reference_models
+from trainables.recipes import KINDS, cache_key, load_cached, recipes
 
 
 @pytest.fixture
@@ -85,3 +87,19 @@ def test_a_model_the_caller_holds_is_not_trained_and_another_seed_is_another_mod
 
 
 _train = baseline.train_model
+
+
+def test_a_shadow_model_serves_every_forget_set_and_each_retrain_seed_is_its_own_model(config, tiny_cohort):
+    config = dataclasses.replace(config, shadow_models=4, retrain_seeds=3)
+    models = recipes(config, tiny_cohort)
+    assert list(models) == [
+        "original", "retrain", "retrain_seed_1", "retrain_seed_2", "shadow_0", "shadow_1", "shadow_2", "shadow_3"
+    ]  # fmt: skip
+    assert len({cache_key(config, tiny_cohort, r) for r in models.values()}) == len(models)
+    labelled = set(tiny_cohort.labelled)  # 070, 1, 4, 101: each in two of the four
+    assert all(sum(s in models[f"shadow_{m}"].members for m in range(4)) == 2 for s in labelled)
+    request = with_forget(tiny_cohort, ["1"])  # a deletion request: another split, the same arrays
+    again = recipes(config, request)
+    for name in ("shadow_0", "shadow_3"):
+        assert cache_key(config, request, again[name]) == cache_key(config, tiny_cohort, models[name])
+    assert cache_key(config, request, again["retrain"]) != cache_key(config, tiny_cohort, models["retrain"])

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from study.metrics.evidence import Evidence
 from study.metrics.membership import (
     Shadows,
     attack_power,
@@ -77,17 +78,19 @@ def test_two_sided_says_which_way_a_model_stands_out():
     reference = [0.0, 1.0, -1.0, 0.5, -0.5]  # mean 0, sd 0.79
     trained_on = two_sided(4.0, reference)
     assert trained_on.direction == "under" and trained_on.distinguishable(0.05)
-    assert trained_on.z == pytest.approx(4.0 / np.std(reference, ddof=1))
+    assert trained_on.z == pytest.approx(4.0 / (np.std(reference, ddof=1) * math.sqrt(1 + 1 / 5)))
     forgotten_too_well = two_sided(-4.0, reference)
     assert forgotten_too_well.direction == "over" and forgotten_too_well.p == pytest.approx(trained_on.p)
     like_retraining = two_sided(0.3, reference)
     assert not like_retraining.distinguishable(0.05) and like_retraining.p > 0.5
-    assert two_sided(0.3, reference, spread=0.1).distinguishable(0.05)  # a narrower spread given
+    assert two_sided(0.3, reference, spread=(0.1, 20)).distinguishable(0.05)  # a narrower spread given
+    assert two_sided(4.0, reference).p > two_sided(4.0, reference, spread=(0.79, 1000)).p  # t's tails
 
 
 def test_seed_spread_pools_each_subjects_deviations():
-    # Deviations from each row's mean: +-1 and +-2: (1 + 1 + 4 + 4) / (4 - 2) = 5.
-    assert seed_spread({"a": [1.0, 3.0], "b": [0.0, 4.0]}) == pytest.approx(math.sqrt(5))
+    # Deviations from each row's mean: +-1 and +-2: (1 + 1 + 4 + 4) / (4 - 2) = 5, on 2 df.
+    spread, df = seed_spread({"a": [1.0, 3.0], "b": [0.0, 4.0], "c": [7.0]})
+    assert spread == pytest.approx(math.sqrt(5)) and df == 2
 
 
 def test_epsilon_is_small_for_alike_runs_and_the_cap_for_separated_ones():
@@ -98,3 +101,59 @@ def test_epsilon_is_small_for_alike_runs_and_the_cap_for_separated_ones():
     assert apart.epsilon == pytest.approx(apart.cap) and apart.cap == pytest.approx(math.log(63), abs=1e-3)
     assert alike.epsilon < 0.5 * apart.cap and (alike.runs, alike.references) == (64, 64)
     assert epsilon([5.0, 6.0], [0.0, 1.0]).cap == pytest.approx(0.0, abs=1e-4)  # two runs each: log(1)
+
+
+def _evidence(rng: np.random.Generator) -> Evidence:
+    """Retrain seeds, 8 shadow models and the original on SUBJECTS; s0 and s1 are forgotten.
+
+    A subject's statistic is its level, +1.5 when trained on, noise 0.3; Dice 0.8 trained on,
+    0.7 not, noise 0.01."""
+    level = {s: rng.normal(0, 1) for s in SUBJECTS}
+    retained = frozenset(SUBJECTS[2:])
+    members = {"original": frozenset(SUBJECTS), "retrain": retained} | {
+        f"retrain_seed_{k}": retained for k in (1, 2)
+    }
+    members |= {f"shadow_{m}": frozenset(s) for m, s in enumerate(shadow_subsets(SUBJECTS, 8, 0))}
+    statistics = {
+        m: {s: level[s] + 1.5 * (s in i) + 0.3 * rng.normal() for s in SUBJECTS} for m, i in members.items()
+    }
+    dice = {m: {s: 0.7 + 0.1 * (s in i) + 0.01 * rng.normal() for s in SUBJECTS} for m, i in members.items()}
+    return Evidence(statistics, dice, members)
+
+
+def test_the_original_looks_trained_on_and_a_held_out_retrain_seed_like_retraining():
+    evidence = _evidence(np.random.default_rng(0))
+    assert evidence.sufficient()[0] and evidence.retrained == ["retrain", "retrain_seed_1", "retrain_seed_2"]
+    forget = ["s0", "s1"]
+    reference = evidence.forget_reference(forget, 0.05)
+    original = reference.verdicts(evidence.statistics["original"], evidence.dice["original"])
+    assert original == {"s0": "distinguishable (under)", "s1": "distinguishable (under)"}
+    for seed in evidence.retrained:
+        held_out = evidence.forget_reference(forget, 0.05, without=seed)
+        assert set(held_out.verdicts(evidence.statistics[seed], evidence.dice[seed]).values()) == {
+            "indistinguishable"
+        }
+    # Forgotten past retraining: Dice far below the retrain seeds', the statistic too.
+    over = {s: v - 2.0 for s, v in evidence.statistics["retrain"].items()}
+    dice = {s: v - 0.3 for s, v in evidence.dice["retrain"].items()}
+    assert set(reference.verdicts(over, dice).values()) == {"distinguishable (over)"}
+    assert reference.metrics(over, dice)["forget_distinguishable"] == 2.0
+    assert reference.metrics(over, dice)["worst_forget_p_to_retrain"] < 1e-3
+
+
+def test_privacy_rows_have_a_test_per_forget_subject_and_a_ratio_per_subject():
+    evidence = _evidence(np.random.default_rng(1))
+    roles = {s: "forget" if s in ("s0", "s1") else "retain" for s in SUBJECTS}
+    rows = evidence.rows(roles, 0.05)
+    assert len(rows) == len(evidence.members) * len(SUBJECTS)
+    tested = [r for r in rows if not math.isnan(r["p_to_retrain"])]
+    assert {r["subject"] for r in tested} == {"s0", "s1"} and len(tested) == 2 * len(evidence.members)
+    original = {r["subject"]: r for r in rows if r["model"] == "original"}
+    assert original["s0"]["direction"] == "under" and original["s0"]["likelihood_ratio"] > 0
+
+
+def test_two_shadow_models_are_not_evidence_enough():
+    evidence = _evidence(np.random.default_rng(2))
+    few = {m: i for m, i in evidence.members.items() if m not in {f"shadow_{k}" for k in range(2, 8)}}
+    sufficient, why = Evidence(evidence.statistics, evidence.dice, few).sufficient()
+    assert not sufficient and "2 shadow models" in why and "at least 4" in why

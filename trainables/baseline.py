@@ -17,11 +17,8 @@ the recipe) as soon as it is trained; then all are measured on every subject: th
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -30,82 +27,18 @@ import torch
 from study.cohort import Cohort, Split, trained_on
 from study.config import EpochSchedule, StudyConfig
 from study.metrics import Reference, measure_reference, set_metrics
-from study.metrics.membership import Evidence, attack_power, shadow_subsets
-from study.model import cpu_state, file_digest, model_from
+from study.metrics.evidence import Evidence
+from study.metrics.membership import attack_power
+from study.model import cpu_state, model_from
 from study.run.cluster import remote
-from study.run.rundir import RunDir, atomic_write
+from study.run.rundir import RunDir
 from trainables.loop import run_epochs
+from trainables.recipes import KINDS, Recipe, cache_file, cache_key, load_cached, recipes, store
 from trainables.settings import Compute, LoopSettings
 from trainables.strategy import Supervised
 
-#: The two models every study has; ``recipes`` adds retrain seeds and shadow models.
-KINDS = ("original", "retrain")
-#: Shadow model ``m`` trains with seed ``seed + SHADOW_SEEDS + m``.
-SHADOW_SEEDS = 1000
 #: What the study prints of each model's figures.
 SHOWN = ("retain_dice", "forget_dice", "holdout_dice", "forget_gap_to_retrain", "mia_auc", "mia_forget")
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """One model of the original recipe: the subjects it trains on (in the loop's order), its seed."""
-
-    members: tuple[str, ...]
-    seed: int
-
-
-def recipes(config: StudyConfig, cohort: Cohort) -> dict[str, Recipe]:
-    """Every model of the original recipe the study needs for ``cohort``, by name."""
-    split = cohort.split
-    models = {"original": Recipe(split.training, config.seed), "retrain": Recipe(split.retain, config.seed)}
-    models |= {
-        f"retrain_seed_{k}": Recipe(split.retain, config.seed + k) for k in range(1, config.retrain_seeds)
-    }
-    halves = (
-        shadow_subsets(cohort.labelled, config.shadow_models, config.seed) if config.shadow_models else []
-    )
-    models |= {f"shadow_{m}": Recipe(h, config.seed + SHADOW_SEEDS + m) for m, h in enumerate(halves)}
-    return models
-
-
-def cache_key(config: StudyConfig, cohort: Cohort, recipe: Recipe) -> str:
-    """Cache key of the model of ``recipe``: changes whenever anything that shapes it changes
-    (the subjects' arrays, not the study's split: a shadow model serves every forget set)."""
-    key = {
-        "members": list(recipe.members),
-        "data": cohort.data_digest or cohort.digest,
-        "depth": config.model_depth,
-        "width": config.model_width,
-        "weights": file_digest(Path(config.weights)) if config.weights else "",
-        "epochs": config.baseline_epochs,
-        "lr": config.baseline_lr,
-        "batch_size": config.batch_size,
-        "seed": recipe.seed,
-        "loop_version": 4,  # 4: keyed by members; 3: labels 9 and 10 left out of the loss
-    }
-    if config.precision != "fp32" or config.channels_last:
-        key |= {"precision": config.precision, "channels_last": config.channels_last}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def cache_file(config: StudyConfig, key: str) -> Path:
-    """``{"model": state_dict, "metrics": set metrics}`` of the model cached under ``key``."""
-    return config.cache_path / "models" / f"{key}.pt"
-
-
-def load_cached(config: StudyConfig, key: str) -> tuple[dict[str, torch.Tensor], dict[str, float]] | None:
-    """``(state_dict, metrics)`` of the model cached under ``key``, or ``None``."""
-    path = cache_file(config, key)
-    if not path.is_file():
-        return None
-    cached = torch.load(path, map_location="cpu", weights_only=True)
-    return cached["model"], cached["metrics"]
-
-
-def _store(config: StudyConfig, key: str, state: dict[str, torch.Tensor], metrics: dict[str, float]) -> None:
-    path = cache_file(config, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda p: torch.save({"model": state, "metrics": metrics}, p))
 
 
 def train_model(
@@ -235,7 +168,7 @@ class ReferencesInTraining:
         return Compute.of(self.config, threads=cpus)
 
     def _trained(self, name: str, state: dict[str, torch.Tensor], metrics: dict[str, float]) -> None:
-        _store(self.config, cache_key(self.config, self.cohort, self.wanted[name]), state, metrics)
+        store(self.config, cache_key(self.config, self.cohort, self.wanted[name]), state, metrics)
         self.states[name] = state
 
     def _states(self) -> dict[str, dict[str, torch.Tensor]]:

@@ -28,7 +28,8 @@ from monai.metrics import DiceMetric
 from torch import nn
 
 from study.cohort import IGNORE_LABEL, Cohort, Split
-from study.metrics.membership import MEMBERSHIP_METRICS, Evidence, ForgetReference, membership_statistic
+from study.metrics.evidence import MEMBERSHIP_METRICS, Evidence, ForgetReference
+from study.metrics.membership import membership_statistic
 from study.metrics.privacy import PRIVACY_METRICS, SLAB, privacy_metrics, slab_features
 
 SUBJECT_SETS = ("retain", "forget", "holdout")

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.stats import t as student
 
 from study.metrics.privacy import auc
 
@@ -118,9 +119,13 @@ class Shadows:
         spread = float(np.sqrt(np.mean(np.square(deviations)))) if deviations else 0.0
         return max(spread, 1e-3)  # a floor: identical statistics would make every ratio infinite
 
-    def out_statistics(self, subject: str) -> list[float]:
-        """``subject``'s statistics under the shadow models not trained on it."""
-        return [self.statistics[m][subject] for m in self.members if subject not in self.members[m]]
+    def out_statistics(self, subject: str, without: str = "") -> list[float]:
+        """``subject``'s statistics under the shadow models not trained on it (but ``without``)."""
+        return [
+            self.statistics[m][subject]
+            for m in self.members
+            if subject not in self.members[m] and m != without
+        ]
 
 
 @dataclass(frozen=True)
@@ -158,30 +163,38 @@ def tpr_at_fpr(positive: np.ndarray, negative: np.ndarray, fpr: float) -> float:
 
 @dataclass(frozen=True)
 class SubjectTest:
-    """Where a model's figure falls among the reference models' (never trained on the subject)."""
+    """Where a model's figure falls among the reference models' (never trained on the subject):
+    ``z`` its distance from their mean in prediction standard deviations, ``p`` the two-sided
+    Student-t tail, ``direction`` ``under`` (above them: looks trained on) or ``over``."""
 
     z: float
     p: float
-    direction: str  # "under": above the references (looks trained on); "over": below them
+    direction: str
 
     def distinguishable(self, level: float) -> bool:
         return self.p < level
 
 
-def two_sided(value: float, reference: Sequence[float], spread: float | None = None) -> SubjectTest:
-    """``value`` against the ``reference`` values: z-score with their mean and standard deviation
-    (``spread`` instead, when given), two-sided normal p-value, and the direction."""
+def two_sided(
+    value: float, reference: Sequence[float], spread: tuple[float, int] | None = None
+) -> SubjectTest:
+    """``value`` against the ``reference`` values, as a new draw from their population: the
+    prediction standard deviation ``s * sqrt(1 + 1/n)``, ``s`` their standard deviation with
+    ``n - 1`` degrees of freedom, or ``spread = (s, degrees of freedom)`` pooled elsewhere."""
     values = np.asarray(reference, dtype=np.float64)
-    std = spread if spread is not None else float(values.std(ddof=1)) if len(values) > 1 else math.nan
-    z = (value - float(values.mean())) / max(std, 1e-6)
-    return SubjectTest(float(z), math.erfc(abs(z) / math.sqrt(2)), "under" if z > 0 else "over")
+    n = len(values)
+    std, df = spread if spread is not None else (float(values.std(ddof=1)) if n > 1 else math.nan, n - 1)
+    z = (value - float(values.mean())) / max(std * math.sqrt(1 + 1 / n), 1e-6)
+    return SubjectTest(float(z), float(2 * student.sf(abs(z), max(df, 1))), "under" if z > 0 else "over")
 
 
-def seed_spread(values: Mapping[str, Sequence[float]]) -> float:
-    """The seed-to-seed standard deviation of a figure, pooled over subjects:
-    ``values[subject]`` holds one figure per retrain seed."""
-    deviations = [v - np.mean(row) for row in values.values() if len(row) > 1 for v in row]
-    return float(np.sqrt(np.sum(np.square(deviations)) / max(1, len(deviations) - len(values))))
+def seed_spread(values: Mapping[str, Sequence[float]]) -> tuple[float, int]:
+    """The seed-to-seed standard deviation of a figure pooled over subjects, and its degrees of
+    freedom: ``values[subject]`` holds one figure per retrain seed."""
+    rows = [np.asarray(row, float) for row in values.values() if len(row) > 1]
+    df = sum(len(row) - 1 for row in rows)
+    squares = sum(float(np.square(row - row.mean()).sum()) for row in rows)
+    return (math.sqrt(squares / df) if df else math.nan), df
 
 
 @dataclass(frozen=True)
@@ -213,120 +226,3 @@ def epsilon(unlearned: Sequence[float], retrained: Sequence[float], delta: float
                     best = max(best, math.log((1 - delta - a) / b))
     cap = math.log((1 - delta - floor) / floor) if floor < 1 - delta else 0.0
     return Epsilon(best, cap, len(u), len(r))
-
-
-#: The figures of the membership test in every trial's row (NaN without shadow models).
-MEMBERSHIP_METRICS = ("worst_forget_p_to_retrain", "forget_distinguishable")
-
-
-@dataclass(frozen=True)
-class ForgetReference:
-    """What a model's forget subjects are tested against: per forget subject the statistics
-    of the models never trained on it (the retrain seeds, the OUT shadow models), and the
-    retrain seeds' Dice with their seed-to-seed spread pooled over subjects."""
-
-    statistics: Mapping[str, tuple[float, ...]]
-    dice: Mapping[str, tuple[float, ...]]
-    dice_spread: float
-    level: float
-
-    def tests(
-        self, statistics: Mapping[str, float], dice: Mapping[str, float]
-    ) -> dict[str, tuple[SubjectTest, SubjectTest]]:
-        """Per forget subject: the statistic's test and the Dice test."""
-        return {
-            s: (
-                two_sided(statistics[s], self.statistics[s]),
-                two_sided(dice[s], self.dice[s], self.dice_spread),
-            )
-            for s in self.statistics
-        }
-
-    def verdicts(self, statistics: Mapping[str, float], dice: Mapping[str, float]) -> dict[str, str]:
-        """Per forget subject: ``indistinguishable``, or ``distinguishable (under|over)`` by the
-        first test that tells it apart at ``level`` (the statistic's, then Dice's)."""
-        verdicts = {}
-        for subject, tests in self.tests(statistics, dice).items():
-            apart = [t for t in tests if t.distinguishable(self.level)]
-            verdicts[subject] = f"distinguishable ({apart[0].direction})" if apart else "indistinguishable"
-        return verdicts
-
-    def metrics(self, statistics: Mapping[str, float], dice: Mapping[str, float]) -> dict[str, float]:
-        """``MEMBERSHIP_METRICS`` of a model's forget subjects' ``statistics`` and ``dice``."""
-        tests = self.tests(statistics, dice)
-        verdicts = self.verdicts(statistics, dice)
-        return {
-            "worst_forget_p_to_retrain": min(t.p for t, _ in tests.values()),
-            "forget_distinguishable": float(sum(v != "indistinguishable" for v in verdicts.values())),
-        }
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """Every reference model's statistic and Dice on every labelled subject, and whom each
-    model trained on. Retrained models are named ``retrain`` (the first seed) and
-    ``retrain_seed_<k>``, shadow models ``shadow_<m>``."""
-
-    statistics: Mapping[str, Mapping[str, float]]
-    dice: Mapping[str, Mapping[str, float]]
-    members: Mapping[str, frozenset[str]]
-
-    @property
-    def retrained(self) -> list[str]:
-        return [m for m in self.members if m == "retrain" or m.startswith("retrain_seed_")]
-
-    @property
-    def shadows(self) -> Shadows:
-        names = [m for m in self.members if m.startswith("shadow_")]
-        return Shadows({m: self.statistics[m] for m in names}, {m: self.members[m] for m in names})
-
-    def sufficient(self) -> tuple[bool, str]:
-        """Whether the models suffice for the test, and if not what is missing."""
-        shadows, seeds = len(self.shadows.members), len(self.retrained)
-        if shadows >= MIN_SHADOW_MODELS and seeds >= MIN_RETRAIN_SEEDS:
-            return True, ""
-        return False, (
-            f"{shadows} shadow models and {seeds} retrain seeds; the test needs at least "
-            f"{MIN_SHADOW_MODELS} and {MIN_RETRAIN_SEEDS} (--shadow-models, --retrain-seeds)"
-        )
-
-    def forget_reference(self, forget: Sequence[str], level: float, without: str = "") -> ForgetReference:
-        """The ``ForgetReference`` of ``forget`` subjects (``without``: a model left out of it)."""
-        retrained = [m for m in self.retrained if m != without]
-        shadows = self.shadows
-        statistics = {
-            s: tuple([self.statistics[m][s] for m in retrained] + [v for v in shadows.out_statistics(s)])
-            for s in forget
-        }
-        every = {s: [self.dice[m][s] for m in retrained] for s in self.statistics[retrained[0]]}
-        dice = {s: tuple(every[s]) for s in forget}
-        return ForgetReference(statistics, dice, max(seed_spread(every), 1e-3), level)
-
-    def rows(self, roles: Mapping[str, str], level: float) -> list[dict[str, object]]:
-        """One row per (model, subject): ``model, subject, role, statistic, likelihood_ratio,
-        z_to_retrain, p_to_retrain, direction, dice``; the test's columns for forget subjects
-        only, each retrained model tested against the others."""
-        shadows, forget = self.shadows, [s for s, role in roles.items() if role == "forget"]
-        rows = []
-        for model in self.members:
-            tests = {}
-            if len(self.retrained) > 1 or model not in self.retrained:
-                reference = self.forget_reference(forget, level, without=model)
-                tests = reference.tests(self.statistics[model], self.dice[model])
-            for subject, statistic in self.statistics[model].items():
-                gaussians = shadows.fit(subject, without=model)
-                test = tests[subject][0] if subject in tests else None
-                rows.append(
-                    {
-                        "model": model,
-                        "subject": subject,
-                        "role": roles.get(subject, "holdout"),
-                        "statistic": statistic,
-                        "likelihood_ratio": gaussians.log_ratio(statistic) if gaussians else math.nan,
-                        "z_to_retrain": test.z if test else math.nan,
-                        "p_to_retrain": test.p if test else math.nan,
-                        "direction": test.direction if test else "",
-                        "dice": self.dice[model][subject],
-                    }
-                )
-        return rows

@@ -124,8 +124,7 @@ class RunDir:
         return self.path / "pareto.parquet"
 
     @property
-    def privacy_file(self) -> Path:
-        """The membership test's figures: one row per (model, subject)."""
+    def privacy_file(self) -> Path:  # the membership test's figures, a row per (model, subject)
         return self.path / "privacy.parquet"
 
     @property
@@ -217,8 +216,7 @@ class RunDir:
         atomic_write(self.baseline_metrics_file, lambda p: p.write_text(json.dumps(table, indent=1)))
 
     def record_attack_power(self, power: dict[str, float]) -> None:
-        """Adds the membership attack's power (``auc``, ``tpr_at_5_fpr``, ``pairs``) to
-        ``baseline/metrics.json``, as ``attack_power``."""
+        """Adds the membership attack's power to ``baseline/metrics.json`` (``attack_power``)."""
         table = self.baseline_metrics() | {"attack_power": power}
         atomic_write(self.baseline_metrics_file, lambda p: p.write_text(json.dumps(table, indent=1)))
 

@@ -1,0 +1,135 @@
+"""The reference models' membership evidence, and what a model's forget subjects are tested
+against (``study/metrics/membership.py`` says how)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from study.metrics.membership import (
+    MIN_RETRAIN_SEEDS,
+    MIN_SHADOW_MODELS,
+    Shadows,
+    SubjectTest,
+    seed_spread,
+    two_sided,
+)
+
+#: The figures of the membership test in every trial's row (NaN without shadow models).
+MEMBERSHIP_METRICS = ("worst_forget_p_to_retrain", "forget_distinguishable")
+
+
+@dataclass(frozen=True)
+class ForgetReference:
+    """What a model's forget subjects are tested against: per forget subject the statistics
+    of the models never trained on it (the retrain seeds, the OUT shadow models), and the
+    retrain seeds' Dice with their seed-to-seed spread pooled over subjects."""
+
+    statistics: Mapping[str, tuple[float, ...]]
+    dice: Mapping[str, tuple[float, ...]]
+    dice_spread: tuple[float, int]  # standard deviation, degrees of freedom
+    level: float
+
+    def tests(
+        self, statistics: Mapping[str, float], dice: Mapping[str, float]
+    ) -> dict[str, tuple[SubjectTest, SubjectTest]]:
+        """Per forget subject: the statistic's test and the Dice test."""
+        return {
+            s: (
+                two_sided(statistics[s], self.statistics[s]),
+                two_sided(dice[s], self.dice[s], self.dice_spread),
+            )
+            for s in self.statistics
+        }
+
+    def verdicts(self, statistics: Mapping[str, float], dice: Mapping[str, float]) -> dict[str, str]:
+        """Per forget subject: ``indistinguishable``, or ``distinguishable (under|over)`` by the
+        first test that tells it apart at ``level`` / 2 (Bonferroni over the two tests: the
+        statistic's, then Dice's)."""
+        verdicts = {}
+        for subject, tests in self.tests(statistics, dice).items():
+            apart = [t for t in tests if t.distinguishable(self.level / 2)]
+            verdicts[subject] = f"distinguishable ({apart[0].direction})" if apart else "indistinguishable"
+        return verdicts
+
+    def metrics(self, statistics: Mapping[str, float], dice: Mapping[str, float]) -> dict[str, float]:
+        """``MEMBERSHIP_METRICS`` of a model's forget subjects' ``statistics`` and ``dice``."""
+        tests = self.tests(statistics, dice)
+        verdicts = self.verdicts(statistics, dice)
+        return {
+            "worst_forget_p_to_retrain": min(t.p for t, _ in tests.values()),
+            "forget_distinguishable": float(sum(v != "indistinguishable" for v in verdicts.values())),
+        }
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Every reference model's statistic and Dice on every labelled subject, and whom each
+    model trained on. Retrained models are named ``retrain`` (the first seed) and
+    ``retrain_seed_<k>``, shadow models ``shadow_<m>``."""
+
+    statistics: Mapping[str, Mapping[str, float]]
+    dice: Mapping[str, Mapping[str, float]]
+    members: Mapping[str, frozenset[str]]
+
+    @property
+    def retrained(self) -> list[str]:
+        return [m for m in self.members if m == "retrain" or m.startswith("retrain_seed_")]
+
+    @property
+    def shadows(self) -> Shadows:
+        names = [m for m in self.members if m.startswith("shadow_")]
+        return Shadows({m: self.statistics[m] for m in names}, {m: self.members[m] for m in names})
+
+    def sufficient(self) -> tuple[bool, str]:
+        """Whether the models suffice for the test, and if not what is missing."""
+        shadows, seeds = len(self.shadows.members), len(self.retrained)
+        if shadows >= MIN_SHADOW_MODELS and seeds >= MIN_RETRAIN_SEEDS:
+            return True, ""
+        return False, (
+            f"{shadows} shadow models and {seeds} retrain seeds; the test needs at least "
+            f"{MIN_SHADOW_MODELS} and {MIN_RETRAIN_SEEDS} (--shadow-models, --retrain-seeds)"
+        )
+
+    def forget_reference(self, forget: Sequence[str], level: float, without: str = "") -> ForgetReference:
+        """The ``ForgetReference`` of ``forget`` subjects (``without``: a model left out of it)."""
+        retrained = [m for m in self.retrained if m != without]
+        shadows = self.shadows
+        statistics = {
+            s: tuple([self.statistics[m][s] for m in retrained] + shadows.out_statistics(s, without))
+            for s in forget
+        }
+        every = {s: [self.dice[m][s] for m in retrained] for s in self.statistics[retrained[0]]}
+        dice = {s: tuple(every[s]) for s in forget}
+        spread, df = seed_spread(every)
+        return ForgetReference(statistics, dice, (max(spread, 1e-3), df), level)
+
+    def rows(self, roles: Mapping[str, str], level: float) -> list[dict[str, object]]:
+        """One row per (model, subject): ``model, subject, role, statistic, likelihood_ratio,
+        z_to_retrain, p_to_retrain, direction, dice``; the test's columns for forget subjects
+        only, each retrained model tested against the others."""
+        shadows, forget = self.shadows, [s for s, role in roles.items() if role == "forget"]
+        rows = []
+        for model in self.members:
+            tests = {}
+            if len(self.retrained) > 1 or model not in self.retrained:
+                reference = self.forget_reference(forget, level, without=model)
+                tests = reference.tests(self.statistics[model], self.dice[model])
+            for subject, statistic in self.statistics[model].items():
+                gaussians = shadows.fit(subject, without=model)
+                test = tests[subject][0] if subject in tests else None
+                rows.append(
+                    {
+                        "model": model,
+                        "subject": subject,
+                        "role": roles.get(subject, "holdout"),
+                        "statistic": statistic,
+                        "likelihood_ratio": gaussians.log_ratio(statistic) if gaussians else math.nan,
+                        "z_to_retrain": test.z if test else math.nan,
+                        "p_to_retrain": test.p if test else math.nan,
+                        "direction": test.direction if test else "",
+                        "dice": self.dice[model][subject],
+                    }
+                )
+        return rows
