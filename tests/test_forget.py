@@ -17,7 +17,8 @@ from study.forget import Thresholds, checks, main
 from study.metrics import evaluate
 from study.model import load_medicalnet_weights, model_from
 from study.run.cluster import joined
-from trainables.baseline import cache_key, load_cached, measure
+from trainables.baseline import measure
+from trainables.recipes import cache_key, load_cached, recipes
 from trainables.settings import Compute
 
 #: A 2-epoch smoke trial forgets little: the verdict's limits opened, so the model is written.
@@ -100,9 +101,11 @@ def test_the_unlearned_model_has_the_figures_the_record_gives(smoke_study, forgo
     model = model_from(config, request.n_classes)
     loaded = load_medicalnet_weights(model, forgotten / "unlearned.pt")  # the project's MedicalNet loader
     assert loaded["missing"] == [] and loaded["unexpected"] == []
-    retrain = load_cached(config, cache_key(config, request, "retrain"))[0]  # trained once, cached
+    retrain = load_cached(config, cache_key(config, request, recipes(config, request)["retrain"]))[
+        0
+    ]  # trained once, cached
     states = {"original": smoke_study.run.load_baseline("original"), "retrain": retrain}
-    reference = measure(config, request, states, Compute.of(config))
+    reference, _ = measure(config, request, states, Compute.of(config))
     figures = evaluate(model.eval(), request, torch.device("cpu"), reference)
     record = json.loads((forgotten / "audit.json").read_text())
     for name, values in record["figures"].items():

@@ -22,7 +22,7 @@ from study.launch import main
 from study.metrics import METRICS
 from study.replay import replay_trial
 from study.run.rundir import RunDir
-from trainables.baseline import cache_key, load_cached
+from trainables.recipes import cache_key, load_cached, recipes
 
 
 def test_the_smoke_study_writes_one_row_per_trial_and_epoch(smoke_study):
@@ -113,7 +113,9 @@ def test_the_recommendation_is_rerun_with_fresh_seeds_on_two_forget_sets_and_oth
         (seeds["forget_dice"] - seeds["retrain_forget_dice"]).abs().to_numpy(), abs=1e-6
     )
     other = with_other_forget(open_cohort(config), config.other_forget)
-    assert load_cached(config, cache_key(config, other, "retrain")) is not None  # trained once, cached
+    assert (
+        load_cached(config, cache_key(config, other, recipes(config, other)["retrain"])) is not None
+    )  # trained once, cached
     recommended = smoke_study.trials.query("trial_id == @trial_id")["param_bn_mode"].iloc[0]
     assert set(bn_modes["bn_mode"]) == {"train", "frozen", "recalibrate"} - {recommended}
     assert seeds["forget_dice"].between(0, 1).all() and bn_modes["mia_forget"].between(0, 1).all()
