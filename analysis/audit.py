@@ -80,6 +80,7 @@ def audit_record(
     after: dict[str, float],
     checks: list[dict[str, Any]],
     written: bool,
+    privacy: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The record as plain JSON values."""
     figures = {
@@ -101,6 +102,7 @@ def audit_record(
             "passed": all(c["passed"] for c in checks),
             "checks": [{k: _plain(v) for k, v in c.items()} for c in checks],
         },
+        "privacy": privacy or {},
         "model_written": written,
     }
 
@@ -121,6 +123,13 @@ table{border-collapse:collapse;margin:.5rem 0 1.5rem}td,th{border:1px solid #bbb
 th{background:#eee}.pass{color:#185c18}.fail{color:#a01010}code{word-break:break-all}"""
 
 
+def _check_row(check: dict[str, Any]) -> list[Any]:
+    """A verdict check as a table row: a figure's limit, or a membership test's level."""
+    limit = f"<= {check['limit']}" if check["name"] == "retain_loss" else f"p >= {check['limit']}"
+    result = ("pass" if check["passed"] else "FAIL") + (f": {check['verdict']}" if "verdict" in check else "")
+    return [check["name"], check["value"], limit, check["option"], result]
+
+
 def audit_html(record: dict[str, Any]) -> str:
     """The record as one self-contained HTML page (no external resources; every string escaped)."""
     request, unlearning, verdict = record["request"], record["unlearning"], record["verdict"]
@@ -128,10 +137,8 @@ def audit_html(record: dict[str, Any]) -> str:
     outcome = "passed" if verdict["passed"] else "failed"
     written = "written" if record["model_written"] else "withheld"
     figures = [[FIGURES[name], *values.values()] for name, values in record["figures"].items()]
-    checks = [
-        [c["name"], c["value"], f"<= {c['limit']}", c["option"], "pass" if c["passed"] else "FAIL"]
-        for c in verdict["checks"]
-    ]
+    checks = [_check_row(c) for c in verdict["checks"]]
+    power = record.get("privacy", {}).get("attack_power")
     params = unlearning["params"]
     used = [["strategy", params.get("strategy")], ["trial", unlearning["trial_id"]]]
     used += [
@@ -147,6 +154,7 @@ def audit_html(record: dict[str, Any]) -> str:
     used += [[k, v] for k, v in record["software"].items()]
     hashes = record["sha256"]
     files = [["original model", hashes["original_model"]], ["unlearned model", hashes["unlearned_model"]]]
+    files += [[f"reference model {name}", d] for name, d in hashes.get("reference_models", {}).items()]
     files += [[f"input {name}", digest] for name, digest in hashes["input_files"].items()]
     parts = [
         f"<h1>Deletion request: subject(s) {html.escape(subjects)}</h1>",
@@ -156,6 +164,16 @@ def audit_html(record: dict[str, Any]) -> str:
         f'<p class="{"pass" if verdict["passed"] else "fail"}"><strong>Verdict: {outcome}</strong>; '
         f"the unlearned model was {written}.</p>",
         "<h2>Checks</h2>",
+        "<p>"
+        + (
+            html.escape(
+                f"The membership attack's power on the shadow models: AUC {power['auc']}, true-positive "
+                f"rate {power['tpr_at_5_fpr']} at 5% false positives, {power['pairs']} pairs."
+            )
+            if power
+            else "No shadow models: the membership test could not be run."
+        )
+        + "</p>",
         _table(["figure", "value", "limit", "set with", "result"], checks),
         "<h2>Figures</h2>",
         _table(["", "original model", "unlearned model", "retrained without them"], figures),

@@ -52,6 +52,14 @@ class Study:
         """The knee of the view the search maximised (the study's ``objective``)."""
         return self.knees[self.config.objective]
 
+    @cached_property
+    def safe_recommendation(self) -> Recommendation | None:
+        """"Safe to deploy": the knee of the searched view's front among the trials whose
+        every forget subject is indistinguishable from retraining (``forget_distinguishable``
+        0); ``None`` when none is, or the study ran no membership test."""
+        safe = self.rows[self.rows["forget_distinguishable"] == 0]
+        return recommend(safe, sorted(self.config.horizons), self.config.objective) if len(safe) else None
+
 
 def load_study(run_dir: Path) -> Study:
     """The run directory's configuration, trial rows and baseline metrics, and what is missing.

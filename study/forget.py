@@ -18,6 +18,7 @@ import hashlib
 import os
 import platform
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +39,10 @@ from study.cohort import (
     with_forget,
 )
 from study.config import StudyConfig, StudyError, run_cli
-from study.model import file_digest, initial_state
+from study.metrics import SubjectFigures, evaluate_subjects
+from study.metrics.evidence import Evidence
+from study.metrics.membership import attack_power
+from study.model import file_digest, initial_state, model_from, state_digest
 from study.run.cluster import joined, remote
 from study.run.results import trial_config
 from study.run.rundir import DeletionOutputs, RunDir
@@ -48,34 +52,63 @@ from trainables.trial import TrialRun, TrialSpec, run_trial
 
 @dataclass(frozen=True)
 class Thresholds:
-    """The verdict's limits: the share of retain Dice the unlearned model may lose, and the
-    share of forget slabs a membership-inference attack may still judge members."""
+    """The verdict's limit on the share of retain Dice the unlearned model may lose; the
+    membership test's level is the study's ``privacy_level``."""
 
     max_retain_loss: float = 0.10
-    max_mia: float = 0.5
 
 
 def checks(after: dict[str, float], limits: Thresholds) -> list[dict[str, Any]]:
-    """The verdict's checks of the unlearned model's figures ``after``; a figure that could
-    not be measured (``nan``: no holdout subjects for the attack) passes only a limit of 1."""
-    found = [
-        ("retain_loss", 1.0 - after["retain_kept"], limits.max_retain_loss, "--max-retain-loss"),
-        ("mia_forget", after["mia_forget"], limits.max_mia, "--max-mia"),
+    """The verdict's utility check of the unlearned model's figures ``after``."""
+    loss = 1.0 - after["retain_kept"]
+    limit = limits.max_retain_loss
+    return [
+        {
+            "name": "retain_loss",
+            "value": loss,
+            "limit": limit,
+            "option": "--max-retain-loss",
+            "passed": loss <= limit,
+        }
     ]
+
+
+def membership_checks(
+    evidence: Evidence, forget: Sequence[str], figures: dict[str, SubjectFigures], level: float
+) -> list[dict[str, Any]]:
+    """Per requested subject, the two-sided test of the unlearned model (its ``figures``)
+    against the models retrained without it and the shadow models not trained on it:
+    ``indistinguishable`` passes; ``distinguishable (under|over)`` and ``insufficient
+    evidence`` (too few shadow models or retrain seeds) withhold the model."""
+    enough, why = evidence.sufficient()
+    if not enough:
+        return [
+            {"name": f"membership {s}", "value": None, "limit": level / 2, "option": "privacy_level"}
+            | {"passed": False, "verdict": f"insufficient evidence: {why}"}
+            for s in forget
+        ]
+    reference = evidence.forget_reference(forget, level)
+    statistics, dice = {s: figures[s].statistic for s in forget}, {s: figures[s].dice for s in forget}
+    verdicts = reference.verdicts(statistics, dice)
     rows = []
-    for name, value, limit, option in found:
-        passed = value <= limit if value == value else limit >= 1.0
-        rows.append({"name": name, "value": value, "limit": limit, "option": option, "passed": passed})
+    for subject, (statistic, dice_test) in reference.tests(statistics, dice).items():
+        rows.append(
+            {"name": f"membership {subject}", "value": min(statistic.p, dice_test.p), "limit": level / 2}
+            | {"option": "privacy_level", "passed": verdicts[subject] == "indistinguishable"}
+            | {"verdict": verdicts[subject], "statistic_z": statistic.z, "statistic_p": statistic.p}
+            | {"dice_z": dice_test.z, "dice_p": dice_test.p}
+        )
     return rows
 
 
 def chosen_trial(run_dir: Path, trial_id: str | None) -> tuple[str, dict[str, Any], int]:
-    """The id, config and epochs of ``trial_id`` (all it ran), or of the study's recommendation."""
+    """The id, config and epochs of ``trial_id`` (all it ran), or of the study's "safe to
+    deploy" configuration (its searched knee where the study ran no membership test)."""
     study = load_study(run_dir)
     if trial_id is not None:
         params = trial_config(study.trials, trial_id)  # an unknown trial is a StudyError here
         epochs = int(study.trials.loc[study.trials["trial_id"] == trial_id, "epoch"].max())
-    elif (recommended := study.recommendation) is not None:
+    elif (recommended := study.safe_recommendation or study.recommendation) is not None:
         trial_id, epochs = recommended.trial_id, recommended.epoch
         params = trial_config(study.trials, trial_id)
     else:
@@ -142,7 +175,11 @@ def honour(
 
     root = cohort_root(config)[0]
     model_bytes = DeletionOutputs.model_bytes(unlearned.state)
+    model = model_from(config, request.n_classes, unlearned.state)
+    figures = evaluate_subjects(model, request, request.split.forget, torch.device("cpu"))
+    evidence = references.evidence
     verdict = checks(unlearned.last, limits)
+    verdict += membership_checks(evidence, request.split.forget, figures, config.privacy_level)
     passed = all(check["passed"] for check in verdict)
     record = audit_record(
         request={"subjects": subjects, "requested_on": requested_on, "honoured_at": _now()},
@@ -158,7 +195,14 @@ def honour(
                 for path in subject_files(root, subject)
             },
             "unlearned_model": hashlib.sha256(model_bytes).hexdigest(),
+            "reference_models": {name: state_digest(state) for name, state in references.states.items()},
         },
+        privacy={"level": config.privacy_level}
+        | (
+            {"attack_power": dataclasses.asdict(attack_power(evidence.shadows))}
+            if evidence.shadows.members
+            else {}
+        ),
         reference=references.reference,
         after=unlearned.last,
         checks=verdict,
@@ -172,15 +216,23 @@ def honour(
 def _tell(record: dict[str, Any], outputs: DeletionOutputs) -> None:
     """The verdict's checks, where the record went, and the model or why it was withheld."""
     checked = record["verdict"]["checks"]
+    if power := record["privacy"].get("attack_power"):
+        print(
+            f"membership attack: AUC {power['auc']:.3f}, TPR {power['tpr_at_5_fpr']:.3f} at 5% false "
+            f"positives, on {power['pairs']} (shadow model, subject) pairs"
+        )
     for check in checked:
         result = "pass" if check["passed"] else "FAIL"
-        value = "not measured" if check["value"] is None else f"{check['value']:.3f}"
-        print(f"{check['name']} {value} (limit {check['limit']}, {check['option']}): {result}")
+        value = "not measured" if check["value"] is None else f"{check['value']:.3g}"
+        said = f": {check['verdict']}" if "verdict" in check else ""
+        print(f"{check['name']} {value} (limit {check['limit']:.3g}, {check['option']}): {result}{said}")
     print(f"audit record: {outputs.audit_json}, {outputs.audit_html}")
     if record["model_written"]:
         print(f"unlearned model: {outputs.model} (sha256 {record['sha256']['unlearned_model']})")
     else:
-        failed = ", ".join(f"{c['name']} over {c['option']} {c['limit']}" for c in checked if not c["passed"])
+        failed = ", ".join(
+            f"{c['name']}: {c.get('verdict', 'over the limit')}" for c in checked if not c["passed"]
+        )
         print(f"verdict failed ({failed}): unlearned.pt withheld; --force writes it anyway")
 
 
@@ -200,7 +252,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="output folder (default RUN_DIR/forget/<ids>)")
     parser.add_argument("--requested-on", default="", help="when the subject asked (recorded as given)")
     parser.add_argument("--max-retain-loss", type=float, default=Thresholds.max_retain_loss)
-    parser.add_argument("--max-mia", type=float, default=Thresholds.max_mia)
     parser.add_argument("--force", action="store_true", help="write the model even when the verdict fails")
     parser.add_argument(
         "--address", default="", help="a Ray cluster to run on (default: RAY_ADDRESS, else here)"
@@ -210,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     outcome: dict[str, Any] = {}
 
     def request() -> None:
-        limits = Thresholds(args.max_retain_loss, args.max_mia)
+        limits = Thresholds(args.max_retain_loss)
         address = args.address or os.environ.get("RAY_ADDRESS", "")
         outcome.update(
             honour(

@@ -88,6 +88,39 @@ def tiny_model() -> Callable:
 
 
 @pytest.fixture
+def synthetic_evidence() -> Callable:
+    """``synthetic_evidence(seed)``: membership ``Evidence`` of made-up reference models on
+    subjects s0..s9, of whom s0 and s1 are forgotten: the original, three retrain seeds and
+    eight shadow models. A subject's statistic is its own level, +1.5 when trained on, noise
+    0.3; its Dice 0.7, +0.1 when trained on, noise 0.01."""
+    import numpy as np
+
+    from study.metrics.evidence import Evidence
+    from study.metrics.membership import shadow_subsets
+
+    subjects = [f"s{i}" for i in range(10)]
+
+    def made(seed: int) -> Evidence:
+        rng = np.random.default_rng(seed)
+        level = {s: rng.normal(0, 1) for s in subjects}
+        retained = frozenset(subjects[2:])
+        members = {"original": frozenset(subjects), "retrain": retained}
+        members |= {f"retrain_seed_{k}": retained for k in (1, 2)}
+        members |= {f"shadow_{m}": frozenset(s) for m, s in enumerate(shadow_subsets(subjects, 8, 0))}
+        trained = {m: {s: s in inside for s in subjects} for m, inside in members.items()}
+        statistics = {
+            m: {s: level[s] + 1.5 * t + 0.3 * rng.normal() for s, t in row.items()}
+            for m, row in trained.items()
+        }
+        dice = {
+            m: {s: 0.7 + 0.1 * t + 0.01 * rng.normal() for s, t in row.items()} for m, row in trained.items()
+        }
+        return Evidence(statistics, dice, members)
+
+    return made
+
+
+@pytest.fixture
 def toy_registered() -> Iterator[None]:
     """The toy strategies registered as a built-in is; shipped to Ray's workers by value."""
     from search_spaces import STRATEGIES, register

@@ -4,38 +4,66 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from analysis.audit import audit_html
 from study.cohort import open_cohort, with_forget
 from study.config import StudyError, load_config
-from study.forget import Thresholds, checks, main
-from study.metrics import evaluate
+from study.forget import Thresholds, checks, main, membership_checks
+from study.metrics import SubjectFigures, evaluate
+from study.metrics.evidence import Evidence
 from study.model import load_medicalnet_weights, model_from
 from study.run.cluster import joined
 from trainables.baseline import measure
 from trainables.recipes import cache_key, load_cached, recipes
 from trainables.settings import Compute
 
-#: A 2-epoch smoke trial forgets little: the verdict's limits opened, so the model is written.
-LENIENT = ["--max-retain-loss", "1", "--max-mia", "1"]
+#: The smoke study runs no membership test (no shadow models): the verdict cannot pass, and
+#: its 2-epoch trials forget little; the model is written with --force.
+LENIENT = ["--max-retain-loss", "1", "--force"]
 
 
-def test_the_verdict_checks_retain_loss_and_membership_inference():
-    after = {"retain_kept": 0.93, "mia_forget": 0.25}
-    found = {c["name"]: c for c in checks(after, Thresholds(max_retain_loss=0.1, max_mia=0.5))}
-    assert found["retain_loss"]["value"] == pytest.approx(0.07) and found["retain_loss"]["passed"]
-    assert found["mia_forget"]["passed"]
-    strict = checks(after, Thresholds(max_retain_loss=0.05, max_mia=0.2))
-    assert [c["passed"] for c in strict] == [False, False]
-    # No holdout subjects, no attack: unmeasured, which only a limit of 1 accepts.
-    unmeasured = {"retain_kept": 0.93, "mia_forget": math.nan}
-    assert not checks(unmeasured, Thresholds())[1]["passed"]
-    assert checks(unmeasured, Thresholds(max_mia=1.0))[1]["passed"]
+def test_the_verdict_checks_retain_loss():
+    [check] = checks({"retain_kept": 0.93}, Thresholds(max_retain_loss=0.1))
+    assert check["value"] == pytest.approx(0.07) and check["passed"]
+    assert not checks({"retain_kept": 0.93}, Thresholds(max_retain_loss=0.05))[0]["passed"]
+
+
+def _figures(evidence, model: str) -> dict[str, SubjectFigures]:
+    """``model``'s figures on the forget subjects s0, s1, as the forget command measures them."""
+    return {
+        s: SubjectFigures(evidence.dice[model][s], 0.0, np.zeros((1, 4)), evidence.statistics[model][s])
+        for s in ("s0", "s1")
+    }
+
+
+def test_the_membership_verdict_names_each_subject_and_its_direction(synthetic_evidence):
+    evidence = synthetic_evidence(0)
+    original = membership_checks(evidence, ["s0", "s1"], _figures(evidence, "original"), 0.05)
+    assert [c["verdict"] for c in original] == ["distinguishable (under)"] * 2
+    assert [c["name"] for c in original] == ["membership s0", "membership s1"] and not any(
+        c["passed"] for c in original
+    )
+    assert all(c["value"] < 0.025 == c["limit"] for c in original)
+    # A retrain seed measured against the others: indistinguishable.
+    held_out = Evidence(
+        evidence.statistics,
+        evidence.dice,
+        {m: i for m, i in evidence.members.items() if m != "retrain_seed_2"},
+    )
+    seed = membership_checks(held_out, ["s0", "s1"], _figures(evidence, "retrain_seed_2"), 0.05)
+    assert [c["verdict"] for c in seed] == ["indistinguishable"] * 2 and all(c["passed"] for c in seed)
+    few = Evidence(
+        evidence.statistics,
+        evidence.dice,
+        {m: i for m, i in evidence.members.items() if m not in {f"shadow_{k}" for k in range(2, 8)}},
+    )
+    [s0, _] = membership_checks(few, ["s0", "s1"], _figures(evidence, "original"), 0.05)
+    assert s0["verdict"].startswith("insufficient evidence: 2 shadow models") and not s0["passed"]
 
 
 def _record(subject: str, requested_on: str) -> dict:
@@ -51,7 +79,7 @@ def _record(subject: str, requested_on: str) -> dict:
         "software": {"package": "p", "version": "1"},
         "sha256": {"original_model": "a", "unlearned_model": "b", "input_files": {"x/<i>.nii.gz": "c"}},
         "figures": {"forget_dice": figure},
-        "verdict": {"passed": False, "checks": [{"name": "mia_forget", "value": 1.0, "limit": 0.5}]},
+        "verdict": {"passed": False, "checks": [{"name": "membership <u>", "value": 0.01, "limit": 0.025}]},
         "model_written": False,
     }
 
@@ -60,9 +88,10 @@ def test_the_audit_page_escapes_every_user_string_and_loads_nothing_from_outside
     for check in (record := _record("<script>alert(1)</script>", '"><img src=x onerror=alert(1)>'))[
         "verdict"
     ]["checks"]:
-        check |= {"option": "--max-mia", "passed": False}
+        check |= {"option": "privacy_level", "passed": False, "verdict": "distinguishable (<em>over</em>)"}
     page = audit_html(record)
     assert "<script>" not in page and "<img" not in page and "<b>" not in page and "<i>" not in page
+    assert "<u>" not in page and "<em>" not in page and "distinguishable (&lt;em&gt;over&lt;/em&gt;)" in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "http://" not in page and "https://" not in page and "src=" not in page.replace("src=x", "")
     assert "Verdict: failed" in page and "withheld" in page and "n/a" in page  # the retrain's missing figure
@@ -88,7 +117,11 @@ def _sha256(path: Path) -> str:
 
 def test_the_audit_record_names_the_inputs_and_the_model_written(smoke_study, forgotten):
     record = json.loads((forgotten / "audit.json").read_text())
-    assert record["verdict"]["passed"] and record["model_written"]
+    assert not record["verdict"]["passed"] and record["model_written"]  # --force: no membership test ran
+    [retain, membership] = record["verdict"]["checks"]
+    assert retain["passed"] and membership["name"] == "membership 1" and not membership["passed"]
+    assert membership["verdict"].startswith("insufficient evidence: 0 shadow models and 1 retrain seeds")
+    assert set(record["sha256"]["reference_models"]) == {"original", "retrain"}
     assert record["sha256"]["unlearned_model"] == _sha256(forgotten / "unlearned.pt")
     assert record["sha256"]["original_model"] == _sha256(smoke_study.run.baseline_model("original"))
     assert len(record["sha256"]["input_files"]) == 4 * 10  # 3 modalities + labels, 10 subjects
@@ -130,9 +163,10 @@ def test_a_failed_verdict_withholds_the_model_and_force_writes_the_same_bytes(
     smoke_study, forgotten, cache_env, tmp_path, capsys
 ):
     withheld, run_dir = tmp_path / "withheld", str(smoke_study.run_dir)
-    impossible = ["--max-retain-loss", "-1", "--max-mia", "1"]
+    impossible = ["--max-retain-loss", "-1"]
     assert main([run_dir, "--subjects", "1", "--out", str(withheld), *impossible]) == 4
-    assert "retain_loss over --max-retain-loss -1.0" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "retain_loss: over the limit" in out and "membership 1: insufficient evidence" in out
     record = json.loads((withheld / "audit.json").read_text())
     assert not record["verdict"]["passed"] and not record["model_written"]
     assert not (withheld / "unlearned.pt").exists() and (withheld / "audit.html").is_file()

@@ -103,26 +103,8 @@ def test_epsilon_is_small_for_alike_runs_and_the_cap_for_separated_ones():
     assert epsilon([5.0, 6.0], [0.0, 1.0]).cap == pytest.approx(0.0, abs=1e-4)  # two runs each: log(1)
 
 
-def _evidence(rng: np.random.Generator) -> Evidence:
-    """Retrain seeds, 8 shadow models and the original on SUBJECTS; s0 and s1 are forgotten.
-
-    A subject's statistic is its level, +1.5 when trained on, noise 0.3; Dice 0.8 trained on,
-    0.7 not, noise 0.01."""
-    level = {s: rng.normal(0, 1) for s in SUBJECTS}
-    retained = frozenset(SUBJECTS[2:])
-    members = {"original": frozenset(SUBJECTS), "retrain": retained} | {
-        f"retrain_seed_{k}": retained for k in (1, 2)
-    }
-    members |= {f"shadow_{m}": frozenset(s) for m, s in enumerate(shadow_subsets(SUBJECTS, 8, 0))}
-    statistics = {
-        m: {s: level[s] + 1.5 * (s in i) + 0.3 * rng.normal() for s in SUBJECTS} for m, i in members.items()
-    }
-    dice = {m: {s: 0.7 + 0.1 * (s in i) + 0.01 * rng.normal() for s in SUBJECTS} for m, i in members.items()}
-    return Evidence(statistics, dice, members)
-
-
-def test_the_original_looks_trained_on_and_a_held_out_retrain_seed_like_retraining():
-    evidence = _evidence(np.random.default_rng(0))
+def test_the_original_looks_trained_on_and_a_held_out_retrain_seed_like_retraining(synthetic_evidence):
+    evidence = synthetic_evidence(0)
     assert evidence.sufficient()[0] and evidence.retrained == ["retrain", "retrain_seed_1", "retrain_seed_2"]
     forget = ["s0", "s1"]
     reference = evidence.forget_reference(forget, 0.05)
@@ -141,8 +123,8 @@ def test_the_original_looks_trained_on_and_a_held_out_retrain_seed_like_retraini
     assert reference.metrics(over, dice)["worst_forget_p_to_retrain"] < 1e-3
 
 
-def test_privacy_rows_have_a_test_per_forget_subject_and_a_ratio_per_subject():
-    evidence = _evidence(np.random.default_rng(1))
+def test_privacy_rows_have_a_test_per_forget_subject_and_a_ratio_per_subject(synthetic_evidence):
+    evidence = synthetic_evidence(1)
     roles = {s: "forget" if s in ("s0", "s1") else "retain" for s in SUBJECTS}
     rows = evidence.rows(roles, 0.05)
     assert len(rows) == len(evidence.members) * len(SUBJECTS)
@@ -152,8 +134,8 @@ def test_privacy_rows_have_a_test_per_forget_subject_and_a_ratio_per_subject():
     assert original["s0"]["direction"] == "under" and original["s0"]["likelihood_ratio"] > 0
 
 
-def test_two_shadow_models_are_not_evidence_enough():
-    evidence = _evidence(np.random.default_rng(2))
+def test_two_shadow_models_are_not_evidence_enough(synthetic_evidence):
+    evidence = synthetic_evidence(2)
     few = {m: i for m, i in evidence.members.items() if m not in {f"shadow_{k}" for k in range(2, 8)}}
     sufficient, why = Evidence(evidence.statistics, evidence.dice, few).sufficient()
     assert not sufficient and "2 shadow models" in why and "at least 4" in why

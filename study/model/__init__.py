@@ -3,7 +3,7 @@ model made from its configuration."""
 
 from study.model.build import cpu_state, initial_state, model_from
 from study.model.network import MedicalNetSegmentation, recalibrate_batchnorm
-from study.model.weights import file_digest, load_medicalnet_weights, read_state_dict
+from study.model.weights import file_digest, load_medicalnet_weights, read_state_dict, state_digest
 
 __all__ = [
     "MedicalNetSegmentation",
@@ -14,4 +14,5 @@ __all__ = [
     "model_from",
     "read_state_dict",
     "recalibrate_batchnorm",
+    "state_digest",
 ]

@@ -119,3 +119,14 @@ def file_digest(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 hex digest of a state dict's names, dtypes, shapes and values, in key order
+    (identifies a model in an audit record, whatever file holds it)."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
