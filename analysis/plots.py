@@ -169,3 +169,34 @@ def overlay_plot(
     ]
     figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
     return _png(figure)
+
+
+def membership_plot(privacy: pd.DataFrame, subject: str) -> bytes:
+    """One forget subject's membership statistic under every reference model (``privacy``:
+    the rows of ``privacy.parquet``): the shadow models trained on it (IN) and not (OUT), the
+    retrained models, and the original model as a line."""
+    rows = privacy[privacy["subject"] == subject]
+    groups = {
+        "shadow models trained on it (IN)": rows[
+            rows["model"].str.startswith("shadow_") & (rows["trained_on"])
+        ],
+        "shadow models not trained on it (OUT)": rows[
+            rows["model"].str.startswith("shadow_") & ~rows["trained_on"]
+        ],
+        "retrained without it": rows[rows["model"].str.match(r"^retrain(_seed_\d+)?$")],
+    }
+    figure, axis = plt.subplots(figsize=(7, 2.6))
+    for level, (label, group) in enumerate(groups.items()):
+        axis.scatter(
+            group["statistic"], np.full(len(group), level), s=40, alpha=0.8, label=f"{label} ({len(group)})"
+        )
+    original = rows.loc[rows["model"] == "original", "statistic"]
+    for value in original:
+        axis.axvline(value, color="red", lw=1.5, label="original model")
+    axis.set_yticks(range(len(groups)), [label.split(" (")[0] for label in groups], fontsize=8)
+    axis.set_ylim(-0.6, len(groups) - 0.4)
+    axis.set_xlabel("membership statistic: mean logit of the true class (higher: looks trained on)")
+    axis.set_title(f"forget subject {subject}")
+    axis.grid(alpha=0.3, axis="x")
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+    return _png(figure)

@@ -16,9 +16,10 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.document import Bullets, Code, Figure, Paragraph, Section, Table, render_html, render_markdown
+from analysis.membership_section import knee_verdict, membership_section
 from analysis.overlays import overlay_figure
 from analysis.pareto import knee_rule
-from analysis.plots import curves_plot, pareto_plot
+from analysis.plots import curves_plot, membership_plot, pareto_plot
 from analysis.sections import bn_modes_section, privacy_section, seeds_section, views_section
 from analysis.study_state import Recommendation, Study, load_study, reproduce_command
 from analysis.summary import (
@@ -120,6 +121,7 @@ def _recommended(study: Study) -> Section:
         "epochs (horizon)": recommended.epoch,
         **{k: recommended.figures[k] for k in SHOWN_FIGURES},
         "forgets past retraining": past_retrain_text(recommended.figures["forget_dice"], study.baselines),
+        "membership test": knee_verdict(recommended, len(study.config.forget)),
         **recommended.params,
     }
     table = Table(pd.DataFrame({"": list(facts), "value": list(facts.values())}))
@@ -155,6 +157,7 @@ def _sections(study: Study, figures: dict[str, bytes], overlay_note: str) -> lis
         Section(("Pareto front: the searched view ", Code(objective)), front),
         views_section(study, _other_view(objective)),
         Section("Results in the reference paper's form", [Paragraph(PAPER_RULE, rule=True), Table(table)]),
+        membership_section(study),
         privacy_section(study),
         seeds_section(study),
         bn_modes_section(study),
@@ -185,6 +188,8 @@ def _figures(study: Study, overlays: bool, cohort: Cohort | None) -> tuple[dict[
     finals = best_trials(at_horizon(study.rows, FINAL))
     best = dict(zip(finals["strategy"], finals["trial_id"], strict=True))
     figures["curves"] = curves_plot(study.trials, best, study.baselines)
+    if study.privacy is not None:
+        figures |= {f"membership-{s}": membership_plot(study.privacy, s) for s in study.config.forget}
     if not overlays:
         return figures, "overlays left out (--no-overlays)"
     png, note = overlay_figure(study, cohort)
@@ -221,6 +226,11 @@ def _told(study: Study) -> str:
         text += f"(forget_drop {r.figures['forget_drop']:.3f}, retain_kept {r.figures['retain_kept']:.3f}, "
         text += f"retrain_match {r.figures['retrain_match']:.3f})\n"
         text += f"  {r.params}\n  reproduce: {reproduce_command(study, r)}"
+        text += f"\n  membership test: {knee_verdict(r, len(study.config.forget))}"
+    if study.privacy is not None:
+        safe = study.safe_recommendation
+        named = f"{safe.strategy} trial {safe.trial_id} at {safe.epoch} epochs" if safe else "none"
+        text += f"\nsafe to deploy (indistinguishable from retraining for every forget subject): {named}"
     return text
 
 

@@ -144,7 +144,7 @@ def privacy_section(study: Study) -> Section:
             )
         )
     return Section(
-        "Privacy: membership inference", [*blocks, Table(table), Paragraph(PRIVACY_RULE, rule=True)]
+        "Privacy: the population attack on slabs", [*blocks, Table(table), Paragraph(PRIVACY_RULE, rule=True)]
     )
 
 

@@ -53,8 +53,13 @@ class Study:
         return self.knees[self.config.objective]
 
     @cached_property
+    def privacy(self) -> pd.DataFrame | None:
+        """``privacy.parquet``: the reference models' membership figures, or ``None``."""
+        return self.run.read_privacy()
+
+    @cached_property
     def safe_recommendation(self) -> Recommendation | None:
-        """"Safe to deploy": the knee of the searched view's front among the trials whose
+        """ "Safe to deploy": the knee of the searched view's front among the trials whose
         every forget subject is indistinguishable from retraining (``forget_distinguishable``
         0); ``None`` when none is, or the study ran no membership test."""
         safe = self.rows[self.rows["forget_distinguishable"] == 0]

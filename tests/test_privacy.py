@@ -102,6 +102,7 @@ def test_on_the_synthetic_cohort_the_attack_finds_the_original_models_forget_sub
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
     overrides = {"run_dir": "unused", "baseline_epochs": 60, "input_size": [16, 48, 48], "cpus_per_trial": 2}
+    overrides |= {"shadow_models": 0, "retrain_seeds": 1}  # the population attack alone
     config = load_config("demo", overrides=overrides)
     cohort = open_cohort(config)
     start, _ = initial_state(config, cohort.n_classes)

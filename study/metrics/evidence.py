@@ -106,7 +106,7 @@ class Evidence:
         return ForgetReference(statistics, dice, (max(spread, 1e-3), df), level)
 
     def rows(self, roles: Mapping[str, str], level: float) -> list[dict[str, object]]:
-        """One row per (model, subject): ``model, subject, role, statistic, likelihood_ratio,
+        """One row per (model, subject): ``model, subject, role, trained_on, statistic, likelihood_ratio,
         z_to_retrain, p_to_retrain, direction, dice``; the test's columns for forget subjects
         only, each retrained model tested against the others."""
         shadows, forget = self.shadows, [s for s, role in roles.items() if role == "forget"]
@@ -124,6 +124,7 @@ class Evidence:
                         "model": model,
                         "subject": subject,
                         "role": roles.get(subject, "holdout"),
+                        "trained_on": subject in self.members[model],
                         "statistic": statistic,
                         "likelihood_ratio": gaussians.log_ratio(statistic) if gaussians else math.nan,
                         "z_to_retrain": test.z if test else math.nan,

@@ -1,0 +1,98 @@
+"""The report's per-subject membership test: the attack's power first, then each forget
+subject's statistic under the reference models, then the verdicts of the two knees.
+
+Read with ``study/metrics/membership.py``, which says how every figure here is computed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from analysis.document import Figure, Paragraph, Section, Table
+from analysis.study_state import Study
+from analysis.summary import Recommendation
+
+MEMBERSHIP_RULE = (
+    "The statistic is the mean logit of the true class's probability over a subject's scored "
+    "voxels. The attack's power: every (shadow model, subject) pair scored by IN/OUT Gaussians "
+    "fitted without that shadow model. A forget subject is distinguishable from retraining "
+    "when its statistic (against the retrain seeds and the OUT shadow models) or its Dice "
+    "(against the retrain seeds' seed-to-seed spread) lies outside them at p below half the "
+    "privacy level (Student-t prediction tails; Bonferroni over the two tests): under = looks "
+    "trained on, over = looks worse than never seen, itself a signal. Each retrain seed is "
+    "tested against the others."
+)
+
+
+def power_sentence(study: Study) -> str:
+    """The attack's power as the study measured it, or why it was not."""
+    power = study.baselines.get("attack_power")
+    if not power:
+        return (
+            "No per-subject membership test: the study ran without shadow models "
+            "(shadow_models = 0). With --shadow-models 8 --retrain-seeds 3 it runs."
+        )
+    models = study.config.shadow_models
+    return (
+        f"The attack's power on {models} shadow models ({power['pairs']} pairs): ROC AUC "
+        f"{_number(power['auc'])}, true-positive rate {_number(power['tpr_at_5_fpr'])} at 5% false positives."
+    )
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
+
+
+def reference_tests(privacy: pd.DataFrame) -> pd.DataFrame:
+    """The forget subjects' tests of the original model and of each retrained model."""
+    shown = privacy[
+        (privacy["role"] == "forget") & privacy["model"].str.match(r"^(original|retrain(_seed_\d+)?)$")
+    ]
+    columns = ["model", "subject", "statistic", "z_to_retrain", "p_to_retrain", "direction", "dice"]
+    return shown[columns].reset_index(drop=True)
+
+
+def knee_verdict(recommendation: Recommendation | None, forget: int) -> str:
+    """A knee's membership verdict from its row's two columns."""
+    if recommendation is None:
+        return "none"
+    counted = recommendation.figures.get("forget_distinguishable", math.nan)
+    if not math.isfinite(counted):
+        return "not tested (no shadow models)"
+    worst = recommendation.figures["worst_forget_p_to_retrain"]
+    if counted == 0:
+        return f"indistinguishable from retraining for all {forget} forget subjects (worst p {worst:.3g})"
+    return f"{int(counted)} of {forget} forget subjects distinguishable from retraining (worst p {worst:.3g})"
+
+
+def knees_table(study: Study) -> pd.DataFrame:
+    """The searched knee and the safe-to-deploy knee, each with its verdict."""
+    forget = len(study.config.forget)
+    lines = []
+    for label, knee in (
+        ("searched knee", study.recommendation),
+        ("safe to deploy", study.safe_recommendation),
+    ):
+        named = f"{knee.strategy} {knee.trial_id} @ {knee.epoch} epochs" if knee else "none"
+        lines.append({"": label, "trial": named, "membership verdict": knee_verdict(knee, forget)})
+    return pd.DataFrame(lines)
+
+
+def membership_section(study: Study) -> Section:
+    """The per-subject membership test, or why the study has none."""
+    blocks: list = [Paragraph(power_sentence(study))]
+    privacy = study.privacy
+    if privacy is not None:
+        blocks.append(Table(reference_tests(privacy)))
+        blocks += [Figure(f"membership-{s}") for s in study.config.forget]
+        blocks.append(Table(knees_table(study)))
+        if study.safe_recommendation is None:
+            blocks.append(
+                Paragraph(
+                    "No trial is indistinguishable from retraining for every forget subject: "
+                    "none is safe to deploy by this test."
+                )
+            )
+    return Section("Privacy: per-subject membership test", [*blocks, Paragraph(MEMBERSHIP_RULE, rule=True)])
