@@ -176,7 +176,14 @@ def test_the_studys_objective_chooses_the_recommendation(tmp_path: Path):
 
 def test_privacy_section_states_the_attacks_power_first(tmp_path: Path):
     study = load_study(_run_dir(tmp_path, _trials()))
-    privacy = _section(build_report(study, overlays=False).html.read_text(), "Privacy")
+    page = build_report(study, overlays=False).html.read_text()
+    membership = _section(page, "Privacy: per-subject membership test")
+    assert (
+        re.search(r"<p>(.*?)</p>", membership)
+        .group(1)
+        .startswith("No per-subject membership test: the study ran without shadow models")
+    )
+    privacy = _section(page, "Privacy: the population attack")
     first = re.search(r"<p>(.*?)</p>", privacy).group(1)
     assert (
         first
@@ -202,7 +209,7 @@ def test_without_a_holdout_only_the_loss_gap_is_shown(tmp_path: Path):
     baselines = {"original": ORIGINAL | NO_HOLDOUT, "retrain": RETRAIN | NO_HOLDOUT}
     study = load_study(_run_dir(tmp_path / "a", _trials(**NO_HOLDOUT), baselines))
     page = build_report(study, overlays=False).html.read_text()
-    privacy = _section(page, "Privacy")
+    privacy = _section(page, "Privacy: the population attack")
     assert "No membership-inference attack could be trained: there is no holdout subject" in privacy
     assert "<th>forget_loss_gap_to_retrain</th>" in privacy and "mia_auc</th>" not in privacy
     assert re.search(r"<td>recommended: max_loss deep0000 @ 4 epochs</td>\s*<td>0.9</td>", privacy)
@@ -335,3 +342,38 @@ def test_the_batchnorm_table_compares_the_recommendation_under_each_mode(tmp_pat
     assert "<td>recalibrate</td>" in _section(
         build_report(study, overlays=False).html.read_text(), "BatchNorm"
     )
+
+
+def test_the_membership_section_states_the_power_then_each_subject_then_both_knees(
+    tmp_path, synthetic_evidence
+):
+    trials = _trials()
+    safe = trials["trial_id"] == "match000"  # the only trial indistinguishable from retraining
+    trials = trials.assign(
+        forget_distinguishable=np.where(safe, 0.0, 2.0), worst_forget_p_to_retrain=np.where(safe, 0.3, 1e-4)
+    )
+    power = {"auc": 0.96, "tpr_at_5_fpr": 0.8, "pairs": 80}
+    baselines = {"original": ORIGINAL, "retrain": RETRAIN, "attack_power": power}
+    run_dir = _run_dir(tmp_path, trials, baselines, forget=["s0", "s1"], shadow_models=8, retrain_seeds=3)
+    roles = {f"s{i}": "forget" if i < 2 else "retain" for i in range(10)}
+    RunDir(run_dir).write_privacy(pd.DataFrame(synthetic_evidence(0).rows(roles, 0.05)))
+    study = load_study(run_dir)
+    assert study.recommendation.trial_id == "deep0000" and study.safe_recommendation.trial_id == "match000"
+    page = build_report(study, overlays=False).html.read_text()
+    section = _section(page, "Privacy: per-subject membership test")
+    assert re.search(r"<p>(.*?)</p>", section).group(1) == (
+        "The attack&#x27;s power on 8 shadow models (80 pairs): ROC AUC 0.96, true-positive rate 0.80 "
+        "at 5% false positives."
+    )
+    assert (
+        len(re.findall(r"<td>original</td>\s*<td>s[01]</td>(\s*<td>[^<]*</td>){3}\s*<td>under</td>", section))
+        == 2
+    )
+    assert section.count("<img") == 2  # one figure per forget subject
+    assert re.search(
+        r"<td>searched knee</td>\s*<td>max_loss deep0000 @ 4 epochs</td>\s*<td>2 of 2 forget", section
+    )
+    assert re.search(
+        r"<td>safe to deploy</td>\s*<td>noisy_label match000 @ 4 epochs</td>\s*<td>indisting", section
+    )
+    assert re.search(r"<td>membership test</td>\s*<td>2 of 2 forget subjects distinguishable", page)
