@@ -4,13 +4,15 @@ Ray tasks in the studies), cached under a key of everything that shapes them, me
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
-from study.cohort import with_forget
+from study.cohort import find_subjects, load_cohort, resolve_split, with_forget
 from study.config import load_config
+from study.metrics.membership import attack_power
 from study.model import initial_state
 from trainables import baseline
 from trainables.baseline import reference_models
@@ -103,3 +105,26 @@ def test_a_shadow_model_serves_every_forget_set_and_each_retrain_seed_is_its_own
     for name in ("shadow_0", "shadow_3"):
         assert cache_key(config, request, again[name]) == cache_key(config, tiny_cohort, models[name])
     assert cache_key(config, request, again["retrain"]) != cache_key(config, tiny_cohort, models["retrain"])
+
+
+def test_without_a_holdout_every_membership_figure_is_there(config, cohort_root):
+    """Real MRBrainS18 has no holdout: the shadow models then split the training subjects."""
+    split = resolve_split(find_subjects(cohort_root), ["070"], ["1", "4", "5"], [], "test")
+    cohort = load_cohort(cohort_root, split, (8, 32, 32), "4class")
+    config = dataclasses.replace(config, shadow_models=4, retrain_seeds=2)
+    references = reference_models(config, cohort, initial_state(config, cohort.n_classes)[0]).result()
+    evidence = references.evidence
+    assert evidence.sufficient()[0] and len(evidence.members) == 1 + 2 + 4
+    power = attack_power(evidence.shadows)
+    assert power.pairs == 4 * 4 and 0 <= power.auc <= 1 and 0 <= power.tpr_at_5_fpr <= 1
+    roles = {s: "forget" if s == "070" else "retain" for s in cohort.labelled}
+    rows = evidence.rows(roles, config.privacy_level)
+    forget_rows = [r for r in rows if r["subject"] == "070"]
+    assert len(rows) == 7 * 4 and all(r["direction"] in ("under", "over") for r in forget_rows)
+    assert all(0 <= r["p_to_retrain"] <= 1 for r in forget_rows)
+    original = references.reference.original
+    assert 0 <= original["worst_forget_p_to_retrain"] <= 1 and original["forget_distinguishable"] in (
+        0.0,
+        1.0,
+    )
+    assert math.isnan(original["mia_auc"])  # the population attack needs a holdout

@@ -107,6 +107,7 @@ class References:
     states: dict[str, dict[str, torch.Tensor]]
     reference: Reference
     evidence: Evidence
+    trained_on: dict[str, str]  # the models trained now (not cached): where each was trained
 
 
 class ReferencesInTraining:
@@ -127,6 +128,7 @@ class ReferencesInTraining:
         self.missing = [name for name in wanted if name not in states]
         self.cohort_ref: Any = None  # the cohort in Ray's object store, while Ray is up
         self.tasks: dict[Any, str] = {}  # Ray task -> the model it trains
+        self.trained_on: dict[str, str] = {}
 
     def submit(self, cohort_ref: Any) -> None:
         """Starts a Ray task for every missing model, side by side."""
@@ -135,7 +137,7 @@ class ReferencesInTraining:
         self.cohort_ref = cohort_ref if cohort_ref is not None else ray.put(self.cohort)
         if self.missing:
             compute, start = self.compute(len(self.missing)), ray.put(self.start)
-            train = remote(self.config, train_model, compute.threads)
+            train = remote(self.config, _train_on_node, compute.threads)
             self.tasks = {
                 train.remote(n, self.wanted[n], self.config, self.cohort_ref, start, compute): n
                 for n in self.missing
@@ -149,17 +151,17 @@ class ReferencesInTraining:
                 trained = train_model(
                     name, self.wanted[name], config, self.cohort, self.start, self.compute(1)
                 )
-                self._trained(name, *trained)
-            return References(self._states(), *measure(config, self.cohort, self._states(), measuring))
+                self._trained(name, *trained, "this process")
+            measured = measure(config, self.cohort, self._states(), measuring)
+            return References(self._states(), *measured, self.trained_on)
         import ray
 
         while self.tasks:
             (done, *_), _ = ray.wait(list(self.tasks))
             self._trained(self.tasks.pop(done), *ray.get(done))
         task = remote(config, measure, measuring.threads)
-        return References(
-            self._states(), *ray.get(task.remote(config, self.cohort_ref, self._states(), measuring))
-        )
+        measured = ray.get(task.remote(config, self.cohort_ref, self._states(), measuring))
+        return References(self._states(), *measured, self.trained_on)
 
     def compute(self, tasks: int) -> Compute:
         """How each of ``tasks`` running at once computes: with a trial's CPUs, or with a share
@@ -167,12 +169,21 @@ class ReferencesInTraining:
         cpus = max(1, self.cores // max(1, tasks)) if self.cores else self.config.cpus_per_trial
         return Compute.of(self.config, threads=cpus)
 
-    def _trained(self, name: str, state: dict[str, torch.Tensor], metrics: dict[str, float]) -> None:
+    def _trained(
+        self, name: str, state: dict[str, torch.Tensor], metrics: dict[str, float], node: str
+    ) -> None:
         store(self.config, cache_key(self.config, self.cohort, self.wanted[name]), state, metrics)
-        self.states[name] = state
+        self.states[name], self.trained_on[name] = state, node
 
     def _states(self) -> dict[str, dict[str, torch.Tensor]]:
         return {name: self.states[name] for name in self.wanted}
+
+
+def _train_on_node(*args: Any) -> tuple[dict[str, torch.Tensor], dict[str, float], str]:
+    """``train_model`` in a Ray task, with the id of the node that ran it."""
+    import ray
+
+    return *train_model(*args), f"Ray node {ray.get_runtime_context().get_node_id()}"
 
 
 def reference_models(
@@ -231,11 +242,13 @@ def record(run: RunDir, references: References, split: Split, level: float) -> N
         metrics = getattr(references.reference, kind)
         run.record_baseline(kind, references.states[kind], metrics)
         print(f"{kind} model: " + "  ".join(f"{k} {metrics[k]:.3f}" for k in SHOWN))
+    if references.trained_on:
+        run.add_baseline_fact("trained_on", references.trained_on)
     evidence = references.evidence
     if not evidence.shadows.members:
         return
     power = attack_power(evidence.shadows)
-    run.record_attack_power(dataclasses.asdict(power))
+    run.add_baseline_fact("attack_power", dataclasses.asdict(power))
     roles = {s: role for role in ("forget", "retain", "holdout") for s in getattr(split, role)}
     run.write_privacy(pd.DataFrame(evidence.rows(roles, level)))
     print(

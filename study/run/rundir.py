@@ -215,9 +215,9 @@ class RunDir:
         table[name] = metrics
         atomic_write(self.baseline_metrics_file, lambda p: p.write_text(json.dumps(table, indent=1)))
 
-    def record_attack_power(self, power: dict[str, float]) -> None:
-        """Adds the membership attack's power to ``baseline/metrics.json`` (``attack_power``)."""
-        table = self.baseline_metrics() | {"attack_power": power}
+    def add_baseline_fact(self, key: str, value: dict[str, Any]) -> None:
+        """Adds ``key`` (the attack's power, where each model trained) to ``baseline/metrics.json``."""
+        table = self.baseline_metrics() | {key: value}
         atomic_write(self.baseline_metrics_file, lambda p: p.write_text(json.dumps(table, indent=1)))
 
     def baseline_metrics(self) -> dict[str, dict[str, float]]:
