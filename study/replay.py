@@ -10,6 +10,7 @@ unlearned model is saved in the format of ``<run_dir>/recommended.pt``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from search_spaces import STRATEGIES
 from study.cohort import open_cohort
 from study.config import StudyError, run_cli
+from study.metrics.evidence import Evidence
 from study.run.results import trial_config
 from study.run.rundir import RunDir
 from trainables.baseline import KINDS, measure
@@ -54,6 +56,11 @@ def replay_trial(run_dir: Path, trial_id: str, epochs: int | None = None, quiet:
     print(f"replaying {params['strategy']} trial {trial_id} for {epochs} epochs: {params}", flush=True)
     cohort = open_cohort(study)
     reference, _ = measure(study, cohort, states, Compute.of(study))
+    if (privacy := run.read_privacy()) is not None:  # the study's membership test, its models' figures
+        evidence = Evidence.from_rows(privacy.to_dict("records"))
+        if evidence.sufficient()[0]:
+            forget_reference = evidence.forget_reference(cohort.split.forget, study.privacy_level)
+            reference = dataclasses.replace(reference, forget_reference=forget_reference)
     spec = TrialSpec.of(study, STRATEGIES[params["strategy"]].strategy, params, epochs)
     return run_trial(spec, cohort, states["original"], reference, report=None if quiet else report)
 

@@ -139,3 +139,11 @@ def test_two_shadow_models_are_not_evidence_enough(synthetic_evidence):
     few = {m: i for m, i in evidence.members.items() if m not in {f"shadow_{k}" for k in range(2, 8)}}
     sufficient, why = Evidence(evidence.statistics, evidence.dice, few).sufficient()
     assert not sufficient and "2 shadow models" in why and "at least 4" in why
+
+
+def test_the_evidence_reads_back_from_its_rows(synthetic_evidence):
+    evidence = synthetic_evidence(3)
+    roles = {s: "forget" if s in ("s0", "s1") else "retain" for s in SUBJECTS}
+    again = Evidence.from_rows(evidence.rows(roles, 0.05))
+    assert again.members == evidence.members and again.statistics == evidence.statistics
+    assert again.forget_reference(["s0"], 0.05) == evidence.forget_reference(["s0"], 0.05)

@@ -73,6 +73,19 @@ class Evidence:
     dice: Mapping[str, Mapping[str, float]]
     members: Mapping[str, frozenset[str]]
 
+    @classmethod
+    def from_rows(cls, rows: Sequence[Mapping[str, object]]) -> Evidence:
+        """The evidence back from ``rows`` (``privacy.parquet``'s, as ``rows`` writes them)."""
+        statistics: dict[str, dict[str, float]] = {}
+        dice: dict[str, dict[str, float]] = {}
+        members: dict[str, set[str]] = {}
+        for row in rows:
+            model, subject = str(row["model"]), str(row["subject"])
+            statistics.setdefault(model, {})[subject] = float(row["statistic"])
+            dice.setdefault(model, {})[subject] = float(row["dice"])
+            members.setdefault(model, set()).update([subject] if row["trained_on"] else [])
+        return cls(statistics, dice, {m: frozenset(s) for m, s in members.items()})
+
     @property
     def retrained(self) -> list[str]:
         return [m for m in self.members if m == "retrain" or m.startswith("retrain_seed_")]
