@@ -173,7 +173,6 @@ def honour(
     spec = TrialSpec.of(config, STRATEGIES[params["strategy"]].strategy, params, epochs)
     references, unlearned, where = unlearn(config, request, original, spec, address)
 
-    root = cohort_root(config)[0]
     model_bytes = DeletionOutputs.model_bytes(unlearned.state)
     model = model_from(config, request.n_classes, unlearned.state)
     figures = evaluate_subjects(model, request, request.split.forget, torch.device("cpu"))
@@ -181,28 +180,20 @@ def honour(
     verdict = checks(unlearned.last, limits)
     verdict += membership_checks(evidence, request.split.forget, figures, config.privacy_level)
     passed = all(check["passed"] for check in verdict)
+    power = (
+        {"attack_power": dataclasses.asdict(attack_power(evidence.shadows))}
+        if evidence.shadows.members
+        else {}
+    )
     record = audit_record(
         request={"subjects": subjects, "requested_on": requested_on, "honoured_at": _now()},
         study={"run_dir": str(run.path), "config": dataclasses.asdict(config), "cohort": cohort.digest},
         unlearning={"trial_id": trial_id, "epochs": epochs, "params": params, "seed": config.seed}
         | {"computed_on": where},
         software=software(),
-        hashes={
-            "original_model": file_digest(run.baseline_model("original")),
-            "input_files": {
-                str(path.relative_to(root)): file_digest(path)
-                for subject in request.split.training + request.split.holdout
-                for path in subject_files(root, subject)
-            },
-            "unlearned_model": hashlib.sha256(model_bytes).hexdigest(),
-            "reference_models": {name: state_digest(state) for name, state in references.states.items()},
-        },
-        privacy={"level": config.privacy_level}
-        | (
-            {"attack_power": dataclasses.asdict(attack_power(evidence.shadows))}
-            if evidence.shadows.members
-            else {}
-        ),
+        hashes=_hashes(run, config, request, references)
+        | {"unlearned_model": hashlib.sha256(model_bytes).hexdigest()},
+        privacy={"level": config.privacy_level} | power,
         reference=references.reference,
         after=unlearned.last,
         checks=verdict,
@@ -211,6 +202,21 @@ def honour(
     outputs.write(record, audit_html(record), model_bytes if passed or force else None)
     _tell(record, outputs)
     return record
+
+
+def _hashes(run: RunDir, config: StudyConfig, request: Cohort, references: References) -> dict[str, Any]:
+    """SHA-256 of the original model's file, of every input file read and of every reference
+    model's tensors."""
+    root = cohort_root(config)[0]
+    return {
+        "original_model": file_digest(run.baseline_model("original")),
+        "input_files": {
+            str(path.relative_to(root)): file_digest(path)
+            for subject in request.split.training + request.split.holdout
+            for path in subject_files(root, subject)
+        },
+        "reference_models": {name: state_digest(state) for name, state in references.states.items()},
+    }
 
 
 def _tell(record: dict[str, Any], outputs: DeletionOutputs) -> None:
