@@ -171,10 +171,11 @@ def overlay_plot(
     return _png(figure)
 
 
-def membership_plot(privacy: pd.DataFrame, subject: str) -> bytes:
+def membership_plot(privacy: pd.DataFrame, subject: str, marked: dict[str, str] | None = None) -> bytes:
     """One forget subject's membership statistic under every reference model (``privacy``:
     the rows of ``privacy.parquet``): the shadow models trained on it (IN) and not (OUT), the
-    retrained models, and the original model as a line."""
+    retrained models, the original model as a line, and the unlearned models ``marked``
+    (label: model, e.g. ``{"searched knee": "<trial_id>@<epoch>"}``) as dashed lines."""
     rows = privacy[privacy["subject"] == subject]
     groups = {
         "shadow models trained on it (IN)": rows[
@@ -193,6 +194,9 @@ def membership_plot(privacy: pd.DataFrame, subject: str) -> bytes:
     original = rows.loc[rows["model"] == "original", "statistic"]
     for value in original:
         axis.axvline(value, color="red", lw=1.5, label="original model")
+    for (label, model), colour in zip((marked or {}).items(), ("black", "green"), strict=False):
+        for value in rows.loc[rows["model"] == model, "statistic"]:
+            axis.axvline(value, color=colour, lw=1.5, ls="--", label=f"{label} ({model})")
     axis.set_yticks(range(len(groups)), [label.split(" (")[0] for label in groups], fontsize=8)
     axis.set_ylim(-0.6, len(groups) - 0.4)
     axis.set_xlabel("membership statistic: mean logit of the true class (higher: looks trained on)")

@@ -189,7 +189,9 @@ def _figures(study: Study, overlays: bool, cohort: Cohort | None) -> tuple[dict[
     best = dict(zip(finals["strategy"], finals["trial_id"], strict=True))
     figures["curves"] = curves_plot(study.trials, best, study.baselines)
     if study.privacy is not None:
-        figures |= {f"membership-{s}": membership_plot(study.privacy, s) for s in study.config.forget}
+        knees = {"searched knee": study.recommendation, "safe to deploy": study.safe_recommendation}
+        marked = {label: f"{k.trial_id}@{k.epoch}" for label, k in knees.items() if k is not None}
+        figures |= {f"membership-{s}": membership_plot(study.privacy, s, marked) for s in study.config.forget}
     if not overlays:
         return figures, "overlays left out (--no-overlays)"
     png, note = overlay_figure(study, cohort)

@@ -58,12 +58,21 @@ class Study:
         return self.run.read_privacy()
 
     @cached_property
+    def tested_rows(self) -> pd.DataFrame:
+        """Each trial's rows at every epoch it reported (``horizon_rows``): a deletion request
+        can run a configuration for any of them, so each was tested."""
+        return horizon_rows(self.trials, EpochSchedule.of(self.config).reported_epochs())
+
+    @cached_property
     def safe_recommendation(self) -> Recommendation | None:
-        """ "Safe to deploy": the knee of the searched view's front among the trials whose
-        every forget subject is indistinguishable from retraining (``forget_distinguishable``
-        0); ``None`` when none is, or the study ran no membership test."""
-        safe = self.rows[self.rows["forget_distinguishable"] == 0]
-        return recommend(safe, sorted(self.config.horizons), self.config.objective) if len(safe) else None
+        """ "Safe to deploy": the knee of the searched view's front, pooled over every reported
+        epoch, among the trial rows whose every forget subject is indistinguishable from
+        retraining (``forget_distinguishable`` 0); ``None`` when none is, or the study ran no
+        membership test."""
+        rows = self.tested_rows
+        safe = rows[rows["forget_distinguishable"] == 0]
+        epochs = EpochSchedule.of(self.config).reported_epochs()
+        return recommend(safe, epochs, self.config.objective) if len(safe) else None
 
 
 def load_study(run_dir: Path) -> Study:

@@ -29,7 +29,7 @@ from study.model import initial_state
 from study.run.cluster import Connection, check_cluster, connect, remote, trial_request
 from study.run.results import incomplete_trials, never_reported, rows_from_results, trial_config
 from study.run.rundir import RunDir
-from trainables.baseline import References, record, reference_models
+from trainables.baseline import References, record, record_trial_tests, reference_models
 from trainables.reruns import rerun_recommendation
 from trainables.trial import TrialSpec, run_trial
 from trainables.tune_trainable import Handover
@@ -66,6 +66,7 @@ def run_study(config: StudyConfig, resuming: bool = False) -> Path:
         raise StudyInterrupted(f"resume with: {resume}")
     problems = never_reported(grid) | incomplete_trials(trials, EpochSchedule.of(config).reported_epochs())
     run.write_trials(trials)
+    record_trial_tests(run, references.evidence, trials, cohort.split, config.privacy_level)
     if not trials.empty:
         print(front_table(trials, OBJECTIVES[config.objective]))
         study = load_study(run.path)

@@ -147,3 +147,31 @@ def test_the_evidence_reads_back_from_its_rows(synthetic_evidence):
     again = Evidence.from_rows(evidence.rows(roles, 0.05))
     assert again.members == evidence.members and again.statistics == evidence.statistics
     assert again.forget_reference(["s0"], 0.05) == evidence.forget_reference(["s0"], 0.05)
+
+
+def test_a_trial_row_carries_its_forget_subjects_figures_into_privacy_rows(synthetic_evidence):
+    """The loop's figures of a trial (``metrics``) keep each forget subject's own statistic and
+    Dice; through ``trials.parquet``'s rows they become ``<trial_id>@<epoch>`` rows of
+    ``privacy.parquet``, tested like any model, and are no evidence when read back."""
+    from study.run.results import combine, trial_rows
+
+    evidence = synthetic_evidence(4)
+    roles = {s: "forget" if s in ("s0", "s1") else "retain" for s in SUBJECTS}
+    reference = evidence.forget_reference(["s0", "s1"], 0.05)
+    looks_trained = reference.metrics(evidence.statistics["original"], evidence.dice["original"])
+    like_retrain = reference.metrics(evidence.statistics["retrain"], evidence.dice["retrain"])
+    assert looks_trained["statistic@s0"] == evidence.statistics["original"]["s0"]
+    history = [
+        {"epoch": 5, **looks_trained},
+        {"epoch": 10, **like_retrain},
+        {"epoch": 15, "retain_dice": 0.8},
+    ]
+    table = combine([trial_rows("noisy_label", "t1", {"trial_number": 0}, history, "terminated")])
+    assert {"statistic@s0", "dice@s1"} <= set(table.columns)
+    rows = evidence.trial_rows(table.to_dict("records"), roles, 0.05)
+    assert [r["model"] for r in rows] == ["t1@5", "t1@5", "t1@10", "t1@10"]  # epoch 15 has no figures
+    by = {(r["model"], r["subject"]): r for r in rows}
+    assert by["t1@5", "s0"]["direction"] == "under" and by["t1@5", "s0"]["p_to_retrain"] < 1e-3
+    assert by["t1@10", "s0"]["p_to_retrain"] > 0.025 and not by["t1@10", "s0"]["trained_on"]
+    again = Evidence.from_rows(evidence.rows(roles, 0.05) + rows)
+    assert again.members == evidence.members  # the trial's rows are tested, not evidence

@@ -377,3 +377,38 @@ def test_the_membership_section_states_the_power_then_each_subject_then_both_kne
         r"<td>safe to deploy</td>\s*<td>noisy_label match000 @ 4 epochs</td>\s*<td>indisting", section
     )
     assert re.search(r"<td>membership test</td>\s*<td>2 of 2 forget subjects distinguishable", page)
+
+
+def test_the_safe_knee_may_sit_between_horizons_and_says_among_how_many_rows(
+    tmp_path, synthetic_evidence, monkeypatch
+):
+    """A deletion request can run a configuration for any reported epoch: a trial
+    indistinguishable only at epoch 3 (horizons 2 and 4) is the safe-to-deploy knee, and each
+    forget subject's figure shows where its statistic fell."""
+    drawn = _drawn(monkeypatch)
+    trials = _trials()
+    safe = (trials["trial_id"] == "over0000") & (trials["epoch"] == 3)
+    trials = trials.assign(
+        forget_distinguishable=np.where(safe, 0.0, 1.0), worst_forget_p_to_retrain=np.where(safe, 0.2, 1e-3)
+    )
+    power = {"auc": 0.9, "tpr_at_5_fpr": 0.5, "pairs": 80}
+    baselines = {"original": ORIGINAL, "retrain": RETRAIN, "attack_power": power}
+    run_dir = _run_dir(tmp_path, trials, baselines, forget=["s0", "s1"], shadow_models=8, retrain_seeds=3)
+    roles = {f"s{i}": "forget" if i < 2 else "retain" for i in range(10)}
+    evidence = synthetic_evidence(0)
+    unlearned = {"over0000@3": evidence.statistics["retrain"], "deep0000@4": evidence.statistics["original"]}
+    rows = evidence.rows(roles, 0.05)
+    rows += [
+        r
+        for m, s in unlearned.items()
+        for r in evidence.tested_rows(m, s, evidence.dice["retrain"], roles, 0.05)
+    ]
+    RunDir(run_dir).write_privacy(pd.DataFrame(rows))
+    study = load_study(run_dir)
+    knee = study.safe_recommendation
+    assert (knee.trial_id, knee.epoch) == ("over0000", 3)
+    section = _section(build_report(study, overlays=False).html.read_text(), "Privacy: per-subject")
+    assert "Of 16 trial rows tested (every trial at every reported epoch), 1 are indistinguishable" in section
+    assert re.search(r"<td>safe to deploy</td>\s*<td>max_loss over0000 @ 3 epochs</td>", section)
+    s0 = next(panels["forget subject s0"] for panels in drawn if "forget subject s0" in panels)
+    assert "safe to deploy (over0000@3)" in s0["texts"] and "searched knee (deep0000@4)" in s0["texts"]

@@ -249,9 +249,25 @@ def record(run: RunDir, references: References, split: Split, level: float) -> N
         return
     power = attack_power(evidence.shadows)
     run.add_baseline_fact("attack_power", dataclasses.asdict(power))
-    roles = {s: role for role in ("forget", "retain", "holdout") for s in getattr(split, role)}
-    run.write_privacy(pd.DataFrame(evidence.rows(roles, level)))
+    run.write_privacy(pd.DataFrame(evidence.rows(_roles(split), level)))
     print(
         f"membership attack on {power.pairs} (shadow model, subject) pairs: AUC {power.auc:.3f}, "
         f"TPR {power.tpr_at_5_fpr:.3f} at 5% false positives"
     )
+
+
+def record_trial_tests(
+    run: RunDir, evidence: Evidence, trials: pd.DataFrame, split: Split, level: float
+) -> None:
+    """Rewrites ``privacy.parquet`` with the reference models' rows and, after them, every
+    trial's at each reported epoch (model ``<trial_id>@<epoch>``, ``Evidence.trial_rows``);
+    nothing without shadow models."""
+    if not evidence.shadows.members:
+        return
+    roles = _roles(split)
+    rows = evidence.rows(roles, level) + evidence.trial_rows(trials.to_dict("records"), roles, level)
+    run.write_privacy(pd.DataFrame(rows))
+
+
+def _roles(split: Split) -> dict[str, str]:
+    return {s: role for role in ("forget", "retain", "holdout") for s in getattr(split, role)}

@@ -18,6 +18,17 @@ from study.metrics.membership import (
 
 #: The figures of the membership test in every trial's row (NaN without shadow models).
 MEMBERSHIP_METRICS = ("worst_forget_p_to_retrain", "forget_distinguishable")
+#: A forget subject's own figures in a trial's row: ``statistic@<subject>``, ``dice@<subject>``.
+SUBJECT_FIGURES = ("statistic", "dice")
+
+
+def subject_column(figure: str, subject: str) -> str:
+    """The trial row's column of one forget subject's ``figure`` (of ``SUBJECT_FIGURES``)."""
+    return f"{figure}@{subject}"
+
+
+def is_subject_column(column: str) -> bool:
+    return "@" in column and column.split("@", 1)[0] in SUBJECT_FIGURES
 
 
 @dataclass(frozen=True)
@@ -54,12 +65,17 @@ class ForgetReference:
         return verdicts
 
     def metrics(self, statistics: Mapping[str, float], dice: Mapping[str, float]) -> dict[str, float]:
-        """``MEMBERSHIP_METRICS`` of a model's forget subjects' ``statistics`` and ``dice``."""
+        """``MEMBERSHIP_METRICS`` of a model's forget subjects' ``statistics`` and ``dice``,
+        and those figures themselves (``subject_column``)."""
         tests = self.tests(statistics, dice)
         verdicts = self.verdicts(statistics, dice)
         return {
             "worst_forget_p_to_retrain": min(t.p for t, _ in tests.values()),
             "forget_distinguishable": float(sum(v != "indistinguishable" for v in verdicts.values())),
+        } | {
+            subject_column(figure, s): float(by[s])
+            for figure, by in (("statistic", statistics), ("dice", dice))
+            for s in self.statistics
         }
 
 
@@ -81,6 +97,8 @@ class Evidence:
         members: dict[str, set[str]] = {}
         for row in rows:
             model, subject = str(row["model"]), str(row["subject"])
+            if not _is_reference_model(model):
+                continue  # an unlearned model's row (``<trial_id>@<epoch>``): tested, not evidence
             statistics.setdefault(model, {})[subject] = float(row["statistic"])
             dice.setdefault(model, {})[subject] = float(row["dice"])
             members.setdefault(model, set()).update([subject] if row["trained_on"] else [])
@@ -122,28 +140,79 @@ class Evidence:
         """One row per (model, subject): ``model, subject, role, trained_on, statistic, likelihood_ratio,
         z_to_retrain, p_to_retrain, direction, dice``; the test's columns for forget subjects
         only, each retrained model tested against the others."""
-        shadows, forget = self.shadows, [s for s, role in roles.items() if role == "forget"]
+        forget = [s for s, role in roles.items() if role == "forget"]
         rows = []
         for model in self.members:
-            tests = {}
+            reference = None
             if len(self.retrained) > 1 or model not in self.retrained:
                 reference = self.forget_reference(forget, level, without=model)
-                tests = reference.tests(self.statistics[model], self.dice[model])
-            for subject, statistic in self.statistics[model].items():
-                gaussians = shadows.fit(subject, without=model)
-                test = tests[subject][0] if subject in tests else None
-                rows.append(
-                    {
-                        "model": model,
-                        "subject": subject,
-                        "role": roles.get(subject, "holdout"),
-                        "trained_on": subject in self.members[model],
-                        "statistic": statistic,
-                        "likelihood_ratio": gaussians.log_ratio(statistic) if gaussians else math.nan,
-                        "z_to_retrain": test.z if test else math.nan,
-                        "p_to_retrain": test.p if test else math.nan,
-                        "direction": test.direction if test else "",
-                        "dice": self.dice[model][subject],
-                    }
-                )
+            statistics, dice = self.statistics[model], self.dice[model]
+            rows += self._rows_of(model, statistics, dice, self.members[model], roles, reference)
         return rows
+
+    def tested_rows(
+        self,
+        model: str,
+        statistics: Mapping[str, float],
+        dice: Mapping[str, float],
+        roles: Mapping[str, str],
+        level: float,
+    ) -> list[dict[str, object]]:
+        """``rows`` of a model that is no reference model (an unlearned trial's, named
+        ``<trial_id>@<epoch>``): its forget subjects' ``statistics`` and ``dice`` tested against
+        every reference model; ``trained_on`` false (it was asked to forget them)."""
+        reference = self.forget_reference(list(statistics), level)
+        return self._rows_of(model, statistics, dice, frozenset(), roles, reference)
+
+    def trial_rows(
+        self, trials: Sequence[Mapping[str, object]], roles: Mapping[str, str], level: float
+    ) -> list[dict[str, object]]:
+        """``tested_rows`` of every trial row (a trial at a reported epoch, as ``trials.parquet``
+        holds it) that has its forget subjects' figures (``subject_column``), each as model
+        ``<trial_id>@<epoch>``."""
+        forget = [s for s, role in roles.items() if role == "forget"]
+        rows = []
+        for row in trials:
+            figures = {
+                f: {s: float(row.get(subject_column(f, s), math.nan)) for s in forget}
+                for f in SUBJECT_FIGURES
+            }
+            if all(math.isfinite(v) for by in figures.values() for v in by.values()):
+                model = f"{row['trial_id']}@{int(row['epoch'])}"  # type: ignore[call-overload]
+                rows += self.tested_rows(model, figures["statistic"], figures["dice"], roles, level)
+        return rows
+
+    def _rows_of(
+        self,
+        model: str,
+        statistics: Mapping[str, float],
+        dice: Mapping[str, float],
+        members: frozenset[str],
+        roles: Mapping[str, str],
+        reference: ForgetReference | None,
+    ) -> list[dict[str, object]]:
+        shadows = self.shadows
+        tests = {} if reference is None else reference.tests(statistics, dice)
+        rows = []
+        for subject, statistic in statistics.items():
+            gaussians = shadows.fit(subject, without=model)
+            test = tests[subject][0] if subject in tests else None
+            rows.append(
+                {
+                    "model": model,
+                    "subject": subject,
+                    "role": roles.get(subject, "holdout"),
+                    "trained_on": subject in members,
+                    "statistic": statistic,
+                    "likelihood_ratio": gaussians.log_ratio(statistic) if gaussians else math.nan,
+                    "z_to_retrain": test.z if test else math.nan,
+                    "p_to_retrain": test.p if test else math.nan,
+                    "direction": test.direction if test else "",
+                    "dice": dice[subject],
+                }
+            )
+        return rows
+
+
+def _is_reference_model(name: str) -> bool:
+    return name in ("original", "retrain") or name.startswith(("retrain_seed_", "shadow_"))

@@ -10,6 +10,7 @@ import pandas as pd
 
 from study.config import StudyError
 from study.metrics import METRICS
+from study.metrics.evidence import is_subject_column
 from study.run.storage import trial_id_of
 
 STATUSES = ("running", "terminated", "diverged", "error")
@@ -29,7 +30,8 @@ def trial_rows(
 
     ``params`` is the trial's config: searched hyperparameters become ``param_<name>``
     columns, and ``trial_number`` (the Optuna trial number, which seeds the trial) its own.
-    ``history`` holds the trial's reports in order (each with ``epoch`` and the metrics);
+    ``history`` holds the trial's reports in order (each with ``epoch`` and the metrics, and
+    with the membership test each forget subject's own figures, ``statistic@<subject>``);
     an epoch reported twice (a trial restarted from an older checkpoint) keeps its last row.
     """
     if status not in STATUSES:
@@ -48,6 +50,7 @@ def trial_rows(
         }
         row |= {f"param_{k}": v for k, v in params.items() if k not in NOT_SEARCHED}
         row |= {m: float(by_epoch[epoch].get(m, math.nan)) for m in METRICS}
+        row |= {k: float(v) for k, v in by_epoch[epoch].items() if is_subject_column(k)}
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -123,7 +126,8 @@ def combine(tables: Iterable[pd.DataFrame]) -> pd.DataFrame:
         return pd.DataFrame(columns=[*KEY_COLUMNS, *METRICS])
     table = pd.concat(tables, ignore_index=True)
     params = sorted(c for c in table.columns if c.startswith("param_"))
-    table = table[[*KEY_COLUMNS, *params, *METRICS]]
+    subjects = sorted(c for c in table.columns if is_subject_column(c))
+    table = table[[*KEY_COLUMNS, *params, *METRICS, *subjects]]
     return table.sort_values(["strategy", "trial_id", "epoch"], ignore_index=True)
 
 
