@@ -142,6 +142,12 @@ def test_a_study_across_nodes_keeps_everything_in_the_bucket(cluster, s3, studie
     trained_on = RunDir(run_dir).baseline_metrics()["trained_on"]
     assert {"shadow_0", "shadow_1", "shadow_2", "shadow_3", "retrain_seed_1"} <= set(trained_on)
     assert {node.removeprefix("Ray node ") for node in trained_on.values()} == worker_ids
+    # Every trial at every reported epoch was tested on each forget subject, on the workers.
+    privacy = RunDir(run_dir).read_privacy()
+    tested = privacy[privacy["model"].str.contains("@")]
+    expected = {f"{t}@{e}" for t, e in zip(trials["trial_id"], trials["epoch"], strict=True)}
+    assert set(tested["model"]) == expected and len(tested) == len(expected) * len(config.forget)
+    assert tested["p_to_retrain"].between(0, 1).all() and set(tested["direction"]) <= {"under", "over"}
     # The workers ran the package the driver shipped (runtime_env py_modules), not an install of their own.
     shipped = list(
         temp_dir.glob("session_*/runtime_resources/py_modules_files/*/trainables/tune_trainable.py")

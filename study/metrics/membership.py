@@ -72,17 +72,19 @@ def shadow_subsets(subjects: Sequence[str], models: int, seed: int) -> list[tupl
 
 @dataclass(frozen=True)
 class Gaussians:
-    """A subject's IN and OUT Gaussians: means per subject, standard deviations pooled."""
+    """A subject's IN and OUT Gaussians: means per subject, one standard deviation pooled over
+    subjects and over IN and OUT (LiRA's global variance, the better estimate with few shadow
+    models, Carlini et al. 2022). With one spread the ratio grows with the statistic: a model
+    more trained-on-looking than every IN shadow is never called OUT."""
 
     mean_in: float
     mean_out: float
-    std_in: float
-    std_out: float
+    std: float
 
     def log_ratio(self, statistic: float) -> float:
         """``log N(x; IN) - log N(x; OUT)``: above 0 the model looks trained on the subject."""
-        return _log_normal(statistic, self.mean_in, self.std_in) - _log_normal(
-            statistic, self.mean_out, self.std_out
+        return _log_normal(statistic, self.mean_in, self.std) - _log_normal(
+            statistic, self.mean_out, self.std
         )
 
 
@@ -106,16 +108,21 @@ class Shadows:
             values[subject in self.members[m]].append(self.statistics[m][subject])
         if not values[True] or not values[False]:
             return None
-        spreads = [self._pooled_std(models, member) for member in (True, False)]
-        return Gaussians(float(np.mean(values[True])), float(np.mean(values[False])), *spreads)
+        return Gaussians(
+            float(np.mean(values[True])), float(np.mean(values[False])), self._pooled_std(models)
+        )
 
-    def _pooled_std(self, models: list[str], member: bool) -> float:
-        """The IN (or OUT) statistics' spread around each subject's mean, pooled over subjects."""
+    def _pooled_std(self, models: list[str]) -> float:
+        """The statistics' spread around each subject's IN and OUT means, pooled over both and
+        over subjects."""
         deviations = []
         for subject in self.statistics[models[0]]:
-            group = [self.statistics[m][subject] for m in models if (subject in self.members[m]) == member]
-            if len(group) > 1:
-                deviations += list(np.asarray(group) - np.mean(group))
+            for member in (True, False):
+                group = [
+                    self.statistics[m][subject] for m in models if (subject in self.members[m]) == member
+                ]
+                if len(group) > 1:
+                    deviations += list(np.asarray(group) - np.mean(group))
         spread = float(np.sqrt(np.mean(np.square(deviations)))) if deviations else 0.0
         return max(spread, 1e-3)  # a floor: identical statistics would make every ratio infinite
 
