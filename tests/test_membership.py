@@ -175,3 +175,14 @@ def test_a_trial_row_carries_its_forget_subjects_figures_into_privacy_rows(synth
     assert by["t1@10", "s0"]["p_to_retrain"] > 0.025 and not by["t1@10", "s0"]["trained_on"]
     again = Evidence.from_rows(evidence.rows(roles, 0.05) + rows)
     assert again.members == evidence.members  # the trial's rows are tested, not evidence
+
+
+def test_a_model_beyond_every_in_shadow_looks_in_even_when_in_models_agree_closely():
+    """One spread for IN and OUT: the ratio grows with the statistic. (With its own tight IN
+    spread a statistic far above the IN mean scored as OUT.)"""
+    statistics = {f"in{k}": {"a": 5.0 + 0.01 * k, "b": 1.0 + 0.5 * k} for k in range(3)}
+    statistics |= {f"out{k}": {"a": 4.0 + 0.5 * k, "b": 0.5 + 0.01 * k} for k in range(3)}
+    members = {m: frozenset(["a"] if m.startswith("in") else ["b"]) for m in statistics}
+    gaussians = Shadows(statistics, members).fit("a")
+    ratios = [gaussians.log_ratio(x) for x in (3.0, 4.5, 5.0, 6.0, 8.0)]
+    assert ratios == sorted(ratios) and ratios[-1] > 0 and ratios[0] < 0
