@@ -13,6 +13,8 @@ import pandas as pd
 from analysis.document import Figure, Paragraph, Section, Table
 from analysis.study_state import Study
 from analysis.summary import Recommendation
+from study.metrics.evidence import Evidence, subject_column
+from study.metrics.membership import epsilon
 
 MEMBERSHIP_RULE = (
     "The statistic is the mean logit of the true class's probability over a subject's scored "
@@ -99,6 +101,56 @@ def safe_sentence(study: Study) -> str:
     )
 
 
+def epsilon_table(study: Study, knee: Recommendation) -> pd.DataFrame | None:
+    """Per forget subject, the NeurIPS 2023 unlearning challenge's epsilon (delta 1e-5) between
+    ``knee``'s runs (the trial and its fresh-seed reruns at its epoch, ``seeds.parquet``) and
+    the models never trained on the subject that the test uses (retrain seeds, OUT shadow
+    models), with the counts and the cap they imply; ``None`` without reruns at that epoch."""
+    seeds, privacy = study.run.read_seed_runs(), study.privacy
+    if seeds is None or privacy is None:
+        return None
+    own = ",".join(study.config.forget)
+    reruns = seeds[(seeds["trial_id"] == knee.trial_id) & (seeds["epoch"] == knee.epoch)]
+    reruns = reruns[reruns["forget"] == own] if "forget" in reruns else reruns
+    trial = study.trials[(study.trials["trial_id"] == knee.trial_id) & (study.trials["epoch"] == knee.epoch)]
+    runs = pd.concat([trial, reruns.drop_duplicates("seed", keep="last")], ignore_index=True)
+    columns = [subject_column("statistic", s) for s in study.config.forget]
+    if reruns.empty or not set(columns) <= set(runs.columns):
+        return None
+    reference = Evidence.from_rows(privacy.to_dict("records")).forget_reference(
+        study.config.forget, study.config.privacy_level
+    )
+    lines = []
+    for subject, column in zip(study.config.forget, columns, strict=True):
+        e = epsilon(runs[column].dropna().tolist(), reference.statistics[subject])
+        lines.append(
+            {
+                "subject": subject,
+                "epsilon": e.epsilon,
+                "cap": e.cap,
+                "runs": e.runs,
+                "references": e.references,
+            }
+        )
+    return pd.DataFrame(lines)
+
+
+def _epsilon_blocks(study: Study) -> list:
+    blocks: list = []
+    knees = {"searched knee": study.recommendation, "safe to deploy": study.safe_recommendation}
+    for label, knee in knees.items():
+        if knee is not None and (table := epsilon_table(study, knee)) is not None:
+            blocks += [
+                Paragraph(
+                    f"Per-subject epsilon of the {label} ({knee.strategy} {knee.trial_id} @ {knee.epoch} "
+                    "epochs): the trial and its fresh-seed reruns against the models never trained on "
+                    "the subject; 0 cannot be told apart, the cap is the most these run counts can show."
+                ),
+                Table(table),
+            ]
+    return blocks
+
+
 def membership_section(study: Study) -> Section:
     """The per-subject membership test, or why the study has none."""
     blocks: list = [Paragraph(power_sentence(study))]
@@ -108,4 +160,5 @@ def membership_section(study: Study) -> Section:
         blocks += [Figure(f"membership-{s}") for s in study.config.forget]
         blocks.append(Table(knees_table(study)))
         blocks.append(Paragraph(safe_sentence(study)))
+        blocks += _epsilon_blocks(study)
     return Section("Privacy: per-subject membership test", [*blocks, Paragraph(MEMBERSHIP_RULE, rule=True)])

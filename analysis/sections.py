@@ -170,7 +170,7 @@ def seeds_section(study: Study) -> Section:
     if seeds is None:
         return Section(title, [Paragraph(f"Not run: the run directory has no {study.run.seeds_file.name}.")])
     epoch, own = recommendation.epoch, ",".join(study.config.forget)
-    seeds = seeds[seeds["epoch"] == epoch]
+    seeds = seeds[(seeds["epoch"] == epoch) & (seeds["trial_id"] == recommendation.trial_id)]
     if "forget" not in seeds:
         seeds = seeds.assign(forget=own)
     if seeds.empty:

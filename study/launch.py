@@ -73,6 +73,12 @@ def run_study(config: StudyConfig, resuming: bool = False) -> Path:
         save_recommended_model(config, study, handover)
         if (recommended := study.recommendation) is not None:
             rerun_recommendation(config, run, recommended.trial_id, recommended.epoch, handover, other, start)
+        if (safe := study.safe_recommendation) is not None and safe.trial_id != getattr(
+            recommended, "trial_id", ""
+        ):
+            rerun_recommendation(
+                config, run, safe.trial_id, safe.epoch, handover, None, start, bn_modes=False
+            )
         print("\n" + build_report(study, cohort=cohort).text)
     print(f"\nrun directory: {run.path}")
     if problems:

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from analysis.membership_section import epsilon_table
 from analysis.plots import PAST_RETRAIN_MARK, RETRAIN_MARK, shown_classes
 from analysis.report import build_report
 from analysis.sections import attack_power, bn_modes_table
@@ -404,11 +405,28 @@ def test_the_safe_knee_may_sit_between_horizons_and_says_among_how_many_rows(
         for r in evidence.tested_rows(m, s, evidence.dice["retrain"], roles, 0.05)
     ]
     RunDir(run_dir).write_privacy(pd.DataFrame(rows))
+    # Each knee's fresh-seed reruns: the safe one's statistics among the never-trained-on
+    # models' (the OUT shadows and retrain seeds), the searched one's above every one of them.
+    reference = evidence.forget_reference(["s0", "s1"], 0.05)
+    never = {s: sorted(reference.statistics[s]) for s in ("s0", "s1")}
+    reruns = [
+        {"trial_id": t, "seed": k, "epoch": e, "forget": "s0,s1"}
+        | {f"statistic@{s}": never[s][k] if t == "over0000" else never[s][-1] + 5 + k for s in never}
+        for t, e in (("over0000", 3), ("deep0000", 4))
+        for k in range(4)
+    ]
+    RunDir(run_dir).write_seed_runs(pd.DataFrame(reruns))
     study = load_study(run_dir)
     knee = study.safe_recommendation
     assert (knee.trial_id, knee.epoch) == ("over0000", 3)
+    apart = epsilon_table(study, study.recommendation).set_index("subject")
+    assert (apart["epsilon"] == apart["cap"]).all() and (apart["runs"] == 4).all()
+    assert list(apart["references"]) == [len(never["s0"]), len(never["s1"])]
+    alike = epsilon_table(study, knee).set_index("subject")
+    assert (alike["epsilon"] < alike["cap"]).all()
     section = _section(build_report(study, overlays=False).html.read_text(), "Privacy: per-subject")
     assert "Of 16 trial rows tested (every trial at every reported epoch), 1 are indistinguishable" in section
     assert re.search(r"<td>safe to deploy</td>\s*<td>max_loss over0000 @ 3 epochs</td>", section)
+    assert "Per-subject epsilon of the safe to deploy (max_loss over0000 @ 3 epochs)" in section
     s0 = next(panels["forget subject s0"] for panels in drawn if "forget subject s0" in panels)
     assert "safe to deploy (over0000@3)" in s0["texts"] and "searched knee (deep0000@4)" in s0["texts"]

@@ -124,6 +124,44 @@ def test_the_recommendation_is_rerun_with_fresh_seeds_on_two_forget_sets_and_oth
     assert "(the trial itself)" in page
 
 
+def test_a_second_knees_reruns_join_the_first_ones_in_seeds_parquet(smoke_study, cache_env, tmp_path):
+    """The "safe to deploy" knee's reruns (fresh seeds on the study's forget set, no bn_modes)
+    are added beside the searched knee's; neither trial's rows are lost."""
+    import shutil
+
+    import ray
+
+    from search_spaces import classes_of
+    from study.model import initial_state
+    from trainables.baseline import reference_models
+    from trainables.reruns import rerun_recommendation
+    from trainables.tune_trainable import Handover
+
+    shutil.copytree(smoke_study.run_dir, tmp_path / "run")
+    run, config = RunDir.open(tmp_path / "run")
+    cohort = open_cohort(config)
+    start, _ = initial_state(config, cohort.n_classes)
+    references = reference_models(config, cohort, start).result()  # cached by the smoke study
+    original = ray.put(references.states["original"])
+    handover = Handover(
+        config, classes_of(config.strategies), ray.put(cohort), original, references.reference
+    )
+    searched = load_study(run.path).recommendation.trial_id
+    other = next(t for t in smoke_study.trials["trial_id"] if t != searched)
+    before = run.read_seed_runs()
+    rerun_recommendation(config, run, other, 1, handover, None, start, bn_modes=False)
+    seeds = run.read_seed_runs()
+    assert set(seeds["trial_id"]) == {searched, other}
+    kept = seeds[seeds["trial_id"] == searched].reset_index(drop=True)
+    pd.testing.assert_frame_equal(kept[before.columns], before)
+    added = seeds[seeds["trial_id"] == other]
+    assert sorted(zip(added["seed"], added["epoch"], added["forget"], strict=True)) == [
+        (0, 1, "070,148"),
+        (1, 1, "070,148"),
+    ]
+    assert set(run.read_bn_mode_runs()["trial_id"]) == {searched}
+
+
 def test_a_trial_replayed_without_ray_lands_on_its_recorded_figures(smoke_study):
     finals = smoke_study.trials[smoke_study.trials["epoch"] == 2]
     trial = finals[finals["strategy"] == "noisy_label"].iloc[1]

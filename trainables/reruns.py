@@ -3,7 +3,9 @@
 - with ``config.seed_reruns`` fresh seeds: how much of its figures was luck;
 - the same seeds on another forget set of the cohort (``config.other_forget``), against that
   set's own retrain reference: whether the configuration carries over to other subjects;
-- at its own seed under every other ``bn_mode``: BatchNorm statistics as a channel.
+- at its own seed under every other ``bn_mode``: BatchNorm statistics as a channel;
+- the "safe to deploy" knee, where it is another trial, with the fresh seeds on the study's
+  forget set: whether it passed the membership test by luck, and its per-subject epsilon.
 
 One row per rerun and epoch, the figures of ``trials.parquet`` plus what was changed, go to
 ``seeds.parquet`` (column ``forget``: the forget set) and ``bn_modes.parquet``. A rerun
@@ -54,13 +56,16 @@ def forget_label(cohort: Cohort) -> str:
     return ",".join(cohort.split.forget)
 
 
-def planned_reruns(config: StudyConfig, bn_mode: str, own: str, other: str | None) -> list[Rerun]:
-    """Every rerun ``config`` asks for, of a trial run with ``bn_mode`` on forget set ``own``."""
+def planned_reruns(
+    config: StudyConfig, bn_mode: str, own: str, other: str | None, bn_modes: bool = True
+) -> list[Rerun]:
+    """Every rerun ``config`` asks for, of a trial run with ``bn_mode`` on forget set ``own``
+    (``bn_modes``: with the ``bn_mode`` reruns too, where ``config`` asks for them)."""
     seeds = range(config.seed_reruns)
     planned = [Rerun("seed", k, own) for k in seeds]
     if other is not None:
         planned += [Rerun("seed", k, other) for k in seeds]
-    if config.bn_mode_reruns:
+    if config.bn_mode_reruns and bn_modes:
         planned += [Rerun("bn_mode", m, own) for m in BN_MODES if m != bn_mode]
     return planned
 
@@ -99,17 +104,19 @@ def rerun_recommendation(
     handover: Handover,
     other: Cohort | None,
     start: dict[str, torch.Tensor],
+    bn_modes: bool = True,
 ) -> None:
     """Runs the reruns of trial ``trial_id`` to ``epoch`` that the tables do not hold yet.
 
     ``other``: the cohort with another forget set (``None``: none); its retrain reference is
     trained from ``start`` (or found in the cache) while the study's own reruns run.
+    ``bn_modes``: the ``bn_mode`` reruns too (the "safe to deploy" knee's reruns are seeds only).
     """
     import ray
 
     params, own = trial_config(run.read_trials(), trial_id), ",".join(config.forget)
     rows = done_reruns(run, trial_id, own)
-    planned = planned_reruns(config, params["bn_mode"], own, forget_label(other) if other else None)
+    planned = planned_reruns(config, params["bn_mode"], own, forget_label(other) if other else None, bn_modes)
     if not (todo := pending_reruns(planned, rows)):
         return
     print(
@@ -140,6 +147,9 @@ def rerun_recommendation(
         base |= {"original_forget_dice": reference.original["forget_dice"]}
         base |= {"retrain_forget_dice": reference.retrain["forget_dice"]}
         rows[r.column] += [base | report for report in ray.get(ref)]
-    for column, write in zip(COLUMNS, (run.write_seed_runs, run.write_bn_mode_runs), strict=True):
+    tables = (run.read_seed_runs(), run.read_bn_mode_runs())
+    writes = (run.write_seed_runs, run.write_bn_mode_runs)
+    for column, table, write in zip(COLUMNS, tables, writes, strict=True):
         if any(r.column == column for r in todo):
-            write(pd.DataFrame(rows[column]))
+            others = [] if table is None else [table[table["trial_id"] != trial_id]]  # another knee's reruns
+            write(pd.concat([*others, pd.DataFrame(rows[column])], ignore_index=True))
