@@ -13,7 +13,7 @@ import pandas as pd
 from analysis.document import Figure, Paragraph, Section, Table
 from analysis.study_state import Study
 from analysis.summary import Recommendation
-from study.metrics.evidence import Evidence, subject_column
+from study.metrics.evidence import subject_column
 from study.metrics.membership import epsilon
 
 MEMBERSHIP_RULE = (
@@ -117,9 +117,8 @@ def epsilon_table(study: Study, knee: Recommendation) -> pd.DataFrame | None:
     columns = [subject_column("statistic", s) for s in study.config.forget]
     if reruns.empty or not set(columns) <= set(runs.columns):
         return None
-    reference = Evidence.from_rows(privacy.to_dict("records")).forget_reference(
-        study.config.forget, study.config.privacy_level
-    )
+    if (reference := study.forget_reference) is None:
+        return None
     lines = []
     for subject, column in zip(study.config.forget, columns, strict=True):
         e = epsilon(runs[column].dropna().tolist(), reference.statistics[subject])

@@ -120,13 +120,25 @@ def _recommended(study: Study) -> Section:
         "trial_id": recommended.trial_id,
         "epochs (horizon)": recommended.epoch,
         **{k: recommended.figures[k] for k in SHOWN_FIGURES},
-        "forgets past retraining": past_retrain_text(recommended.figures["forget_dice"], study.baselines),
+        "forgets past retraining": past_retrain_text(
+            recommended.figures["forget_dice"],
+            study.baselines,
+            _flag(study, recommended),
+            measured=study.forget_reference is not None,
+        ),
         "membership test": knee_verdict(recommended, len(study.config.forget)),
         **recommended.params,
     }
     table = Table(pd.DataFrame({"": list(facts), "value": list(facts.values())}))
     command = Paragraph("Reproduce this trial without Ray: ", Code(reproduce_command(study, recommended)))
     return Section("Recommended configuration", [table, rule, command])
+
+
+def _flag(study: Study, recommended: Recommendation) -> bool | None:
+    """Whether the recommended row forgets past retraining, as ``Study.rows`` found it."""
+    rows = study.rows
+    row = rows[(rows["trial_id"] == recommended.trial_id) & (rows["epoch"] == recommended.epoch)]
+    return bool(row["forgets_past_retrain"].iloc[0]) if len(row) else None
 
 
 def _diverged(study: Study) -> Section:

@@ -16,6 +16,7 @@ from analysis.summary import Recommendation, horizon_rows, recommend
 from analysis.views import forgets_past_retrain
 from study.config import OBJECTIVES, EpochSchedule, StudyConfig
 from study.metrics import METRICS
+from study.metrics.evidence import Evidence, ForgetReference
 from study.run.results import combine, incomplete_trials, rows_from_experiment
 from study.run.rundir import RunDir
 
@@ -37,9 +38,22 @@ class Study:
     @cached_property
     def rows(self) -> pd.DataFrame:
         """Each trial's rows at every horizon it ran to (``horizon_rows``), and whether each
-        forgets past the retrain reference (``forgets_past_retrain``)."""
+        forgets past the retrain reference (``forgets_past_retrain``: by the retrain seeds'
+        measured spread where the study ran the membership test)."""
         rows = horizon_rows(self.trials, sorted(self.config.horizons))
-        return rows.assign(forgets_past_retrain=forgets_past_retrain(rows, self.baselines))
+        flags = forgets_past_retrain(rows, self.baselines, self.forget_reference)
+        return rows.assign(forgets_past_retrain=flags)
+
+    @cached_property
+    def forget_reference(self) -> ForgetReference | None:
+        """What the forget subjects are tested against, rebuilt from ``privacy.parquet``;
+        ``None`` without it (or with too few models for the test)."""
+        if self.privacy is None:
+            return None
+        evidence = Evidence.from_rows(self.privacy.to_dict("records"))
+        if not evidence.sufficient()[0]:
+            return None
+        return evidence.forget_reference(self.config.forget, self.config.privacy_level)
 
     @cached_property
     def knees(self) -> dict[str, Recommendation | None]:

@@ -15,6 +15,8 @@ import pandas as pd
 from analysis.summary import Recommendation, at_horizons, fronts
 from study.config import OBJECTIVES
 from study.metrics import Reference, derived_metrics
+from study.metrics.evidence import ForgetReference, subject_column
+from study.metrics.membership import two_sided
 from study.run.results import candidates
 
 #: Forget Dice this far (absolute) below the retrain reference's is over-forgetting. Two
@@ -49,26 +51,64 @@ def retrain_point(baselines: dict[str, dict[str, float]]) -> pd.Series | None:
 
 
 def overforget_below(baselines: dict[str, dict[str, float]]) -> float:
-    """The forget Dice under which a trial forgets past retraining; -inf (never) while the
-    retrain reference has no metrics."""
+    """The forget Dice under which a trial forgets past retraining by the asserted tolerance;
+    -inf (never) while the retrain reference has no metrics."""
     if "retrain" not in baselines:
         return -math.inf
     return baselines["retrain"]["forget_dice"] - OVERFORGET_TOLERANCE
 
 
-def forgets_past_retrain(rows: pd.DataFrame, baselines: dict[str, dict[str, float]]) -> pd.Series:
-    """Bool per row of ``rows``: its forget Dice lies below ``overforget_below``."""
-    return rows["forget_dice"] < overforget_below(baselines)
+def measured_rule(reference: ForgetReference) -> str:
+    """``OVERFORGET_RULE`` where the retrain seeds measured their spread (the membership test)."""
+    spread, df = reference.dice_spread
+    return (
+        "A trial forgets past retraining (over-forgets) when the Dice of one of its forget subjects "
+        f"lies below the retrain seeds' Dice on that subject at two-sided p below {reference.level / 2:g} "
+        f"(half the privacy level), with the seeds' spread on subjects they never saw as measured: "
+        f"{spread:.3f} Dice ({df} degrees of freedom). This is the membership test's Dice test in "
+        f"the direction over; it replaces the asserted tolerance of {OVERFORGET_TOLERANCE}."
+    )
 
 
-def past_retrain_text(forget_dice: float, baselines: dict[str, dict[str, float]]) -> str:
-    """``yes (forget Dice 0.10 vs 0.70, ...)``: the verdict on a trial with ``forget_dice``, or
-    why there is none."""
+def forgets_past_retrain(
+    rows: pd.DataFrame, baselines: dict[str, dict[str, float]], reference: ForgetReference | None = None
+) -> pd.Series:
+    """Bool per row of ``rows``: with the retrain seeds' ``reference``, one of its forget
+    subjects' Dice (``dice@<subject>``) below theirs by the Dice test (``measured_rule``);
+    without it, or for a row without those columns, its forget Dice below ``overforget_below``."""
+    asserted = rows["forget_dice"] < overforget_below(baselines)
+    columns = {s: subject_column("dice", s) for s in reference.dice} if reference else {}
+    if not columns or not set(columns.values()) <= set(rows.columns):
+        return asserted
+    dice = rows[list(columns.values())]
+
+    def over(row: pd.Series) -> bool:
+        tests = [two_sided(row[c], reference.dice[s], reference.dice_spread) for s, c in columns.items()]
+        return any(t.direction == "over" and t.distinguishable(reference.level / 2) for t in tests)
+
+    measured = dice.apply(over, axis=1).astype(bool) if len(rows) else asserted
+    return measured.where(dice.notna().all(axis=1), asserted)
+
+
+def past_retrain_text(
+    forget_dice: float,
+    baselines: dict[str, dict[str, float]],
+    past: bool | None = None,
+    measured: bool = False,
+) -> str:
+    """``yes (forget Dice 0.10 vs 0.70, ...)``: the verdict on a trial with ``forget_dice``
+    (``past``: as ``forgets_past_retrain`` found it, by the retrain seeds' measured spread when
+    ``measured``), or why there is none."""
     if "retrain" not in baselines:
         return "unknown: the retrain reference has no metrics yet"
-    verdict = "yes" if forget_dice < overforget_below(baselines) else "no"
+    past = forget_dice < overforget_below(baselines) if past is None else past
     versus = f"forget Dice {forget_dice:.2f} vs {baselines['retrain']['forget_dice']:.2f}"
-    return f"{verdict} ({versus} of the retrain reference, tolerance {OVERFORGET_TOLERANCE})"
+    how = (
+        "a forget subject's Dice test against the retrain seeds"
+        if measured
+        else f"tolerance {OVERFORGET_TOLERANCE}"
+    )
+    return f"{'yes' if past else 'no'} ({versus} of the retrain reference, {how})"
 
 
 def overforgetting_counts(
@@ -77,7 +117,12 @@ def overforgetting_counts(
     """Per strategy and over all: trials read at ``horizons`` and how many of them forget past
     retraining at one of those horizons or more; diverged trials left out."""
     shown = candidates(at_horizons(rows, horizons))
-    past = shown.assign(past=forgets_past_retrain(shown, baselines))
+    flags = (
+        shown["forgets_past_retrain"]
+        if "forgets_past_retrain" in shown
+        else forgets_past_retrain(shown, baselines)
+    )
+    past = shown.assign(past=flags.astype(bool))
     per_trial = past.groupby(["strategy", "trial_id"])["past"].any().reset_index()
     table = per_trial.groupby("strategy")["past"].agg(trials="size", forgets_past_retraining="sum")
     table.loc["all strategies"] = [len(per_trial), int(per_trial["past"].sum())]
