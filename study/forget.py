@@ -41,7 +41,6 @@ from study.cohort import (
 from study.config import StudyConfig, StudyError, run_cli
 from study.metrics import SubjectFigures, evaluate_subjects
 from study.metrics.evidence import Evidence
-from study.metrics.membership import attack_power
 from study.model import file_digest, initial_state, model_from, state_digest
 from study.run.cluster import joined, remote
 from study.run.results import trial_config
@@ -180,11 +179,7 @@ def honour(
     verdict = checks(unlearned.last, limits)
     verdict += membership_checks(evidence, request.split.forget, figures, config.privacy_level)
     passed = all(check["passed"] for check in verdict)
-    power = (
-        {"attack_power": dataclasses.asdict(attack_power(evidence.shadows))}
-        if evidence.shadows.members
-        else {}
-    )
+    power = {"attack_power": p} if (p := evidence.power()) is not None else {}
     record = audit_record(
         request={"subjects": subjects, "requested_on": requested_on, "honoured_at": _now()},
         study={"run_dir": str(run.path), "config": dataclasses.asdict(config), "cohort": cohort.digest},

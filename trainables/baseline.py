@@ -16,7 +16,6 @@ the recipe) as soon as it is trained; then all are measured on every subject: th
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +27,6 @@ from study.cohort import Cohort, Split, trained_on
 from study.config import EpochSchedule, StudyConfig
 from study.metrics import Reference, measure_reference, set_metrics
 from study.metrics.evidence import Evidence
-from study.metrics.membership import attack_power
 from study.model import cpu_state, model_from
 from study.run.cluster import remote
 from study.run.rundir import RunDir
@@ -247,12 +245,12 @@ def record(run: RunDir, references: References, split: Split, level: float) -> N
     evidence = references.evidence
     if not evidence.shadows.members:
         return
-    power = attack_power(evidence.shadows)
-    run.add_baseline_fact("attack_power", dataclasses.asdict(power))
+    power = evidence.power()
+    run.add_baseline_fact("attack_power", power)
     run.write_privacy(pd.DataFrame(evidence.rows(_roles(split), level)))
     print(
-        f"membership attack on {power.pairs} (shadow model, subject) pairs: AUC {power.auc:.3f}, "
-        f"TPR {power.tpr_at_5_fpr:.3f} at 5% false positives"
+        f"membership attack on {power['pairs']} (shadow model, subject) pairs: AUC {power['auc']:.3f}, "
+        f"TPR {power['tpr_at_5_fpr']:.3f} at 5% false positives"
     )
 
 

@@ -3,6 +3,7 @@ against (``study/metrics/membership.py`` says how)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from study.metrics.membership import (
     MIN_SHADOW_MODELS,
     Shadows,
     SubjectTest,
+    attack_power,
     seed_spread,
     two_sided,
 )
@@ -58,9 +60,12 @@ class ForgetReference:
         """Per forget subject: ``indistinguishable``, or ``distinguishable (under|over)`` by the
         first test that tells it apart at ``level`` / 2 (Bonferroni over the two tests: the
         statistic's, then Dice's)."""
+        return self._verdicts(self.tests(statistics, dice))
+
+    def _verdicts(self, tests: Mapping[str, tuple[SubjectTest, SubjectTest]]) -> dict[str, str]:
         verdicts = {}
-        for subject, tests in self.tests(statistics, dice).items():
-            apart = [t for t in tests if t.distinguishable(self.level / 2)]
+        for subject, pair in tests.items():
+            apart = [t for t in pair if t.distinguishable(self.level / 2)]
             verdicts[subject] = f"distinguishable ({apart[0].direction})" if apart else "indistinguishable"
         return verdicts
 
@@ -68,7 +73,7 @@ class ForgetReference:
         """``MEMBERSHIP_METRICS`` of a model's forget subjects' ``statistics`` and ``dice``,
         and those figures themselves (``subject_column``)."""
         tests = self.tests(statistics, dice)
-        verdicts = self.verdicts(statistics, dice)
+        verdicts = self._verdicts(tests)
         return {
             "worst_forget_p_to_retrain": min(t.p for t, _ in tests.values()),
             "forget_distinguishable": float(sum(v != "indistinguishable" for v in verdicts.values())),
@@ -112,6 +117,11 @@ class Evidence:
     def shadows(self) -> Shadows:
         names = [m for m in self.members if m.startswith("shadow_")]
         return Shadows({m: self.statistics[m] for m in names}, {m: self.members[m] for m in names})
+
+    def power(self) -> dict[str, float] | None:
+        """The attack's power on the shadow models (``attack_power``) as ``baseline/metrics.json``
+        and the audit record give it; ``None`` without shadow models."""
+        return dataclasses.asdict(attack_power(self.shadows)) if self.shadows.members else None
 
     def sufficient(self) -> tuple[bool, str]:
         """Whether the models suffice for the test, and if not what is missing."""
