@@ -229,6 +229,9 @@ def test_an_exploding_learning_rate_ends_trials_as_diverged_and_the_study_comple
         (["--forget", "070", "--retain", "070,1"], "in both --forget and --retain"),
         (["--forget", ","], "forget set is empty"),
         (["--resume", "/nonexistent/run"], "is not a study run directory"),
+        (["--shadow-models", "1"], "the membership test needs shadow_models >= 2 and retrain_seeds >= 2"),
+        (["--shadow-models", "8", "--retrain-seeds", "1", "--preset", "smoke"], "(got 8 and 1)"),
+        (["--retrain-seeds", "0"], "retrain_seeds must be at least 1"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(cache_env, tmp_path: Path, capsys, argv, message):
