@@ -48,11 +48,21 @@ def _number(value: float | None) -> str:
 
 
 def reference_tests(privacy: pd.DataFrame) -> pd.DataFrame:
-    """The forget subjects' tests of the original model and of each retrained model."""
+    """The forget subjects' tests of the original model and of each retrained model, with the
+    log likelihood ratio the shadow models' Gaussians give each (above 0: looks trained on)."""
     shown = privacy[
         (privacy["role"] == "forget") & privacy["model"].str.match(r"^(original|retrain(_seed_\d+)?)$")
     ]
-    columns = ["model", "subject", "statistic", "z_to_retrain", "p_to_retrain", "direction", "dice"]
+    columns = [
+        "model",
+        "subject",
+        "statistic",
+        "likelihood_ratio",
+        "z_to_retrain",
+        "p_to_retrain",
+        "direction",
+        "dice",
+    ]
     return shown[columns].reset_index(drop=True)
 
 

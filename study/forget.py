@@ -1,9 +1,10 @@
 """``python -m study.forget RUN_DIR --subjects IDS``: honour a deletion request with a study.
 
-Takes the study's original model and its recommended configuration (or ``--trial``), runs
-that unlearning for the named training subjects, and measures the result on forget,
-retain and holdout subjects against the original model and against a model retrained
-without those subjects (trained once and cached, like the study's baselines). Writes into
+Takes the study's original model and its "safe to deploy" configuration (the searched knee
+where the study has none; or ``--trial``), runs that unlearning for the named training
+subjects, and tests the result per subject, two-sided, against models retrained without
+them and the shadow models never trained on them (each trained once and cached, like the
+study's baselines), beside the retain-loss check. Writes into
 ``--out`` (default ``RUN_DIR/forget/<ids>``) the audit record, ``audit.json`` and
 ``audit.html``, and the unlearned model, ``unlearned.pt`` (a MedicalNet-format state dict),
 only when the verdict passes or with ``--force``. With ``--address`` (or ``RAY_ADDRESS``)
@@ -249,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--subjects", required=True, help="comma-separated training subject ids, e.g. 070,148"
     )
-    parser.add_argument("--trial", help="the trial whose configuration to use (default: the recommendation)")
+    parser.add_argument(
+        "--trial", help="the trial whose configuration to use (default: the study's safe-to-deploy knee)"
+    )
     parser.add_argument("--out", type=Path, help="output folder (default RUN_DIR/forget/<ids>)")
     parser.add_argument("--requested-on", default="", help="when the subject asked (recorded as given)")
     parser.add_argument("--max-retain-loss", type=float, default=Thresholds.max_retain_loss)

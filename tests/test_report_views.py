@@ -370,7 +370,7 @@ def test_the_membership_section_states_the_power_then_each_subject_then_both_kne
         "at 5% false positives."
     )
     assert (
-        len(re.findall(r"<td>original</td>\s*<td>s[01]</td>(\s*<td>[^<]*</td>){3}\s*<td>under</td>", section))
+        len(re.findall(r"<td>original</td>\s*<td>s[01]</td>(\s*<td>[^<]*</td>){4}\s*<td>under</td>", section))
         == 2
     )
     assert section.count("<img") == 2  # one figure per forget subject
