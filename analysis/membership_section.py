@@ -16,6 +16,9 @@ from analysis.summary import Recommendation
 from study.metrics.evidence import subject_column
 from study.metrics.membership import epsilon
 
+#: What the knees' table shows beside each verdict: what the knee forgets and what it keeps.
+KNEE_FIGURES = ("forget_dice", "forget_drop", "retain_kept")
+
 MEMBERSHIP_RULE = (
     "The statistic is the mean logit of the true class's probability over a subject's scored "
     "voxels. The attack's power: every (shadow model, subject) pair scored by IN/OUT Gaussians "
@@ -80,7 +83,7 @@ def knee_verdict(recommendation: Recommendation | None, forget: int) -> str:
 
 
 def knees_table(study: Study) -> pd.DataFrame:
-    """The searched knee and the safe-to-deploy knee, each with its verdict."""
+    """The searched knee and the safe-to-deploy knee, each with its figures and verdict."""
     forget = len(study.config.forget)
     lines = []
     for label, knee in (
@@ -88,7 +91,8 @@ def knees_table(study: Study) -> pd.DataFrame:
         ("safe to deploy", study.safe_recommendation),
     ):
         named = f"{knee.strategy} {knee.trial_id} @ {knee.epoch} epochs" if knee else "none"
-        lines.append({"": label, "trial": named, "membership verdict": knee_verdict(knee, forget)})
+        figures = {f: knee.figures.get(f, math.nan) if knee else math.nan for f in KNEE_FIGURES}
+        lines.append({"": label, "trial": named, **figures, "membership verdict": knee_verdict(knee, forget)})
     return pd.DataFrame(lines)
 
 
@@ -144,6 +148,26 @@ def epsilon_table(study: Study, knee: Recommendation) -> pd.DataFrame | None:
     return pd.DataFrame(lines)
 
 
+def reruns_verdict(study: Study, knee: Recommendation) -> str:
+    """How many of ``knee``'s fresh-seed reruns on the study's forget set are indistinguishable
+    for every forget subject, with each one's worst p; empty without reruns at its epoch."""
+    seeds = study.run.read_seed_runs()
+    if seeds is None or "forget_distinguishable" not in seeds:
+        return ""
+    own = ",".join(study.config.forget)
+    at = seeds[(seeds["trial_id"] == knee.trial_id) & (seeds["epoch"] == knee.epoch)]
+    at = at[at["forget"] == own] if "forget" in at else at
+    at = at.drop_duplicates("seed", keep="last").dropna(subset=["forget_distinguishable"])
+    if at.empty:
+        return ""
+    passed = int((at["forget_distinguishable"] == 0).sum())
+    worst = ", ".join(f"{p:.2g}" for p in at["worst_forget_p_to_retrain"])
+    return (
+        f"Of its {len(at)} fresh-seed reruns, {passed} are indistinguishable for every forget "
+        f"subject (worst p per rerun: {worst})."
+    )
+
+
 def _epsilon_blocks(study: Study) -> list:
     blocks: list = []
     knees = {"searched knee": study.recommendation, "safe to deploy": study.safe_recommendation}
@@ -151,9 +175,10 @@ def _epsilon_blocks(study: Study) -> list:
         if knee is not None and (table := epsilon_table(study, knee)) is not None:
             blocks += [
                 Paragraph(
-                    f"Per-subject epsilon of the {label} ({knee.strategy} {knee.trial_id} @ {knee.epoch} "
-                    "epochs): the trial and its fresh-seed reruns against the models never trained on "
-                    "the subject; 0 cannot be told apart, the cap is the most these run counts can show."
+                    f"The {label} ({knee.strategy} {knee.trial_id} @ {knee.epoch} epochs) over fresh "
+                    f"seeds. {reruns_verdict(study, knee)} Its per-subject epsilon: the trial and its "
+                    "reruns against the models never trained on the subject; 0 cannot be told apart, "
+                    "the cap is the most these run counts can show."
                 ),
                 Table(table),
             ]

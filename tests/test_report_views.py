@@ -375,10 +375,12 @@ def test_the_membership_section_states_the_power_then_each_subject_then_both_kne
     )
     assert section.count("<img") == 2  # one figure per forget subject
     assert re.search(
-        r"<td>searched knee</td>\s*<td>max_loss deep0000 @ 4 epochs</td>\s*<td>2 of 2 forget", section
+        r"<td>searched knee</td>\s*<td>max_loss deep0000 @ 4 epochs</td>(\s*<td>[^<]*</td>){3}\s*<td>2 of 2 forget",
+        section,
     )
     assert re.search(
-        r"<td>safe to deploy</td>\s*<td>noisy_label match000 @ 4 epochs</td>\s*<td>indisting", section
+        r"<td>safe to deploy</td>\s*<td>noisy_label match000 @ 4 epochs</td>\s*<td>0.5</td>(\s*<td>[^<]*</td>){2}\s*<td>indisting",
+        section,
     )
     assert re.search(r"<td>membership test</td>\s*<td>2 of 2 forget subjects distinguishable", page)
 
@@ -415,6 +417,10 @@ def test_the_safe_knee_may_sit_between_horizons_and_says_among_how_many_rows(
     reruns = [
         {"trial_id": t, "seed": k, "epoch": e, "forget": "s0,s1"}
         | {f"statistic@{s}": never[s][k] if t == "over0000" else never[s][-1] + 5 + k for s in never}
+        | {
+            "forget_distinguishable": float(k == 3 or t == "deep0000"),
+            "worst_forget_p_to_retrain": 0.5 - k / 10,
+        }
         for t, e in (("over0000", 3), ("deep0000", 4))
         for k in range(4)
     ]
@@ -430,7 +436,10 @@ def test_the_safe_knee_may_sit_between_horizons_and_says_among_how_many_rows(
     section = _section(build_report(study, overlays=False).html.read_text(), "Privacy: per-subject")
     assert "Of 16 trial rows tested (every trial at every reported epoch), 1 are indistinguishable" in section
     assert re.search(r"<td>safe to deploy</td>\s*<td>max_loss over0000 @ 3 epochs</td>", section)
-    assert "Per-subject epsilon of the safe to deploy (max_loss over0000 @ 3 epochs)" in section
+    assert (
+        "The safe to deploy (max_loss over0000 @ 3 epochs) over fresh seeds. Of its 4 fresh-seed "
+        "reruns, 3 are indistinguishable for every forget subject (worst p per rerun: 0.5, 0.4, 0.3, 0.2)"
+    ) in section
     s0 = next(panels["forget subject s0"] for panels in drawn if "forget subject s0" in panels)
     assert "safe to deploy (over0000@3)" in s0["texts"] and "searched knee (deep0000@4)" in s0["texts"]
 
