@@ -186,7 +186,7 @@ class Evidence:
         holds it) that has its forget subjects' figures (``subject_column``), each as model
         ``<trial_id>@<epoch>``."""
         forget = [s for s, role in roles.items() if role == "forget"]
-        rows = []
+        reference, rows = self.forget_reference(forget, level), []
         for row in trials:
             figures = {
                 f: {s: float(row.get(subject_column(f, s), math.nan)) for s in forget}
@@ -194,7 +194,8 @@ class Evidence:
             }
             if all(math.isfinite(v) for by in figures.values() for v in by.values()):
                 model = f"{row['trial_id']}@{int(row['epoch'])}"  # type: ignore[call-overload]
-                rows += self.tested_rows(model, figures["statistic"], figures["dice"], roles, level)
+                statistics, dice = figures["statistic"], figures["dice"]
+                rows += self._rows_of(model, statistics, dice, frozenset(), roles, reference)
         return rows
 
     def _rows_of(
