@@ -180,6 +180,19 @@ class StudyProcesses:
         )
 
     @staticmethod
+    def told(done: subprocess.CompletedProcess) -> str:
+        """What a finished study said, for a failed assertion: the CLI's own verdict lines
+        (``error:``, ``incomplete:``, ``interrupted``), Tune's lines on trials, and the tails of
+        both streams (a crashing Ray worker's dump would otherwise hide the cause)."""
+        ours = [
+            line
+            for line in (done.stdout + done.stderr).splitlines()
+            if line.startswith(("error:", "incomplete:", "interrupted"))
+            or ("Trial " in line and any(w in line for w in ("completed", "errored", "failed")))
+        ]
+        return "\n".join([*ours, "--- stdout:", done.stdout[-2000:], "--- stderr:", done.stderr[-1500:]])
+
+    @staticmethod
     def wait_until(
         condition: Callable[[], bool], process: subprocess.Popen, what: str, timeout: float = 240
     ) -> None:

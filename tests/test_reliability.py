@@ -67,7 +67,7 @@ def test_ctrl_c_stops_the_study_and_resume_finishes_it_without_rerunning_finishe
     assert finished
 
     resumed = studies.resume(run_dir, env)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert resumed.returncode == 0, studies.told(resumed)
     studies.assert_complete(run_dir)
     for path, before in finished.items():  # not rerun: no epoch of a finished trial trained again
         after = path.read_text()
@@ -95,7 +95,7 @@ def test_sigkill_right_after_a_checkpoint_loses_nothing(studies, tmp_path):
     assert not RunDir(run_dir).trials_file.exists()
 
     resumed = studies.resume(run_dir, env)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert resumed.returncode == 0, studies.told(resumed)
     studies.assert_complete(run_dir)
 
 
@@ -168,7 +168,7 @@ def test_a_trial_that_fails_ends_the_study_with_exit_3_and_resumes_from_its_chec
     assert f"trial {failed[1]}: {failed[2]}, failed after epoch" in RunDir(run_dir).report_html.read_text()
 
     resumed = studies.resume(run_dir, env)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert resumed.returncode == 0, studies.told(resumed)
     studies.assert_complete(run_dir)
     # It continued from its checkpoint, not from scratch: at most the epoch in flight ran twice.
     assert "from checkpoint" in resumed.stdout + resumed.stderr
