@@ -348,19 +348,31 @@ def test_the_batchnorm_table_compares_the_recommendation_under_each_mode(tmp_pat
     )
 
 
+#: The subjects' roles in the membership tests' run directories: s0, s1 forgotten.
+ROLES = {f"s{i}": "forget" if i < 2 else "retain" for i in range(10)}
+
+
+def _membership_run(tmp_path: Path, safe: pd.Series, passing: tuple, power: tuple) -> Path:
+    """A run directory of ``_trials()`` with the membership test: the ``safe`` rows
+    indistinguishable (their worst p ``passing[0]``), the others ``passing[1]`` subjects
+    distinguishable (worst p 1e-4); the attack's power ``(auc, tpr)`` on 80 pairs."""
+    p_safe, apart = passing
+    trials = _trials().assign(
+        forget_distinguishable=np.where(safe, 0.0, apart),
+        worst_forget_p_to_retrain=np.where(safe, p_safe, 1e-4),
+    )
+    power = {"auc": power[0], "tpr_at_5_fpr": power[1], "pairs": 80}
+    baselines = {"original": ORIGINAL, "retrain": RETRAIN, "attack_power": power}
+    return _run_dir(tmp_path, trials, baselines, forget=["s0", "s1"], shadow_models=8, retrain_seeds=3)
+
+
 def test_the_membership_section_states_the_power_then_each_subject_then_both_knees(
     tmp_path, synthetic_evidence
 ):
     trials = _trials()
-    safe = trials["trial_id"] == "match000"  # the only trial indistinguishable from retraining
-    trials = trials.assign(
-        forget_distinguishable=np.where(safe, 0.0, 2.0), worst_forget_p_to_retrain=np.where(safe, 0.3, 1e-4)
-    )
-    power = {"auc": 0.96, "tpr_at_5_fpr": 0.8, "pairs": 80}
-    baselines = {"original": ORIGINAL, "retrain": RETRAIN, "attack_power": power}
-    run_dir = _run_dir(tmp_path, trials, baselines, forget=["s0", "s1"], shadow_models=8, retrain_seeds=3)
-    roles = {f"s{i}": "forget" if i < 2 else "retain" for i in range(10)}
-    RunDir(run_dir).write_privacy(pd.DataFrame(synthetic_evidence(0).rows(roles, 0.05)))
+    # match000 is the only trial indistinguishable from retraining
+    run_dir = _membership_run(tmp_path, trials["trial_id"] == "match000", (0.3, 2.0), (0.96, 0.8))
+    RunDir(run_dir).write_privacy(pd.DataFrame(synthetic_evidence(0).rows(ROLES, 0.05)))
     study = load_study(run_dir)
     assert study.recommendation.trial_id == "deep0000" and study.safe_recommendation.trial_id == "match000"
     page = build_report(study, overlays=False).html.read_text()
@@ -394,20 +406,14 @@ def test_the_safe_knee_may_sit_between_horizons_and_says_among_how_many_rows(
     drawn = _drawn(monkeypatch)
     trials = _trials()
     safe = (trials["trial_id"] == "over0000") & (trials["epoch"] == 3)
-    trials = trials.assign(
-        forget_distinguishable=np.where(safe, 0.0, 1.0), worst_forget_p_to_retrain=np.where(safe, 0.2, 1e-3)
-    )
-    power = {"auc": 0.9, "tpr_at_5_fpr": 0.5, "pairs": 80}
-    baselines = {"original": ORIGINAL, "retrain": RETRAIN, "attack_power": power}
-    run_dir = _run_dir(tmp_path, trials, baselines, forget=["s0", "s1"], shadow_models=8, retrain_seeds=3)
-    roles = {f"s{i}": "forget" if i < 2 else "retain" for i in range(10)}
+    run_dir = _membership_run(tmp_path, safe, (0.2, 1.0), (0.9, 0.5))
     evidence = synthetic_evidence(0)
     unlearned = {"over0000@3": evidence.statistics["retrain"], "deep0000@4": evidence.statistics["original"]}
-    rows = evidence.rows(roles, 0.05)
+    rows = evidence.rows(ROLES, 0.05)
     rows += [
         r
         for m, s in unlearned.items()
-        for r in evidence.tested_rows(m, s, evidence.dice["retrain"], roles, 0.05)
+        for r in evidence.tested_rows(m, s, evidence.dice["retrain"], ROLES, 0.05)
     ]
     RunDir(run_dir).write_privacy(pd.DataFrame(rows))
     # Each knee's fresh-seed reruns: the safe one's statistics among the never-trained-on
