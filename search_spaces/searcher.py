@@ -9,8 +9,11 @@ running trials keeps room for its searcher to learn from finished ones.
 
 from __future__ import annotations
 
+import math
 import pickle
-from collections.abc import Mapping
+import sys
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
@@ -66,25 +69,35 @@ class StrategySearcher(Searcher):
     so the sampler does not learn from them.
     """
 
+    #: Seconds between two readings of how many trials the cluster takes.
+    REFRESH_S = 5.0
+
     def __init__(
         self,
         searchers: dict[str, OptunaSearch],
         num_samples: int,
-        max_concurrent: int,
+        in_flight: int | Callable[[], int],
         optuna_url: str,
         objectives: tuple[str, str] = OBJECTIVES["reference"],
+        per_strategy: int = 0,
     ) -> None:
+        """``in_flight``: how many trials may be in flight (running or pending) at once, or a
+        callable read again every ``REFRESH_S`` seconds (``study.run.cluster.Capacity``: the
+        cluster as it grows); ``per_strategy``: one strategy's share of them (0: an even
+        share, at least a quarter of ``num_samples``)."""
         super().__init__(metric=list(objectives), mode=["max", "max"])
         self._searchers = searchers
         self._num_samples = num_samples
-        self._max_concurrent = max_concurrent
+        self._in_flight = in_flight
+        self._per_strategy = per_strategy
         self._optuna_url = optuna_url
         self._strategy_of: dict[str, str] = {}  # Tune trial id -> strategy
         self._number_of: dict[str, int] = {}  # Tune trial id -> Optuna trial number
         self._running: dict[str, set[str]] = {s: set() for s in searchers}
         self._started = dict.fromkeys(searchers, 0)
         self._turn = 0
-        self._max_total = len(searchers) * max_concurrent
+        self._tune_limit = sys.maxsize
+        self._limit, self._read_at = 1, -math.inf
 
     def set_search_properties(self, metric: Any, mode: Any, config: dict, **spec: Any) -> bool:
         return True  # every strategy's search is set up already
@@ -92,17 +105,27 @@ class StrategySearcher(Searcher):
     def set_max_concurrency(self, max_concurrent: int) -> bool:
         """Takes ``TuneConfig(max_concurrent_trials)`` on itself, so that Tune's
         ``ConcurrencyLimiter`` passes every completion through, a resumed trial's included."""
-        self._max_total = max_concurrent
+        self._tune_limit = max_concurrent
         return True
+
+    def limits(self) -> tuple[int, int]:
+        """``(trials in flight at most, of one strategy at most)`` now."""
+        if time.monotonic() - self._read_at >= self.REFRESH_S:
+            self._limit = self._in_flight() if callable(self._in_flight) else self._in_flight
+            self._read_at = time.monotonic()
+        total = max(1, min(self._limit, self._tune_limit))
+        share = math.ceil(total / len(self._searchers))
+        return total, self._per_strategy or max(math.ceil(self._num_samples / 4), share)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         strategies = list(self._searchers)
-        if sum(map(len, self._running.values())) >= self._max_total:
+        total, per_strategy = self.limits()
+        if sum(map(len, self._running.values())) >= total:
             return None
         for offset in range(len(strategies)):
             strategy = strategies[(self._turn + offset) % len(strategies)]
             full = self._started[strategy] >= self._num_samples
-            if full or len(self._running[strategy]) >= self._max_concurrent:
+            if full or len(self._running[strategy]) >= per_strategy:
                 continue
             config = self._searchers[strategy].suggest(trial_id)
             self._turn = (self._turn + offset + 1) % len(strategies)
@@ -140,6 +163,7 @@ class StrategySearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as handle:
             self.__dict__.update(pickle.load(handle))
+        self._read_at = -math.inf  # another process's clock: read the cluster again now
         self._close_lost_trials()
 
     def _close_lost_trials(self) -> None:
@@ -162,13 +186,18 @@ class StrategySearcher(Searcher):
 
 
 def build_searcher(
-    config: StudyConfig, spaces: Mapping[str, SearchSpace], optuna_url: str, max_concurrent: int
+    config: StudyConfig,
+    spaces: Mapping[str, SearchSpace],
+    optuna_url: str,
+    in_flight: int | Callable[[], int],
 ) -> StrategySearcher:
-    """A fresh searcher for ``config``'s strategies (``spaces``: each one's search space);
-    earlier Optuna studies of the same names in ``optuna_url`` (left by a study that was
-    killed before Tune saved anything) are dropped."""
+    """A fresh searcher for ``config``'s strategies (``spaces``: each one's search space),
+    ``in_flight`` trials at once (a number, or a callable read as the study runs); earlier
+    Optuna studies of the same names in ``optuna_url`` (left by a study that was killed
+    before Tune saved anything) are dropped."""
     storage = optuna.storages.RDBStorage(optuna_url)
     existing = {summary.study_name for summary in optuna.get_all_study_summaries(storage)}
+    parallel = in_flight() if callable(in_flight) else in_flight
     searchers = {}
     for strategy in config.strategies:
         if strategy in existing:
@@ -179,12 +208,17 @@ def build_searcher(
             space=DefineByRun(spaces[strategy].function, bounds),
             metric=list(OBJECTIVES[config.objective]),
             mode=["max", "max"],
-            sampler=make_sampler(config.sampler, config.seed, config.num_samples, max_concurrent),
+            sampler=make_sampler(config.sampler, config.seed, config.num_samples, parallel),
             study_name=strategy,
             storage=storage,
             seed=config.seed,
             points_to_evaluate=start,
         )
     return StrategySearcher(
-        searchers, config.num_samples, max_concurrent, optuna_url, OBJECTIVES[config.objective]
+        searchers,
+        config.num_samples,
+        in_flight,
+        optuna_url,
+        OBJECTIVES[config.objective],
+        config.concurrent_per_strategy,
     )

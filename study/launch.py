@@ -5,8 +5,10 @@ The story of a study, each step a call into the module that owns it.
 
 from __future__ import annotations
 
-import math
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +21,20 @@ from study.config import (
     OBJECTIVES,
     EpochSchedule,
     StudyConfig,
+    StudyError,
     StudyIncomplete,
     StudyInterrupted,
+    differing_settings,
     load_config,
     run_cli,
 )
 from study.config.flags import overrides, parser
 from study.model import initial_state
-from study.run.cluster import Connection, check_cluster, connect, remote, trial_request
+from study.run.cluster import Capacity, Connection, check_cluster, connect, remote, trial_request
 from study.run.results import incomplete_trials, never_reported, rows_from_results, trial_config
 from study.run.rundir import RunDir
 from trainables.baseline import References, record, record_trial_tests, reference_models
+from trainables.checkpoints import unfinished_trials
 from trainables.reruns import rerun_recommendation
 from trainables.trial import TrialSpec, run_trial
 from trainables.tune_trainable import Handover
@@ -44,25 +49,28 @@ def run_study(config: StudyConfig, resuming: bool = False) -> Path:
     cohort = open_cohort(config)
     start, start_note = initial_state(config, cohort.n_classes)  # a bad weights file fails here
     other = with_other_forget(cohort, config.other_forget)  # a bad subject id fails here
+    tune_callbacks(config)  # a callback that does not import fails here
     _tell_cohort(config, cohort, other, start_note)
     with run.creating(resuming):  # nothing stays behind if the cluster cannot run the study
         connection = connect(config, run.path)
-        slots = check_cluster(config, run.storage, connection, resuming)
+        check_cluster(config, run.storage, connection, resuming)
         if not resuming:
             run.write_config(config)
-    _tell_cluster(connection, slots, run)
-
-    # The cohort and the original model go into the object store once per study.
-    cohort_ref = ray.put(cohort)
-    references = train_or_load_baselines(config, run, cohort, cohort_ref, start, connection.local)
-    original = ray.put(references.states["original"])
-    handover = Handover(config, classes_of(config.strategies), cohort_ref, original, references.reference)
-
-    grid = run_experiment(config, run, handover, slots, resuming)
-    trials = rows_from_results(grid, config.max_epochs)
+    capacity = Capacity.of(config, connection)  # read again as the study runs: it follows the cluster
+    _tell_cluster(connection, capacity, run)
     resume = f"python -m study.launch --resume {run.path}"
-    # Tune returns normally after Ctrl-C, with trials unfinished or never started.
-    if len(grid) < len(config.strategies) * config.num_samples or (trials["status"] == "running").any():
+    with _resumable(resume):  # Ctrl-C or SIGTERM from here on: exit 130 naming the resume command
+        # The cohort and the original model go into the object store once per study.
+        cohort_ref = ray.put(cohort)
+        references = train_or_load_baselines(config, run, cohort, cohort_ref, start, connection.local)
+        original = ray.put(references.states["original"])
+        handover = Handover(config, classes_of(config.strategies), cohort_ref, original, references.reference)
+
+        grid = run_experiment(config, run, handover, capacity, resuming)
+    trials = rows_from_results(grid, config.max_epochs)
+    # Tune returns normally after Ctrl-C or SIGTERM, with trials unfinished or never started.
+    # (A trial Tune ended short of its epochs is not interrupted: it is incomplete below.)
+    if len(grid) < len(config.strategies) * config.num_samples or unfinished_trials(run.storage):
         raise StudyInterrupted(f"resume with: {resume}")
     problems = never_reported(grid) | incomplete_trials(trials, EpochSchedule.of(config).reported_epochs())
     run.write_trials(trials)
@@ -87,6 +95,16 @@ def run_study(config: StudyConfig, resuming: bool = False) -> Path:
     return run.path
 
 
+@contextmanager
+def _resumable(resume: str) -> Iterator[None]:
+    """Turns Ctrl-C (or SIGTERM, ``main``) outside Tune's loop, which saves and returns by
+    itself, into ``StudyInterrupted`` naming the ``resume`` command."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise StudyInterrupted(f"resume with: {resume}") from None
+
+
 def _tell_cohort(config: StudyConfig, cohort: Cohort, other: Cohort | None, start_note: str) -> None:
     split = cohort.split
     print(f"cohort: forget {list(split.forget)}, retain {list(split.retain)}, holdout {list(split.holdout)}")
@@ -95,12 +113,16 @@ def _tell_cohort(config: StudyConfig, cohort: Cohort, other: Cohort | None, star
     print(f"original model starts from: {start_note}")
 
 
-def _tell_cluster(connection: Connection, slots: int, run: RunDir) -> None:
+def _tell_cluster(connection: Connection, capacity: Capacity, run: RunDir) -> None:
     if connection.dashboard:
         print(f"Ray dashboard: {connection.dashboard}")
     elif connection.local:
         print("Ray dashboard: off (`dashboard = true` in a --config file turns it on)")
-    print(f"cluster: {slots} trials at a time; Tune results and checkpoints in {run.storage.root}")
+    in_flight, why = capacity.explain()
+    print(
+        f"cluster: {capacity.slots()} trials at a time now, {in_flight} in flight ({why}); "
+        f"Tune results and checkpoints in {run.storage.root}"
+    )
 
 
 def train_or_load_baselines(
@@ -116,12 +138,20 @@ def train_or_load_baselines(
     return references
 
 
-def run_experiment(config: StudyConfig, run: RunDir, handover: Handover, slots: int, resuming: bool) -> Any:
-    """The study's one Tune experiment (every strategy's trials side by side); its ``ResultGrid``."""
+def run_experiment(
+    config: StudyConfig, run: RunDir, handover: Handover, capacity: Capacity, resuming: bool
+) -> Any:
+    """The study's one Tune experiment (every strategy's trials side by side, as many in
+    flight as ``capacity`` says while the cluster grows or shrinks); its ``ResultGrid``."""
     from ray import tune
 
     from search_spaces.searcher import build_searcher
-    from trainables.checkpoints import CheckpointPruner, prune_checkpoints, replace_lost_checkpoints
+    from trainables.checkpoints import (
+        CheckpointPruner,
+        prune_checkpoints,
+        repair_saved_state,
+        replace_lost_checkpoints,
+    )
     from trainables.tune_trainable import trial_folder, trial_name, unlearning_trial
 
     storage = run.storage
@@ -135,20 +165,24 @@ def run_experiment(config: StudyConfig, run: RunDir, handover: Handover, slots: 
         # when that checkpoint is gone from storage.
         if lost := replace_lost_checkpoints(storage):
             print(f"the checkpoints of trial(s) {', '.join(lost)} are gone: they start again from epoch 1")
+        repairs = repair_saved_state(storage, config.max_epochs)  # a damaged state: StudyError
+        if repairs.stale_decisions:
+            listed = ", ".join(f"{t} ({d})" for t, d in repairs.stale_decisions.items())
+            print(f"dropped Tune's saved decisions for trial(s) {listed}: they resume from their checkpoints")
+        if repairs.reopened:
+            print(f"trial(s) {', '.join(repairs.reopened)} ended short of their epochs: they resume too")
         tuner = tune.Tuner.restore(
             storage.experiment_path, trainable, resume_errored=True, storage_filesystem=fs
         )
     else:
-        cap = config.concurrent_per_strategy or max(
-            math.ceil(config.num_samples / 4), math.ceil(slots / len(config.strategies))
-        )
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=build_searcher(config, spaces_of(config.strategies), run.optuna_url, cap),
+                search_alg=build_searcher(config, spaces_of(config.strategies), run.optuna_url, capacity),
                 num_samples=total,
-                # Also how many trials Tune starts at once: a custom searcher otherwise gets one.
-                max_concurrent_trials=slots,
+                # How many trials Tune keeps pending (a custom searcher otherwise gets one): any
+                # the searcher hands out, which keeps to ``capacity``.
+                max_concurrent_trials=total,
                 reuse_actors=True,  # a finished trial's worker takes the next one: no new process, no re-import
                 trial_dirname_creator=trial_folder,
                 trial_name_creator=trial_name,
@@ -160,7 +194,7 @@ def run_experiment(config: StudyConfig, run: RunDir, handover: Handover, slots: 
                 # Tune keeps every checkpoint; the pruner deletes only what no saved state names.
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                 failure_config=tune.FailureConfig(max_failures=config.max_failures),
-                callbacks=[CheckpointPruner(storage)],
+                callbacks=[CheckpointPruner(storage), *tune_callbacks(config)],
                 verbose=1,  # status tables and trial summaries, not every epoch's result
             ),
         )
@@ -168,6 +202,20 @@ def run_experiment(config: StudyConfig, run: RunDir, handover: Handover, slots: 
     grid = tuner.fit()
     prune_checkpoints(storage)
     return grid
+
+
+def tune_callbacks(config: StudyConfig) -> list[Any]:
+    """The ``tune_callbacks`` a user named, built; a name that does not import is a ``StudyError``."""
+    import importlib
+
+    built = []
+    for name in config.tune_callbacks:
+        module, _, attribute = name.partition(":")
+        try:
+            built.append(getattr(importlib.import_module(module), attribute)())
+        except (ImportError, AttributeError, TypeError, ValueError) as exc:
+            raise StudyError(f"tune_callbacks: {name!r} cannot be built ({exc}); give module:Class") from None
+    return built
 
 
 def save_recommended_model(config: StudyConfig, study: Study, handover: Handover) -> None:
@@ -187,16 +235,52 @@ def save_recommended_model(config: StudyConfig, study: Study, handover: Handover
 
 
 def config_from_args(argv: list[str] | None = None) -> tuple[StudyConfig, bool]:
-    """``(config, resuming)`` from the command line; flags override preset and ``--config``."""
+    """``(config, resuming)`` from the command line; flags override preset and ``--config``.
+
+    ``--resume-or-start`` resumes the study in ``--run-dir`` when its ``config.toml`` exists
+    and holds the settings given (else a ``StudyError`` naming those that differ), and
+    starts it otherwise: a retried job continues instead of refusing its own run directory.
+    """
     args = parser().parse_args(argv)
     if args.resume is not None:
-        return RunDir.open(args.resume)[1], True
-    return load_config(args.preset, args.config, overrides(args)), False
+        if extra := sorted(set(overrides(args)) - {"address"}) + (["config"] if args.config else []):
+            raise StudyError(
+                f"--resume takes its settings from {args.resume}/config.toml; only --address (a new "
+                f"cluster) may be given with it, not {', '.join('--' + e.replace('_', '-') for e in extra)}"
+            )
+        config = RunDir.open(args.resume)[1]
+        config.address = args.address or config.address  # the same study on another cluster
+        return config, True
+    given = load_config(args.preset, args.config, overrides(args))
+    if not args.resume_or_start:
+        return given, False
+    if args.run_dir is None:
+        raise StudyError("--resume-or-start needs --run-dir: the folder to resume, or to start the study in")
+    if not RunDir(Path(given.run_dir)).config_file.is_file():
+        return given, False
+    saved = RunDir.open(Path(given.run_dir))[1]
+    if changed := differing_settings(saved, given):
+        raise StudyError(
+            f"--resume-or-start: the study in {given.run_dir} has other settings ({'; '.join(changed)}); "
+            "give the same ones, or choose another --run-dir"
+        )
+    print(f"resuming the study in {given.run_dir}")
+    return saved, True
+
+
+def _stop_as_ctrl_c(signum: int, frame: object) -> None:
+    """SIGTERM (Kubernetes deleting the pod, ``kill``) stops the study as Ctrl-C does: Tune
+    saves its state and returns, and the study exits 130 saying how to resume."""
+    signal.raise_signal(signal.SIGINT)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
-    return run_cli(lambda: run_study(*config_from_args(argv)))
+    previous = signal.signal(signal.SIGTERM, _stop_as_ctrl_c)
+    try:
+        return run_cli(lambda: run_study(*config_from_args(argv)))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

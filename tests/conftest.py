@@ -147,21 +147,16 @@ class StudyProcesses:
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         return env | {"XDG_CACHE_HOME": str(self.cache_home), "RAY_AUTH_MODE": "disabled"} | extra
 
-    def start(self, run_dir: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-        """A smoke study of ``EPOCHS`` epochs per trial, started in the background."""
+    def command(self, run_dir: Path, *extra: str) -> list[str]:
+        """``python -m study.launch`` for a smoke study of ``EPOCHS`` epochs per trial in ``run_dir``."""
         epochs = ["--max-epochs", str(self.EPOCHS), "--horizons", f"{self.EPOCHS // 2},{self.EPOCHS}"]
+        launch = [sys.executable, "-m", "study.launch", "--preset", "smoke"]
+        return [*launch, *epochs, "--run-dir", str(run_dir), *extra]
+
+    def start(self, run_dir: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """That study, started in the background."""
         return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "study.launch",
-                "--preset",
-                "smoke",
-                *epochs,
-                "--run-dir",
-                str(run_dir),
-                *extra,
-            ],
+            self.command(run_dir, *extra),
             env=env or self.env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -169,9 +164,21 @@ class StudyProcesses:
             start_new_session=True,  # its own process group: the driver and any Ray it starts
         )
 
-    def resume(self, run_dir: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self, run_dir: Path, *extra: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
+        """That study, run to its end."""
+        return self._finished(self.command(run_dir, *extra), env)
+
+    def resume(
+        self, run_dir: Path, env: dict[str, str] | None = None, *extra: str
+    ) -> subprocess.CompletedProcess:
+        """``python -m study.launch --resume run_dir *extra``, run to its end."""
+        return self._finished([sys.executable, "-m", "study.launch", "--resume", str(run_dir), *extra], env)
+
+    def _finished(self, argv: list[str], env: dict[str, str] | None) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "study.launch", "--resume", str(run_dir)],
+            argv,
             env=env or self.env(),
             capture_output=True,
             text=True,

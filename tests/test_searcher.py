@@ -4,6 +4,7 @@ trial reaches Optuna as a failure."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import optuna
@@ -25,9 +26,9 @@ def _config(tmp_path: Path, strategies: list[str], num_samples: int = 2):
     return check_config(load_config("smoke", overrides=overrides))
 
 
-def _searcher(tmp_path: Path, strategies: list[str], url: str, max_concurrent: int):
+def _searcher(tmp_path: Path, strategies: list[str], url: str, in_flight: int):
     config = _config(tmp_path, strategies)
-    return build_searcher(config, spaces_of(config.strategies), url, max_concurrent)
+    return build_searcher(config, spaces_of(config.strategies), url, in_flight)
 
 
 def _states(url: str, strategy: str) -> list[str]:
@@ -36,7 +37,7 @@ def _states(url: str, strategy: str) -> list[str]:
 
 def test_strategies_take_turns_within_their_cap_and_budget(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    searcher = _searcher(tmp_path, ["noisy_label", "max_loss", "finetune"], url, max_concurrent=1)
+    searcher = _searcher(tmp_path, ["noisy_label", "max_loss", "finetune"], url, in_flight=3)
     first = [searcher.suggest(f"t{i}") for i in range(3)]
     assert [c["strategy"] for c in first] == ["noisy_label", "max_loss", "finetune"]
     assert all(c["trial_number"] == 0 and c["lr"] == 3e-4 for c in first)  # each search's hand-picked start
@@ -55,7 +56,7 @@ def test_strategies_take_turns_within_their_cap_and_budget(tmp_path: Path):
 
 def test_a_failed_trial_stays_open_until_its_rerun_reports(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    searcher = _searcher(tmp_path, ["noisy_label"], url, max_concurrent=2)
+    searcher = _searcher(tmp_path, ["noisy_label"], url, in_flight=2)
     searcher.suggest("a")
     searcher.on_trial_complete("a", RESULT, error=True)
     assert _states(url, "noisy_label") == ["RUNNING"]  # not told: --resume reruns it
@@ -66,7 +67,7 @@ def test_a_failed_trial_stays_open_until_its_rerun_reports(tmp_path: Path):
 def test_a_diverged_trial_is_told_fail_and_a_restore_leaves_it_so(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     config = _config(tmp_path, ["noisy_label"], num_samples=3)
-    searcher = build_searcher(config, spaces_of(config.strategies), url, max_concurrent=2)
+    searcher = build_searcher(config, spaces_of(config.strategies), url, in_flight=2)
     assert searcher.suggest("blew")["lr"] == 3e-4  # the hand-picked start
     # Its last finite figures would be the best possible point: they must not reach Optuna.
     searcher.on_trial_complete("blew", {**RESULT, "forget_drop": 1.0, "retain_kept": 1.0, "diverged": 1.0})
@@ -75,7 +76,7 @@ def test_a_diverged_trial_is_told_fail_and_a_restore_leaves_it_so(tmp_path: Path
 
     searcher.save(str(tmp_path / "searcher.pkl"))
     restored = build_searcher(
-        config, spaces_of(config.strategies), f"sqlite:///{tmp_path / 'unused.db'}", max_concurrent=2
+        config, spaces_of(config.strategies), f"sqlite:///{tmp_path / 'unused.db'}", in_flight=2
     )
     restored.restore(str(tmp_path / "searcher.pkl"))  # closing lost trials leaves a told one alone
     restored.on_trial_complete("blew", {**RESULT, "diverged": 1.0})  # Tune may say it once more
@@ -90,7 +91,7 @@ def test_a_diverged_trial_is_told_fail_and_a_restore_leaves_it_so(tmp_path: Path
 def test_restore_closes_trials_asked_for_after_the_last_save(tmp_path: Path, lost: str):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     config = _config(tmp_path, ["noisy_label"], num_samples=3)
-    searcher = build_searcher(config, spaces_of(config.strategies), url, max_concurrent=3)
+    searcher = build_searcher(config, spaces_of(config.strategies), url, in_flight=3)
     if lost == "a sampled trial":
         searcher.suggest("kept")
     searcher.save(str(tmp_path / "searcher.pkl"))
@@ -98,7 +99,7 @@ def test_restore_closes_trials_asked_for_after_the_last_save(tmp_path: Path, los
 
     # As Tune does: a searcher object, then the saved state (which names its Optuna storage).
     restored = build_searcher(
-        config, spaces_of(config.strategies), f"sqlite:///{tmp_path / 'unused.db'}", max_concurrent=3
+        config, spaces_of(config.strategies), f"sqlite:///{tmp_path / 'unused.db'}", in_flight=3
     )
     restored.restore(str(tmp_path / "searcher.pkl"))
     assert _states(url, "noisy_label").count("FAIL") == 1
@@ -112,8 +113,8 @@ def test_restore_closes_trials_asked_for_after_the_last_save(tmp_path: Path, los
 def test_a_fresh_search_drops_studies_left_by_a_run_tune_never_saved(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     config = _config(tmp_path, ["noisy_label"])
-    build_searcher(config, spaces_of(config.strategies), url, max_concurrent=1).suggest("orphan")
-    searcher = build_searcher(config, spaces_of(config.strategies), url, max_concurrent=1)
+    build_searcher(config, spaces_of(config.strategies), url, in_flight=1).suggest("orphan")
+    searcher = build_searcher(config, spaces_of(config.strategies), url, in_flight=1)
     assert _states(url, "noisy_label") == ["WAITING"]  # only the hand-picked start, queued once
     assert searcher.suggest("x")["lr"] == 3e-4
 
@@ -122,7 +123,7 @@ def test_tune_hands_it_the_concurrency_limit_and_every_completion(tmp_path: Path
     from ray.tune.search import ConcurrencyLimiter
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    limited = ConcurrencyLimiter(_searcher(tmp_path, ["noisy_label", "max_loss"], url, 2), 3)
+    limited = ConcurrencyLimiter(_searcher(tmp_path, ["noisy_label", "max_loss"], url, 4), 3)
     assert [limited.suggest(t) is not None for t in "abcd"] == [True, True, True, False]  # 3 at once
     limited.on_trial_complete("a", RESULT, error=True)  # failed: Tune forgets it...
     limited.on_trial_complete("a", RESULT)  # ...until --resume reruns it and it reports
@@ -160,3 +161,35 @@ def test_the_samplers_fit_the_budget():
     assert isinstance(make_sampler("random", 0, 8, 2), optuna.samplers.RandomSampler)
     with pytest.raises(ValueError, match="unknown sampler 'grid'"):
         make_sampler("grid", 0, 8, 2)
+
+
+class _Growing:
+    """A cluster that takes one more trial at every reading (picklable, as Tune saves it)."""
+
+    def __init__(self) -> None:
+        self.readings = 0
+
+    def __call__(self) -> int:
+        self.readings += 1
+        return self.readings
+
+
+def test_trials_in_flight_follow_the_cluster_as_it_grows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from search_spaces.searcher import StrategySearcher
+
+    monkeypatch.setattr(StrategySearcher, "REFRESH_S", 0.0)  # read the cluster at every suggestion
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    config = _config(tmp_path, ["noisy_label", "max_loss"], num_samples=4)
+    searcher = build_searcher(config, spaces_of(config.strategies), url, _Growing())
+    # Readings 2, 3, 4, 5 (the first sized the sampler): one more trial fits each time.
+    handed = [searcher.suggest(f"t{i}") is not None for i in range(4)]
+    assert handed == [True, True, True, True]
+    assert searcher.limits() == (6, 3)  # 6 in flight; a strategy's share: half, rounded up
+    searcher.set_max_concurrency(4)  # Tune's own limit caps it
+    assert searcher.limits()[0] == 4 and searcher.suggest("t4") is None
+
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = build_searcher(config, spaces_of(config.strategies), url, 1)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored.set_max_concurrency(sys.maxsize)
+    assert restored.limits()[0] > 6  # the cluster is read again after a restore, not the saved figure

@@ -12,13 +12,16 @@ checkpoints.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback, ExperimentAnalysis
 
+from study.config import StudyError
 from study.run.checkpoint import STATE_FILE, start_again_marker
 from study.run.storage import ExperimentStorage, checkpoint_index
 
@@ -40,6 +43,12 @@ def _saved_trials(storage: ExperimentStorage) -> list[Any]:
         return _SavedState(storage.experiment_path, storage_filesystem=fs).trials
     except (ValueError, OSError):
         return []
+
+
+def unfinished_trials(storage: ExperimentStorage) -> list[str]:
+    """Trials the saved state records as neither finished nor failed (pending, running,
+    paused): what an interrupted ``Tuner.fit`` leaves."""
+    return [t.trial_id for t in _saved_trials(storage) if t.status not in ("TERMINATED", "ERROR")]
 
 
 def prune_checkpoints(storage: ExperimentStorage) -> int:
@@ -80,6 +89,58 @@ def replace_lost_checkpoints(storage: ExperimentStorage) -> list[str]:
             stream.write(start_again_marker())
         replaced.append(trial.trial_id)
     return replaced
+
+
+@dataclass
+class Repairs:
+    """What ``repair_saved_state`` changed in Tune's saved state before a restore."""
+
+    state_file: str = ""
+    stale_decisions: dict[str, str] = field(default_factory=dict)  # trial id -> STOP, PAUSE, ...
+    reopened: list[str] = field(default_factory=list)  # TERMINATED short of its epochs
+
+
+def repair_saved_state(storage: ExperimentStorage, max_epochs: int) -> Repairs:
+    """Edits the experiment state ``Tuner.restore`` reads so that no trial is lost to it.
+
+    - Tune caches a decision for a trial whose checkpoint is being saved, and pickles that
+      cache with its state (Ray 2.60, ``TuneController._schedule_trial_stop``): a worker that
+      dies after a result with a checkpoint but before the save returned leaves a STOP that,
+      restored, ends the rerun trial after one epoch, TERMINATED and short. The caches
+      (``_cached_trial_decisions``, ``_queued_trial_decisions``) are emptied.
+    - A trial already recorded as TERMINATED short of ``max_epochs`` (and not diverged) is
+      marked unfinished, so Tune resumes it from its checkpoint instead of skipping it.
+
+    A state that does not parse (cut off mid-write by a copy that was not ours) is a
+    ``StudyError`` naming the file: Tune would otherwise start the whole experiment again.
+    """
+    path = storage.newest_experiment_state()
+    if path is None:
+        return Repairs()
+    text = storage.read_bytes(path)
+    try:
+        state = json.loads(text)
+        trials = [[json.loads(part) for part in pair] for pair in state["trial_data"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StudyError(
+            f"Tune's experiment state {path} is cut off or damaged ({type(exc).__name__}: {exc}); "
+            f"restore that file from a backup (Tune would start the study over without it)"
+        ) from None
+    repairs = Repairs(state_file=path)
+    runner = state["runner_data"]
+    for cache in ("_cached_trial_decisions", "_queued_trial_decisions"):
+        repairs.stale_decisions |= {k: str(v) for k, v in (runner.get(cache) or {}).items()}
+        runner[cache] = {}
+    for (trial, metadata), pair in zip(trials, state["trial_data"], strict=True):
+        last = metadata.get("last_result") or {}
+        short = int(last.get("epoch", 0)) < max_epochs and last.get("diverged", 0.0) != 1.0
+        if trial.get("status") == "TERMINATED" and short:
+            trial["status"] = "PENDING"
+            pair[0] = json.dumps(trial)
+            repairs.reopened.append(str(trial["trial_id"]))
+    if repairs.stale_decisions or repairs.reopened:
+        storage.replace_file(path, json.dumps(state).encode())
+    return repairs
 
 
 class CheckpointPruner(Callback):

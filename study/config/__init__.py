@@ -6,7 +6,7 @@ from study.config.errors import StudyError, StudyIncomplete, StudyInterrupted, r
 from study.config.objectives import OBJECTIVES
 from study.config.schedule import EpochSchedule
 from study.config.schema import StudyConfig, check_precision
-from study.config.sources import PRESETS, config_from_toml, config_to_toml, load_config
+from study.config.sources import PRESETS, config_from_toml, config_to_toml, differing_settings, load_config
 
 __all__ = [
     "OBJECTIVES",
@@ -19,6 +19,7 @@ __all__ = [
     "check_precision",
     "config_from_toml",
     "config_to_toml",
+    "differing_settings",
     "load_config",
     "run_cli",
 ]

@@ -81,6 +81,13 @@ def parser() -> argparse.ArgumentParser:
         "retrain reference's forget Dice (retrain-match), each with retain_kept",
     )
     p.add_argument("--resume", type=Path, help="finish the interrupted study in this run directory")
+    p.add_argument(
+        "--resume-or-start",
+        dest="resume_or_start",
+        action="store_true",
+        help="resume the study in --run-dir if it exists (its settings must equal the ones "
+        "given), else start it: one command for a job that may be retried",
+    )
     return p
 
 
@@ -89,5 +96,5 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {
         key: value
         for key, value in vars(args).items()
-        if key not in ("preset", "config", "resume") and value is not None
+        if key not in ("preset", "config", "resume", "resume_or_start") and value is not None
     }

@@ -75,7 +75,12 @@ class StudyConfig:
     gpus_per_trial: float = 0.0
     # Custom Ray resources each trial (and baseline) also asks for, e.g. {"accelerator_type:H100" = 0.001}
     trial_resources: dict[str, float] = field(default_factory=dict)
-    # Trials of one strategy running at once (0: enough to fill the cluster, at least num_samples / 4)
+    # Trials in flight at once, running or waiting for a node (0: follow the cluster: the nodes
+    # alive now, up to the autoscaler's maximum where Ray exposes it, else at least
+    # DEFAULT_TRIALS_IN_FLIGHT on a joined cluster; study/run/cluster.py, Capacity)
+    max_trials_in_flight: int = 0
+    # Trials of one strategy in flight at once (0: an even share of the trials in flight, at
+    # least num_samples / 4)
     concurrent_per_strategy: int = 0
     # On an autoscaling cluster: how long to wait for a node that fits a trial (0: it must exist now)
     resource_wait_s: int = 0
@@ -84,6 +89,9 @@ class StudyConfig:
     # evaluated too, and only evaluated epochs are reported: one row each in trials.parquet
     eval_every: int = 1
     max_failures: int = 2
+    # Tune callbacks the driver adds to the study's own, as "module:Class" (built without
+    # arguments; importable on the driver when it starts and when it resumes), e.g. a logger
+    tune_callbacks: list[str] = field(default_factory=list)
     # Ray's dashboard for a local Ray; None: on where this machine has 4 cores or more
     # (its processes cost a 2-core machine about 10 s of a demo run: python -m study.bench overhead).
     dashboard: bool | None = None
@@ -173,6 +181,7 @@ class StudyConfig:
 
     def _check_resources(self) -> None:
         counts = ("gpus_per_trial", "checkpoint_every", "max_failures", "concurrent_per_strategy")
+        counts += ("max_trials_in_flight",)
         for name in (*counts, "seed_reruns", "resource_wait_s"):
             if getattr(self, name) < 0:
                 raise StudyError(f"{name} must not be negative, got {getattr(self, name)}")

@@ -98,3 +98,16 @@ def config_to_toml(config: StudyConfig) -> str:
     import tomli_w  # only a driver writes one: a GPU machine running the benches needs none
 
     return tomli_w.dumps({k: v for k, v in dataclasses.asdict(config).items() if v is not None})
+
+
+def differing_settings(saved: StudyConfig, given: StudyConfig) -> list[str]:
+    """``"name: saved -> given"`` for each setting the two configurations (a run directory's
+    and the command line's) do not share, compared as saved to TOML; ``run_dir`` and
+    ``address`` (where the study runs, not what it is) aside."""
+
+    def as_saved(config: StudyConfig) -> dict[str, Any]:
+        return tomllib.loads(config_to_toml(dataclasses.replace(config, run_dir="", address="")))
+
+    old, new = as_saved(saved), as_saved(given)
+    keys = sorted(old.keys() | new.keys())
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]

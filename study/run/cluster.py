@@ -31,6 +31,9 @@ _PROBE_TIMEOUT_S = 10.0
 PACKAGES = ("study", "trainables", "search_spaces", "analysis")
 #: Cores from which a local Ray starts its dashboard unless ``dashboard`` says otherwise.
 DASHBOARD_MIN_CPUS = 4
+#: Trials kept in flight on a joined cluster whose autoscaler does not tell Ray its maximum
+#: (no autoscaler, or autoscaler v1): enough pending trials for an autoscaler to see demand.
+DEFAULT_TRIALS_IN_FLIGHT = 8
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,71 @@ def _why_not(request: dict[str, float], nodes: list[dict[str, float]]) -> str:
     return (
         f"no single node of the cluster has {have} at once ({len(nodes)} nodes); lower the per-trial request"
     )
+
+
+def _autoscaler_groups() -> list[tuple[dict[str, float], int]] | None:
+    """``(resources of one node, most nodes)`` of each worker group the autoscaler may start
+    (most nodes -1: no limit), or ``None`` where Ray does not know them (autoscaler v2 writes
+    them into the cluster's GCS; KubeRay and ``ray up`` with v1, or no autoscaler, do not)."""
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:  # a private API: an older or newer Ray without it is "not known"
+        return None
+    if config is None or not config.node_group_configs:
+        return None
+    return [(dict(group.resources), int(group.max_count)) for group in config.node_group_configs]
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """How many trials the study keeps in flight (running, or pending so that an autoscaler
+    sees the demand); read again while the study runs, so it follows nodes that join.
+
+    ``fixed`` (``max_trials_in_flight``) wins when set. Otherwise: the trials the nodes alive
+    now hold at once, up to what the autoscaler's worker groups would hold at their maximum
+    where Ray exposes it; on a joined cluster where it does not, at least
+    ``DEFAULT_TRIALS_IN_FLIGHT``; a local Ray never grows, so there it is the slots alone.
+    """
+
+    request: dict[str, float]
+    fixed: int = 0
+    local: bool = True
+
+    @classmethod
+    def of(cls, config: StudyConfig, connection: Connection) -> Capacity:
+        return cls(trial_request(config), config.max_trials_in_flight, connection.local)
+
+    def slots(self) -> int:
+        """Trials the nodes alive now hold at once."""
+        return sum(_fits(node, self.request) for node in _nodes())
+
+    def autoscaler_slots(self) -> int | None:
+        """Trials the autoscaler's worker groups hold at their maximum; ``None``: not known
+        or unbounded."""
+        groups = _autoscaler_groups()
+        if groups is None or any(most < 0 and _fits(node, self.request) for node, most in groups):
+            return None
+        return sum(most * _fits(node, self.request) for node, most in groups)
+
+    def __call__(self) -> int:
+        return self.explain()[0]
+
+    def explain(self) -> tuple[int, str]:
+        """``(trials in flight, why that many)``."""
+        if self.fixed:
+            return self.fixed, "max_trials_in_flight"
+        now = self.slots()
+        if self.local:
+            return max(now, 1), "the slots of this machine's Ray"
+        most = self.autoscaler_slots()
+        if most is not None:
+            return max(now, most, 1), f"up to the autoscaler's maximum, {most}"
+        return max(now, DEFAULT_TRIALS_IN_FLIGHT), (
+            f"the slots alive, at least {DEFAULT_TRIALS_IN_FLIGHT} (the autoscaler's maximum is "
+            "not known to Ray; set max_trials_in_flight to it)"
+        )
 
 
 def check_resources(config: StudyConfig) -> int:

@@ -1,13 +1,16 @@
 """Where Tune keeps a study's experiment (per-trial results and checkpoints), through ``pyarrow.fs``.
 
 ``RUN/ray_results`` by default, or a shared path or ``s3://``/``gs://`` URI that every node
-of a cluster can reach. ``RunDir.storage`` (``study/run/rundir.py``) opens it; nothing else
+of a cluster can reach; a folder is written through ``WholeFiles``, so that a kill never
+leaves a file Tune wrote cut off. ``RunDir.storage`` (``study/run/rundir.py``) opens it; nothing else
 composes these paths: a trial's folder, its id, its checkpoint folders.
 """
 
 from __future__ import annotations
 
 import functools
+import io
+import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +23,97 @@ from study.config import StudyError
 
 TRIAL_PREFIX = "trial_"
 CHECKPOINT_PREFIX = "checkpoint_"  # inside each: a ``TrialCheckpoint`` (study/run/checkpoint.py)
+EXPERIMENT_STATE_PREFIX = "experiment_state-"  # Tune's saved state, one file per session
+
+
+class _Whole(io.RawIOBase):
+    """A file written under a temporary name beside ``path`` and renamed to it on close."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.partial = path, f"{path}.partial-{uuid.uuid4().hex}"
+        self.file = open(self.partial, "wb")  # noqa: SIM115 (closed, then renamed, in close)
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        return self.file.write(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.file.close()
+            os.replace(self.partial, self.path)
+        super().close()
+
+
+class WholeFiles(pyarrow.fs.FileSystemHandler):
+    """The local file system, except that every file Tune writes lands whole.
+
+    pyarrow's local copy writes into the destination file itself, so a driver killed while
+    Tune uploads its experiment state would leave that file cut off, and Tune then starts
+    the whole experiment again. Here each written file is renamed into place once complete
+    (atomic on a local disk and on NFS): a kill leaves the previous version.
+    """
+
+    def __init__(self) -> None:
+        self.local = pyarrow.fs.LocalFileSystem()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, WholeFiles)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def get_type_name(self) -> str:
+        return "whole-files-local"
+
+    def normalize_path(self, path: str) -> str:
+        return self.local.normalize_path(path)
+
+    def get_file_info(self, paths: list[str]) -> list[pyarrow.fs.FileInfo]:
+        return self.local.get_file_info(paths)
+
+    def get_file_info_selector(self, selector: pyarrow.fs.FileSelector) -> list[pyarrow.fs.FileInfo]:
+        return self.local.get_file_info(selector)
+
+    def create_dir(self, path: str, recursive: bool) -> None:
+        self.local.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path: str) -> None:
+        self.local.delete_dir(path)
+
+    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
+        self.local.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self) -> None:
+        raise OSError("refusing to delete the contents of the root directory")
+
+    def delete_file(self, path: str) -> None:
+        self.local.delete_file(path)
+
+    def move(self, src: str, dest: str) -> None:
+        self.local.move(src, dest)
+
+    def copy_file(self, src: str, dest: str) -> None:
+        self.local.copy_file(src, dest)
+
+    def open_input_stream(self, path: str) -> pyarrow.NativeFile:
+        return self.local.open_input_stream(path)
+
+    def open_input_file(self, path: str) -> pyarrow.NativeFile:
+        return self.local.open_input_file(path)
+
+    def open_output_stream(self, path: str, metadata: Any = None) -> pyarrow.NativeFile:
+        return pyarrow.PythonFile(_Whole(path), mode="w")
+
+    def open_append_stream(self, path: str, metadata: Any = None) -> pyarrow.NativeFile:
+        return self.local.open_append_stream(path)
 
 
 @functools.lru_cache(maxsize=8)
 def _open_filesystem(root: str) -> tuple[pyarrow.fs.FileSystem, str]:
     if "://" not in root:
-        return pyarrow.fs.LocalFileSystem(), str(Path(root).resolve())
+        return pyarrow.fs.PyFileSystem(WholeFiles()), str(Path(root).resolve())
     try:
         fs, path = pyarrow.fs.FileSystem.from_uri(root)
     except (pyarrow.ArrowException, ValueError, OSError) as exc:
@@ -87,6 +175,29 @@ class ExperimentStorage:
             if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith(CHECKPOINT_PREFIX)
         ]
         return sorted(found)
+
+    def newest_experiment_state(self) -> str | None:
+        """The path of the experiment state Tune restores from (the newest by name), if any."""
+        fs, _ = self.filesystem()
+        selector = pyarrow.fs.FileSelector(self.experiment_path, allow_not_found=True)
+        names = [
+            info.path
+            for info in fs.get_file_info(selector)
+            if info.base_name.startswith(EXPERIMENT_STATE_PREFIX) and info.base_name.endswith(".json")
+        ]
+        return max(names, key=lambda path: Path(path).name, default=None)
+
+    def read_bytes(self, path: str) -> bytes:
+        fs, _ = self.filesystem()
+        with fs.open_input_stream(path) as stream:
+            return stream.readall()
+
+    def replace_file(self, path: str, data: bytes) -> None:
+        """Writes ``data`` to ``path`` whole: a kill never leaves part of it (on a bucket one
+        upload is atomic; a folder is opened through ``WholeFiles``)."""
+        fs, _ = self.filesystem()
+        with fs.open_output_stream(path) as stream:
+            stream.write(data)
 
     def delete(self, path: str) -> None:
         fs, _ = self.filesystem()
