@@ -67,27 +67,31 @@ def run_study(config: StudyConfig, resuming: bool = False) -> Path:
         handover = Handover(config, classes_of(config.strategies), cohort_ref, original, references.reference)
 
         grid = run_experiment(config, run, handover, capacity, resuming)
-    trials = rows_from_results(grid, config.max_epochs)
-    # Tune returns normally after Ctrl-C or SIGTERM, with trials unfinished or never started.
-    # (A trial Tune ended short of its epochs is not interrupted: it is incomplete below.)
-    if len(grid) < len(config.strategies) * config.num_samples or unfinished_trials(run.storage):
-        raise StudyInterrupted(f"resume with: {resume}")
-    problems = never_reported(grid) | incomplete_trials(trials, EpochSchedule.of(config).reported_epochs())
-    run.write_trials(trials)
-    record_trial_tests(run, references.evidence, trials, cohort.split, config.privacy_level)
-    if not trials.empty:
-        print(front_table(trials, OBJECTIVES[config.objective]))
-        study = load_study(run.path)
-        save_recommended_model(config, study, handover)
-        if (recommended := study.recommendation) is not None:
-            rerun_recommendation(config, run, recommended.trial_id, recommended.epoch, handover, other, start)
-        if (safe := study.safe_recommendation) is not None and safe.trial_id != getattr(
-            recommended, "trial_id", ""
-        ):
-            rerun_recommendation(
-                config, run, safe.trial_id, safe.epoch, handover, None, start, bn_modes=False
-            )
-        print("\n" + build_report(study, cohort=cohort).text)
+        trials = rows_from_results(grid, config.max_epochs)
+        # Tune returns normally after Ctrl-C or SIGTERM, with trials unfinished or never started.
+        # (A trial Tune ended short of its epochs is not interrupted: it is incomplete below.)
+        if len(grid) < len(config.strategies) * config.num_samples or unfinished_trials(run.storage):
+            raise StudyInterrupted(f"resume with: {resume}")
+        problems = never_reported(grid) | incomplete_trials(
+            trials, EpochSchedule.of(config).reported_epochs()
+        )
+        run.write_trials(trials)
+        record_trial_tests(run, references.evidence, trials, cohort.split, config.privacy_level)
+        if not trials.empty:
+            print(front_table(trials, OBJECTIVES[config.objective]))
+            study = load_study(run.path)
+            save_recommended_model(config, study, handover)
+            if (recommended := study.recommendation) is not None:
+                rerun_recommendation(
+                    config, run, recommended.trial_id, recommended.epoch, handover, other, start
+                )
+            if (safe := study.safe_recommendation) is not None and safe.trial_id != getattr(
+                recommended, "trial_id", ""
+            ):
+                rerun_recommendation(
+                    config, run, safe.trial_id, safe.epoch, handover, None, start, bn_modes=False
+                )
+            print("\n" + build_report(study, cohort=cohort).text)
     print(f"\nrun directory: {run.path}")
     if problems:
         listed = "; ".join(f"trial {t} ({what})" for t, what in problems.items())
@@ -97,12 +101,22 @@ def run_study(config: StudyConfig, resuming: bool = False) -> Path:
 
 @contextmanager
 def _resumable(resume: str) -> Iterator[None]:
-    """Turns Ctrl-C (or SIGTERM, ``main``) outside Tune's loop, which saves and returns by
-    itself, into ``StudyInterrupted`` naming the ``resume`` command."""
+    """SIGTERM (Kubernetes deleting the pod, ``kill``) stops the study as Ctrl-C does: in
+    Tune's loop, Tune saves its state and returns (the study then exits 130); elsewhere a
+    ``KeyboardInterrupt`` becomes ``StudyInterrupted`` naming the ``resume`` command.
+
+    Installed once Ray runs: ``ray.init`` puts in a SIGTERM handler of its own that aborts."""
+    previous = signal.signal(signal.SIGTERM, _stop_as_ctrl_c)
     try:
         yield
     except KeyboardInterrupt:
         raise StudyInterrupted(f"resume with: {resume}") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_as_ctrl_c(signum: int, frame: object) -> None:
+    signal.raise_signal(signal.SIGINT)
 
 
 def _tell_cohort(config: StudyConfig, cohort: Cohort, other: Cohort | None, start_note: str) -> None:
@@ -268,19 +282,9 @@ def config_from_args(argv: list[str] | None = None) -> tuple[StudyConfig, bool]:
     return saved, True
 
 
-def _stop_as_ctrl_c(signum: int, frame: object) -> None:
-    """SIGTERM (Kubernetes deleting the pod, ``kill``) stops the study as Ctrl-C does: Tune
-    saves its state and returns, and the study exits 130 saying how to resume."""
-    signal.raise_signal(signal.SIGINT)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
-    previous = signal.signal(signal.SIGTERM, _stop_as_ctrl_c)
-    try:
-        return run_cli(lambda: run_study(*config_from_args(argv)))
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return run_cli(lambda: run_study(*config_from_args(argv)))
 
 
 if __name__ == "__main__":

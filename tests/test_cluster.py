@@ -1,8 +1,9 @@
 """A real multi-node Ray cluster on this machine, results on a real S3-compatible server.
 
-``ray.cluster_utils.Cluster`` starts a head with no trial resources and two worker nodes
-with one CPU and one ``trial_slot`` each (a custom resource standing in for a GPU); moto's
-server mode is the bucket. The study joins with ``--address`` like a user on a login node.
+``ray.cluster_utils.Cluster`` starts a head with no trial resources and one worker node
+with one CPU and one ``trial_slot`` (a custom resource standing in for a GPU); the first
+test adds two more while its study runs, as an autoscaler would. moto's server mode is the
+bucket. The study joins with ``--address`` like a user on a login node.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow.fs
@@ -58,9 +61,8 @@ def s3():
         os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
 
 
-@pytest.fixture(scope="module")
-def cluster(s3):
-    """A head without CPUs for trials and two worker nodes; yields ``(address, worker node ids)``."""
+def _start_cluster(workers: int) -> tuple[Any, Path]:
+    """A head without CPUs for trials and ``workers`` nodes of one trial slot; ``(Cluster, temp dir)``."""
     from ray.cluster_utils import Cluster
 
     # The head notes its address in /tmp/ray/ray_current_cluster and fails if the folder is missing.
@@ -70,9 +72,22 @@ def cluster(s3):
         initialize_head=True,
         head_node_args={"num_cpus": 0, "temp_dir": temp_dir, "include_dashboard": False},
     )
-    workers = [cluster.add_node(num_cpus=1, resources={"trial_slot": 1}) for _ in range(2)]
+    for _ in range(workers):
+        _add_worker(cluster)
     cluster.wait_for_nodes()
-    yield cluster.address, {node.node_id for node in workers}, Path(temp_dir)
+    return cluster, Path(temp_dir)
+
+
+def _add_worker(cluster: Any) -> str:
+    """One more worker node (one CPU, one trial slot); its node id."""
+    return cluster.add_node(num_cpus=1, resources={"trial_slot": 1}).node_id
+
+
+@pytest.fixture(scope="module")
+def cluster(s3):
+    """A head and one worker node; yields ``(Cluster, temp dir)``."""
+    cluster, temp_dir = _start_cluster(workers=1)
+    yield cluster, temp_dir
     cluster.shutdown()
     Path("/tmp/ray/ray_current_cluster").unlink(missing_ok=True)
 
@@ -103,8 +118,11 @@ def _intervals(results: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def test_a_study_across_nodes_keeps_everything_in_the_bucket(cluster, s3, studies, tmp_path):
-    address, worker_ids, temp_dir = cluster
+def test_a_study_grows_onto_nodes_that_join_and_keeps_everything_in_the_bucket(
+    cluster, s3, studies, tmp_path
+):
+    ray_cluster, temp_dir = cluster
+    address, worker_ids = ray_cluster.address, {n.node_id for n in ray_cluster.worker_nodes}
     uri, fs = s3
     run_dir = tmp_path / "across"
     membership = ["--shadow-models", "4", "--retrain-seeds", "2"]
@@ -119,11 +137,20 @@ def test_a_study_across_nodes_keeps_everything_in_the_bucket(cluster, s3, studie
         *membership,
         env=studies.env(),
     )
+    experiment = f"{BUCKET}/unlearning/{run_dir.name}"
+    # Two nodes join once Tune's experiment started on the one worker there was at launch, as
+    # an autoscaler adds them for the trials pending (a smoke trial lasts seconds: any later,
+    # and the first worker would have run them all).
+    studies.wait_until(
+        lambda: any(k.endswith("tuner.pkl") for k in _keys(fs, experiment)), driver, "Tune's experiment"
+    )
+    joined_at = time.time()
+    worker_ids |= {_add_worker(ray_cluster) for _ in range(2)}
     output, _ = driver.communicate(timeout=420)
     assert driver.returncode == 0, output[-4000:]
     trials = studies.assert_complete(run_dir)
+    assert "in flight (the slots alive, at least 8 (the autoscaler's maximum is not known" in output
 
-    experiment = f"{BUCKET}/unlearning/{run_dir.name}"
     keys = _keys(fs, experiment)
     checkpoints = {k.rsplit("/", 1)[0] for k in keys if "/checkpoint_" in k and k.endswith(STATE_FILE)}
     assert len(checkpoints) == trials["trial_id"].nunique()  # each trial's last, the older ones pruned
@@ -137,11 +164,15 @@ def test_a_study_across_nodes_keeps_everything_in_the_bucket(cluster, s3, studie
     pd.testing.assert_frame_equal(stored, trials)
     lines = [line for k in keys if k.endswith("result.json") for line in _read(fs, k).splitlines()]
     results = pd.DataFrame([json.loads(line) for line in lines])
-    assert set(results["node_id"]) == worker_ids  # trials ran on both worker nodes, none on the head
-    # The shadow models and the second retrain seed trained side by side, on both workers.
+    results["strategy"] = results["trial_id"].map(trials.groupby("trial_id")["strategy"].first())
+    spans = _intervals(results).reset_index()
+    assert set(results["node_id"]) == worker_ids, (  # trials ran on all three workers, none on the head
+        f"nodes joined at {joined_at}:\n{spans.to_string(float_format=str)}\n{output[-3000:]}"
+    )
+    # The shadow models and the second retrain seed trained on the cluster (its first worker).
     trained_on = RunDir(run_dir).baseline_metrics()["trained_on"]
     assert {"shadow_0", "shadow_1", "shadow_2", "shadow_3", "retrain_seed_1"} <= set(trained_on)
-    assert {node.removeprefix("Ray node ") for node in trained_on.values()} == worker_ids
+    assert {node.removeprefix("Ray node ") for node in trained_on.values()} <= worker_ids
     # Every trial at every reported epoch was tested on each forget subject, on the workers.
     privacy = RunDir(run_dir).read_privacy()
     tested = privacy[privacy["model"].str.contains("@")]
@@ -156,15 +187,10 @@ def test_a_study_across_nodes_keeps_everything_in_the_bucket(cluster, s3, studie
         shipped
         and shipped[0].read_text() == (Path(__file__).parents[1] / "trainables/tune_trainable.py").read_text()
     )
-    results["strategy"] = results["trial_id"].map(trials.groupby("trial_id")["strategy"].first())
-    spans = _intervals(results).reset_index()
-    overlaps = [
-        (a.strategy, b.strategy)
-        for a in spans.itertuples()
-        for b in spans.itertuples()
-        if a.strategy != b.strategy and a.start < b.end and b.start < a.end
-    ]
-    assert overlaps, f"no two strategies ran at the same time:\n{spans.to_string(float_format=str)}\n{output}"
+    # Spans from Tune's whole-second report timestamps: an overlap of under a second may show.
+    at_once = max(((spans.start <= t) & (t < spans.end)).sum() for t in spans.start)
+    assert at_once >= 3, f"at most {at_once} trials at once:\n{spans.to_string(float_format=str)}"
+    assert spans.groupby("strategy").size().to_dict() == {"max_loss": 2, "noisy_label": 2}
 
     # A deletion request on this study runs as one Ray task on a worker node (--address).
     out = tmp_path / "forget"
@@ -194,13 +220,14 @@ def test_a_study_across_nodes_keeps_everything_in_the_bucket(cluster, s3, studie
     assert run.load_model_of(last["trial_id"], studies.EPOCHS) is not None  # its checkpoint, from the bucket
 
 
-def test_a_driver_killed_mid_study_resumes_from_the_bucket_losing_nothing(cluster, s3, studies, tmp_path):
-    address, *_ = cluster
+def test_a_study_whose_whole_cluster_went_away_resumes_on_a_new_one_losing_nothing(s3, studies, tmp_path):
+    """Driver, head and workers gone (a ``ray up`` head lost, a RayJob's cluster deleted);
+    the run directory and the bucket remain. A new cluster, and ``--resume --address``."""
     uri, fs = s3
-    run_dir = tmp_path / "killed"
-    env = studies.env()
+    run_dir, env = tmp_path / "lost", studies.env()
+    first, _ = _start_cluster(workers=1)
     driver = studies.start(
-        run_dir, "--address", address, "--storage", uri, "--config", _config(tmp_path), env=env
+        run_dir, "--address", first.address, "--storage", uri, "--config", _config(tmp_path), env=env
     )
     experiment = f"{BUCKET}/unlearning/{run_dir.name}"
 
@@ -208,13 +235,21 @@ def test_a_driver_killed_mid_study_resumes_from_the_bucket_losing_nothing(cluste
         keys = _keys(fs, experiment)
         return sum(k.endswith(STATE_FILE) for k in keys) >= 6 and any("experiment_state" in k for k in keys)
 
-    studies.wait_until(mid_study, driver, "six checkpoints in the bucket")
-    os.kill(driver.pid, signal.SIGKILL)  # the driver only: the cluster lives on, as on a login node
-    driver.communicate(timeout=60)
+    try:
+        studies.wait_until(mid_study, driver, "six checkpoints in the bucket")
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.communicate(timeout=60)
+    finally:
+        first.shutdown()
     assert not RunDir(run_dir).trials_file.exists()
 
-    resumed = studies.resume(run_dir, env)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    second, _ = _start_cluster(workers=1)
+    try:
+        resumed = studies.resume(run_dir, env, "--address", second.address)
+    finally:
+        second.shutdown()
+        Path("/tmp/ray/ray_current_cluster").unlink(missing_ok=True)
+    assert resumed.returncode == 0, studies.told(resumed)
     studies.assert_complete(run_dir)
     assert not Path(RunDir(run_dir).storage.root).exists()
 
@@ -224,18 +259,18 @@ def test_a_driver_killed_mid_study_resumes_from_the_bucket_losing_nothing(cluste
     [
         (
             ["--gpus-per-trial", "1"],
-            "--gpus-per-trial 1: no node of the cluster has 1 GPU (3 nodes, at most 0 GPU",
+            r"--gpus-per-trial 1: no node of the cluster has 1 GPU \(\d nodes, at most 0 GPU",
         ),
         (
             ["--cpus-per-trial", "2"],
-            "--cpus-per-trial 2: no node of the cluster has 2 CPU (3 nodes, at most 1 CPU",
+            r"--cpus-per-trial 2: no node of the cluster has 2 CPU \(\d nodes, at most 1 CPU",
         ),
     ],
 )
 def test_requests_no_node_can_hold_are_refused_before_any_compute(
     cluster, s3, studies, tmp_path, flags, message
 ):
-    address, *_ = cluster
+    address = cluster[0].address
     uri, fs = s3
     run_dir = tmp_path / "impossible"
     started = time.monotonic()
@@ -243,6 +278,6 @@ def test_requests_no_node_can_hold_are_refused_before_any_compute(
     output, _ = driver.communicate(timeout=120)
     assert time.monotonic() - started < 60
     assert driver.returncode == 2, output[-3000:]
-    assert output.strip().splitlines()[-1].startswith(f"error: {message}")
+    assert re.match(f"error: {message}", output.strip().splitlines()[-1]), output[-2000:]
     assert not run_dir.exists()
     assert not _keys(fs, f"{BUCKET}/unlearning/{run_dir.name}")

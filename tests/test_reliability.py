@@ -75,8 +75,14 @@ def test_sigterm_stops_the_study_like_ctrl_c_and_resume_finishes_it_without_reru
     state.write_bytes(whole[: len(whole) // 2])  # cut off, as a copy killed mid-file leaves it
     refused = studies.resume(run_dir, env)
     assert refused.returncode == 2, studies.told(refused)
-    (line,) = refused.stderr.strip().splitlines()
-    assert line.startswith(f"error: Tune's experiment state {state} is cut off")
+    assert (
+        refused.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: Tune's experiment state {state} is cut off")
+    )
+    assert (
+        "Traceback" not in refused.stdout + refused.stderr and state.read_bytes() == whole[: len(whole) // 2]
+    )
     state.write_bytes(whole)
 
     resumed = studies.resume(run_dir, env)

@@ -46,6 +46,13 @@ def parser() -> argparse.ArgumentParser:
         help="where Tune keeps results and checkpoints: a folder every node mounts, or a URI "
         "such as s3://bucket/prefix (default: RUN_DIR/ray_results)",
     )
+    p.add_argument(
+        "--max-trials-in-flight",
+        dest="max_trials_in_flight",
+        type=int,
+        help="trials running or pending at once, e.g. the autoscaler's maximum GPU workers "
+        "(default: follow the cluster; see README, On a cluster)",
+    )
     p.add_argument("--cpus-per-trial", dest="cpus_per_trial", type=int)
     p.add_argument("--gpus-per-trial", dest="gpus_per_trial", type=float)
     p.add_argument("--seed", type=int)
