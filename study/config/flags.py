@@ -53,6 +53,12 @@ def parser() -> argparse.ArgumentParser:
         help="trials running or pending at once, e.g. the autoscaler's maximum GPU workers "
         "(default: follow the cluster; see README, On a cluster)",
     )
+    p.add_argument(
+        "--resource-wait-s",
+        dest="resource_wait_s",
+        type=int,
+        help="on an autoscaling cluster, seconds to wait for a node that fits a trial (default 0)",
+    )
     p.add_argument("--cpus-per-trial", dest="cpus_per_trial", type=int)
     p.add_argument("--gpus-per-trial", dest="gpus_per_trial", type=float)
     p.add_argument("--seed", type=int)
