@@ -95,7 +95,6 @@ def replace_lost_checkpoints(storage: ExperimentStorage) -> list[str]:
 class Repairs:
     """What ``repair_saved_state`` changed in Tune's saved state before a restore."""
 
-    state_file: str = ""
     stale_decisions: dict[str, str] = field(default_factory=dict)  # trial id -> STOP, PAUSE, ...
     reopened: list[str] = field(default_factory=list)  # TERMINATED short of its epochs
 
@@ -126,7 +125,7 @@ def repair_saved_state(storage: ExperimentStorage, max_epochs: int) -> Repairs:
             f"Tune's experiment state {path} is cut off or damaged ({type(exc).__name__}: {exc}); "
             f"restore that file from a backup (Tune would start the study over without it)"
         ) from None
-    repairs = Repairs(state_file=path)
+    repairs = Repairs()
     runner = state["runner_data"]
     for cache in ("_cached_trial_decisions", "_queued_trial_decisions"):
         repairs.stale_decisions |= {k: str(v) for k, v in (runner.get(cache) or {}).items()}

@@ -32,7 +32,7 @@ PACKAGES = ("study", "trainables", "search_spaces", "analysis")
 #: Cores from which a local Ray starts its dashboard unless ``dashboard`` says otherwise.
 DASHBOARD_MIN_CPUS = 4
 #: Trials kept in flight on a joined cluster whose autoscaler does not tell Ray its maximum
-#: (no autoscaler, or autoscaler v1): enough pending trials for an autoscaler to see demand.
+#: (none of Ray 2.60's does): enough pending trials for an autoscaler to see the demand.
 DEFAULT_TRIALS_IN_FLIGHT = 8
 
 
@@ -156,8 +156,9 @@ def _why_not(request: dict[str, float], nodes: list[dict[str, float]]) -> str:
 
 def _autoscaler_groups() -> list[tuple[dict[str, float], int]] | None:
     """``(resources of one node, most nodes)`` of each worker group the autoscaler may start
-    (most nodes -1: no limit), or ``None`` where Ray does not know them (autoscaler v2 writes
-    them into the cluster's GCS; KubeRay and ``ray up`` with v1, or no autoscaler, do not)."""
+    (most nodes -1: no limit), as the autoscaler records them in the cluster's GCS, or
+    ``None`` where it does not: no autoscaler, and every autoscaler of Ray 2.60 (Ray's own
+    readers, Ray Data's and Train's, wait for a later autoscaler v2 that writes them)."""
     try:
         from ray._private.state import state
 

@@ -1,0 +1,78 @@
+"""What ``--resume`` reads: Tune's saved state, repaired before ``Tuner.restore`` (no stale
+decision, no trial ended short, a cut-off file refused by name), and a storage folder that
+takes each file whole. The kills that need these are in test_reliability.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow
+import pytest
+
+from study.config import StudyError
+from study.run.storage import ExperimentStorage
+from trainables.checkpoints import repair_saved_state
+
+
+def _saved_state(folder: Path, trials: list[tuple[str, str, int, float]], decisions: dict) -> Path:
+    """An experiment state as Tune 2.60 writes it (the parts ``repair_saved_state`` reads):
+    ``trials`` as (id, status, last epoch, diverged)."""
+    pairs = [
+        [
+            json.dumps({"trial_id": t, "status": status, "config": {}}),
+            json.dumps({"last_result": {"epoch": epoch, "diverged": diverged}}),
+        ]
+        for t, status, epoch, diverged in trials
+    ]
+    state = {"trial_data": pairs, "runner_data": {"_cached_trial_decisions": decisions}, "stats": {}}
+    folder.mkdir(parents=True)
+    path = folder / "experiment_state-2026-12-02_10-00-00.json"
+    path.write_text(json.dumps(state))
+    (folder / "experiment_state-2026-12-01_10-00-00.json").write_text("{}")  # an older session's
+    return path
+
+
+def test_the_state_restore_reads_holds_no_stale_decision_and_no_trial_ended_short(tmp_path):
+    storage = ExperimentStorage(str(tmp_path), "run")
+    trials = [
+        ("short", "TERMINATED", 4, 0.0),
+        ("done", "TERMINATED", 12, 0.0),
+        ("blew", "TERMINATED", 3, 1.0),
+    ]
+    trials.append(("failed", "ERROR", 4, 0.0))
+    path = _saved_state(tmp_path / "run", trials, {"failed": "STOP"})
+    assert storage.newest_experiment_state() == str(path)
+
+    repairs = repair_saved_state(storage, max_epochs=12)
+    assert repairs.stale_decisions == {"failed": "STOP"} and repairs.reopened == ["short"]
+    state = json.loads(path.read_text())
+    assert state["runner_data"]["_cached_trial_decisions"] == {}
+    statuses = {json.loads(a)["trial_id"]: json.loads(a)["status"] for a, _ in state["trial_data"]}
+    assert statuses == {"short": "PENDING", "done": "TERMINATED", "blew": "TERMINATED", "failed": "ERROR"}
+    assert not list(path.parent.glob("*.partial-*"))  # written whole, nothing left beside it
+    assert repair_saved_state(storage, max_epochs=12) == type(repairs)()  # nothing left to repair
+
+    path.write_text(path.read_text()[:100])
+    with pytest.raises(StudyError, match=f"Tune's experiment state {path} is cut off or damaged"):
+        repair_saved_state(storage, max_epochs=12)
+
+
+def test_a_file_written_to_a_storage_folder_appears_whole_or_not_at_all(tmp_path):
+    storage = ExperimentStorage(str(tmp_path), "run")
+    fs, root = storage.filesystem()
+    path = f"{root}/state.json"
+    storage.replace_file(path, b'{"epoch": 1}')
+    stream = fs.open_output_stream(path)
+    stream.write(b'{"epoch": 2, "trials": [')  # a kill now would leave the previous file
+    assert Path(path).read_bytes() == b'{"epoch": 1}'
+    stream.write(b"]}")
+    stream.close()
+    assert Path(path).read_bytes() == b'{"epoch": 2, "trials": []}'
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+    # Tune copies whole folders (checkpoints, its experiment folder) through it.
+    source = tmp_path / "source"
+    (source / "sub").mkdir(parents=True)
+    (source / "sub" / "model.pt").write_bytes(b"x" * 100_000)
+    pyarrow.fs.copy_files(str(source), f"{root}/copy", destination_filesystem=fs)
+    assert (tmp_path / "copy" / "sub" / "model.pt").read_bytes() == b"x" * 100_000
