@@ -257,12 +257,12 @@ def config_from_args(argv: list[str] | None = None) -> tuple[StudyConfig, bool]:
     """
     args = parser().parse_args(argv)
     if args.resume is not None:
+        config = RunDir.open(args.resume)[1]
         if extra := sorted(set(overrides(args)) - {"address"}) + (["config"] if args.config else []):
             raise StudyError(
                 f"--resume takes its settings from {args.resume}/config.toml; only --address (a new "
                 f"cluster) may be given with it, not {', '.join('--' + e.replace('_', '-') for e in extra)}"
             )
-        config = RunDir.open(args.resume)[1]
         config.address = args.address or config.address  # the same study on another cluster
         return config, True
     given = load_config(args.preset, args.config, overrides(args))
@@ -279,6 +279,7 @@ def config_from_args(argv: list[str] | None = None) -> tuple[StudyConfig, bool]:
             "give the same ones, or choose another --run-dir"
         )
     print(f"resuming the study in {given.run_dir}")
+    saved.address = given.address  # where it runs now, not a setting of the study
     return saved, True
 
 

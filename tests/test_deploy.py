@@ -127,9 +127,9 @@ def test_every_study_command_in_the_readme_is_one_the_cli_accepts():
     commands = [
         m.group(0).rstrip('"')
         for m in re.finditer(r"python -m study\.launch[^\n`|]*", readme.replace("\\\n", " "))
-        if "--resume" not in m.group(0) and "--help" not in m.group(0)
+        if not re.search(r"--resume(?!-or-start)", m.group(0)) and "--help" not in m.group(0)
     ]
-    assert len(commands) >= 4
+    assert len(commands) >= 4 and sum("--resume-or-start" in c for c in commands) == 2
     for command in commands:
         _accepted(" ".join(command.split("#")[0].split()))
 

@@ -405,3 +405,28 @@ def test_a_trial_that_errored_before_its_first_report_is_named():
         "a1": "failed before its first epoch",
         "d4": "failed before its first epoch",
     }
+
+
+def test_one_command_starts_a_study_or_resumes_it_and_resume_may_move_it_to_another_cluster(tmp_path: Path):
+    from study.launch import config_from_args
+    from study.run.rundir import RunDir
+
+    run_dir = tmp_path / "job"
+    command = ["--preset", "smoke", "--run-dir", str(run_dir), "--resume-or-start", "--address", "auto"]
+    config, resuming = config_from_args(command)
+    assert not resuming and config.address == "auto"  # nothing there yet: it starts
+    run_dir.mkdir()
+    RunDir(run_dir).write_config(config)  # as the first attempt did before it was killed
+    config, resuming = config_from_args(command)  # a retried job: it resumes
+    assert resuming and config.run_dir == str(run_dir) and config.num_samples == 2
+    moved, resuming = config_from_args([*command[:-1], "10.0.0.7:6379"])  # another head: the same study
+    assert resuming and moved.address == "10.0.0.7:6379"
+    with pytest.raises(StudyError, match=r"has other settings \(max_epochs: 2 -> 3; num_samples: 2 -> 5\)"):
+        config_from_args([*command, "--num-samples", "5", "--max-epochs", "3"])
+    with pytest.raises(StudyError, match="needs --run-dir"):
+        config_from_args(["--preset", "smoke", "--resume-or-start"])
+
+    config, resuming = config_from_args(["--resume", str(run_dir), "--address", "10.0.0.7:6379"])
+    assert resuming and config.address == "10.0.0.7:6379"
+    with pytest.raises(StudyError, match=r"only --address .* not --num-samples"):
+        config_from_args(["--resume", str(run_dir), "--num-samples", "5"])
