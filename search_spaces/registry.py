@@ -57,7 +57,11 @@ def space_for(strategy: type[Strategy]) -> Callable[[SpaceFunction], SpaceFuncti
 
 def check_config(config: StudyConfig) -> StudyConfig:
     """``config`` validated against the registered strategies and their searched bounds."""
-    return config.validate(tuple(STRATEGIES), numeric_bounds(e.search for e in STRATEGIES.values()))
+    from search_spaces.spaces import VALID_RANGES
+
+    return config.validate(
+        tuple(STRATEGIES), numeric_bounds(e.search for e in STRATEGIES.values()), VALID_RANGES
+    )
 
 
 def classes_of(names: list[str]) -> dict[str, type[Strategy]]:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
-from ray.tune.search import Searcher
+from ray.tune.search import ConcurrencyLimiter, Searcher, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces.space import DefineByRun, SearchSpace, starting_point
@@ -52,6 +52,25 @@ SAMPLERS = {
 }
 
 
+class RunStorage(optuna.storages.RDBStorage):
+    """The Optuna storage of a run directory (its ``optuna.db``).
+
+    Tune pickles the searcher, and Optuna's studies with it, into the experiment's saved
+    state. Pickled, this storage is a name only: unpickled, it is the storage of the run
+    directory being driven then (``RunDir.driven``), so that a copied or moved run directory
+    resumes into its own ``optuna.db``, never into (or failing on) the one it came from.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_storage_of_driven_run, ())
+
+
+def _storage_of_driven_run() -> RunStorage:
+    from study.run.rundir import RunDir
+
+    return RunStorage(RunDir.driven().optuna_url)
+
+
 def make_sampler(name: str, seed: int, budget: int, parallel: int) -> optuna.samplers.BaseSampler:
     """Optuna's sampler ``name``, seeded, with ``sampler_settings``."""
     settings = sampler_settings(name, budget, parallel)  # an unknown name is a ValueError here
@@ -77,7 +96,6 @@ class StrategySearcher(Searcher):
         searchers: dict[str, OptunaSearch],
         num_samples: int,
         in_flight: int | Callable[[], int],
-        optuna_url: str,
         objectives: tuple[str, str] = OBJECTIVES["reference"],
         per_strategy: int = 0,
     ) -> None:
@@ -90,7 +108,6 @@ class StrategySearcher(Searcher):
         self._num_samples = num_samples
         self._in_flight = in_flight
         self._per_strategy = per_strategy
-        self._optuna_url = optuna_url
         self._strategy_of: dict[str, str] = {}  # Tune trial id -> strategy
         self._number_of: dict[str, int] = {}  # Tune trial id -> Optuna trial number
         self._running: dict[str, set[str]] = {s: set() for s in searchers}
@@ -175,7 +192,7 @@ class StrategySearcher(Searcher):
         open (``RUNNING``) trials are looked at: a diverged trial, told ``FAIL``, is left as it is.
         """
         for strategy in self._searchers:
-            study = optuna.load_study(study_name=strategy, storage=self._optuna_url)
+            study = optuna.load_study(study_name=strategy, storage=_storage_of_driven_run())
             known = {n for t, n in self._number_of.items() if self._strategy_of[t] == strategy}
             for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
                 if trial.number in known:
@@ -195,7 +212,7 @@ def build_searcher(
     ``in_flight`` trials at once (a number, or a callable read as the study runs); earlier
     Optuna studies of the same names in ``optuna_url`` (left by a study that was killed
     before Tune saved anything) are dropped."""
-    storage = optuna.storages.RDBStorage(optuna_url)
+    storage = RunStorage(optuna_url)
     existing = {summary.study_name for summary in optuna.get_all_study_summaries(storage)}
     parallel = in_flight() if callable(in_flight) else in_flight
     searchers = {}
@@ -218,7 +235,38 @@ def build_searcher(
         searchers,
         config.num_samples,
         in_flight,
-        optuna_url,
         OBJECTIVES[config.objective],
         config.concurrent_per_strategy,
     )
+
+
+class StudySearchGenerator(SearchGenerator):
+    """Tune's wrapper of the searcher, except that, restored, it creates the remaining trials
+    in the experiment where the study is now.
+
+    Ray 2.60 saves the ``Experiment`` (its storage included) with the search state and
+    restores it as saved: a study whose run directory was copied or moved, or whose
+    experiment was copied to other storage, would create its new trials in the old place,
+    the original's experiment. Restored here, the experiment's storage is the driven run's
+    (``RunDir.driven``).
+    """
+
+    def set_state(self, state: dict) -> None:
+        from ray.train._internal.storage import StorageContext
+
+        from study.run.rundir import RunDir
+
+        super().set_state(state)
+        storage = RunDir.driven().storage
+        fs, root = storage.filesystem()
+        saved = self._experiment.storage
+        here = StorageContext(root, storage.name, saved.sync_config, storage_filesystem=fs)
+        here._timestamp = saved._timestamp  # the session folder the driver stages its trials' results in
+        self._experiment.storage = self._experiment.spec["storage"] = here
+
+
+def search_algorithm(searcher: StrategySearcher, total: int) -> StudySearchGenerator:
+    """What ``TuneConfig(search_alg=...)`` gets: ``searcher``, as Tune would wrap it for
+    ``max_concurrent_trials=total`` (up to ``total`` trials pending, which the searcher keeps
+    to the cluster's capacity), in a ``StudySearchGenerator``."""
+    return StudySearchGenerator(ConcurrencyLimiter(searcher, max_concurrent=total))

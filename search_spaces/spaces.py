@@ -11,6 +11,8 @@ values. Optuna then explores the whole space from there.
 
 from __future__ import annotations
 
+import math
+
 import optuna
 
 from search_spaces.registry import space_for
@@ -22,6 +24,20 @@ from trainables.noisy_label import NoisyLabel
 from trainables.random_encoder import RandomEncoder
 from trainables.salun import SalUn
 from trainables.settings import BN_MODES, OPTIMIZERS
+
+#: Where each numeric hyperparameter means anything, ``[low, high]``: a study's
+#: ``search_bounds`` must stay inside (a noise level of 1.08 is no fraction of voxels).
+VALID_RANGES: dict[str, tuple[float, float]] = {
+    "lr": (0.0, 1.0),
+    "weight_decay": (0.0, 1.0),
+    "warmup_epochs": (0.0, math.inf),
+    "retain_weight": (0.0, math.inf),
+    "noise_level": (0.0, 1.0),  # a fraction of the forget voxels
+    "forget_weight": (0.0, math.inf),
+    "loss_ceiling": (0.0, math.inf),
+    "feature_weight": (0.0, math.inf),
+    "mask_ratio": (0.0, 1.0),  # a fraction of the weights
+}
 
 
 def common(trial: optuna.Trial) -> None:

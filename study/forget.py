@@ -162,6 +162,8 @@ def honour(
     """Honours the request to forget ``subjects``; returns the audit record it wrote."""
     run, config = RunDir.open(Path(run_dir))
     check_request(study_split(config)[1], subjects)  # a holdout or unknown subject: before any read
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise StudyError(f"--out {out} is a file; --out names the folder the audit record is written to")
     original = run.load_baseline("original")
     if original is None:
         raise StudyError(f"{run_dir} holds no original model; the study has not trained it")

@@ -5,10 +5,28 @@ The story of a study, each step a call into the module that owns it.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import threading
+
+NOTHING_KEPT = "before the study started, so nothing was kept: run the same command again"
+
+
+def _quit_while_loading(signum: int, frame: object) -> None:
+    sys.stderr.write(f"interrupted: {NOTHING_KEPT}\n")
+    os._exit(130)
+
+
+if __name__ == "__main__":
+    # Loading torch and Ray below takes seconds: Ctrl-C or SIGTERM meanwhile ends the
+    # command at once (nothing is written yet); ``main`` puts the study's handlers in.
+    signal.signal(signal.SIGINT, _quit_while_loading)
+    signal.signal(signal.SIGTERM, _quit_while_loading)
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +46,13 @@ from study.config import (
     load_config,
     run_cli,
 )
-from study.config.flags import overrides, parser
+from study.config.flags import RESUMABLE, overrides, parser
+from study.config.sources import storage_setting
 from study.model import initial_state
 from study.run.cluster import Capacity, Connection, check_cluster, connect, remote, trial_request
 from study.run.results import incomplete_trials, never_reported, rows_from_results, trial_config
 from study.run.rundir import RunDir
+from study.run.storage import ExperimentStorage
 from trainables.baseline import References, record, record_trial_tests, reference_models
 from trainables.checkpoints import unfinished_trials
 from trainables.reruns import rerun_recommendation
@@ -40,83 +60,168 @@ from trainables.trial import TrialSpec, run_trial
 from trainables.tune_trainable import Handover
 
 
-def run_study(config: StudyConfig, resuming: bool = False) -> Path:
-    """Runs (or resumes) the study ``config`` describes; returns its run directory."""
-    import ray
+@dataclass(frozen=True)
+class Resume:
+    """How ``--resume`` continues a study. ``copy_from``: the experiment's storage before
+    ``--storage`` gave the run directory its own (the experiment is copied from there);
+    ``claim``: ``--storage`` was given as saved, so this run directory takes over an
+    experiment last run from another host (it was moved here)."""
 
-    check_config(config)  # every strategy named has a class and a search space
+    copy_from: ExperimentStorage | None = None
+    claim: bool = False
+
+
+def run_study(config: StudyConfig, resume: Resume | None = None) -> Path:
+    """Runs (or, given ``resume``, resumes) the study ``config`` describes; returns its run
+    directory.
+
+    Ctrl-C (and SIGTERM, under ``main``) in any phase stops it with ``StudyInterrupted``
+    naming the command that resumes it; a resume redoes the phase that was cut.
+    """
     run = RunDir.of(config)
+    if resume is not None and run.finished:
+        print(
+            f"the study in {run.path} finished at {run.finished}: nothing to resume; report: {run.report_html}"
+        )
+        return run.path
+    try:
+        return _run(config, run, resume)
+    except KeyboardInterrupt:
+        if run.config_file.is_file():
+            raise StudyInterrupted(f"resume with: python -m study.launch --resume {run.path}") from None
+        raise StudyInterrupted(NOTHING_KEPT) from None
+
+
+def _run(config: StudyConfig, run: RunDir, resume: Resume | None) -> Path:
+    resuming = resume is not None
+    check_config(config)  # every strategy named has a class and a search space
+    phase("cohort", "the subjects, the original model's start, the forget sets")
     cohort = open_cohort(config)
     start, start_note = initial_state(config, cohort.n_classes)  # a bad weights file fails here
     other = with_other_forget(cohort, config.other_forget)  # a bad subject id fails here
     tune_callbacks(config)  # a callback that does not import fails here
     _tell_cohort(config, cohort, other, start_note)
-    with run.creating(resuming):  # nothing stays behind if the cluster cannot run the study
+    # One driver per run directory, holding its lock to the end; a new run directory is
+    # removed again if the cluster cannot run the study.
+    phase("cluster", "Ray, the run directory, the experiment's storage")
+    with run.driving(resuming) as set_up:
+        if not resuming:
+            run.write_identity()
+        if resume is not None and resume.copy_from is not None:
+            print(f"copying the experiment from {resume.copy_from.root} to {config.storage} ...", flush=True)
+            resume.copy_from.copy_experiment_to(run.storage)
+            run.write_config(config)  # the copy's own storage from now on
+        # A copied experiment names the run directory it was copied from: this one takes it.
+        claim = resume is not None and (resume.claim or resume.copy_from is not None)
+        run.check_experiment_owner(claim)  # a copy sharing its original's storage: refused here
         connection = connect(config, run.path)
+        _catch_sigterm()  # ray.init puts in a SIGTERM handler of its own, which aborts
         check_cluster(config, run.storage, connection, resuming)
         if not resuming:
             run.write_config(config)
-    capacity = Capacity.of(config, connection)  # read again as the study runs: it follows the cluster
-    _tell_cluster(connection, capacity, run)
-    resume = f"python -m study.launch --resume {run.path}"
-    with _resumable(resume):  # Ctrl-C or SIGTERM from here on: exit 130 naming the resume command
-        # The cohort and the original model go into the object store once per study.
-        cohort_ref = ray.put(cohort)
-        references = train_or_load_baselines(config, run, cohort, cohort_ref, start, connection.local)
-        original = ray.put(references.states["original"])
-        handover = Handover(config, classes_of(config.strategies), cohort_ref, original, references.reference)
-
-        grid = run_experiment(config, run, handover, capacity, resuming)
-        trials = rows_from_results(grid, config.max_epochs)
-        # Tune returns normally after Ctrl-C or SIGTERM, with trials unfinished or never started.
-        # (A trial Tune ended short of its epochs is not interrupted: it is incomplete below.)
-        if len(grid) < len(config.strategies) * config.num_samples or unfinished_trials(run.storage):
-            raise StudyInterrupted(f"resume with: {resume}")
-        problems = never_reported(grid) | incomplete_trials(
-            trials, EpochSchedule.of(config).reported_epochs()
-        )
-        run.write_trials(trials)
-        record_trial_tests(run, references.evidence, trials, cohort.split, config.privacy_level)
-        if not trials.empty:
-            print(front_table(trials, OBJECTIVES[config.objective]))
-            study = load_study(run.path)
-            save_recommended_model(config, study, handover)
-            if (recommended := study.recommendation) is not None:
-                rerun_recommendation(
-                    config, run, recommended.trial_id, recommended.epoch, handover, other, start
-                )
-            if (safe := study.safe_recommendation) is not None and safe.trial_id != getattr(
-                recommended, "trial_id", ""
-            ):
-                rerun_recommendation(
-                    config, run, safe.trial_id, safe.epoch, handover, None, start, bn_modes=False
-                )
-            print("\n" + build_report(study, cohort=cohort).text)
-    print(f"\nrun directory: {run.path}")
-    if problems:
-        listed = "; ".join(f"trial {t} ({what})" for t, what in problems.items())
-        raise StudyIncomplete(f"{len(problems)} trial(s) did not finish: {listed}. Resume with: {resume}")
+        set_up()
+        capacity = Capacity.of(config, connection)  # read again as the study runs: it follows the cluster
+        _tell_cluster(connection, capacity, run)
+        with run.owning_experiment(claim=claim):
+            problems = _search_and_report(config, run, cohort, other, start, connection, capacity, resuming)
+        print(f"\nrun directory: {run.path}")
+        if problems:
+            listed = "; ".join(f"trial {t} ({what})" for t, what in problems.items())
+            raise StudyIncomplete(
+                f"{len(problems)} trial(s) did not finish: {listed}. "
+                f"Resume with: python -m study.launch --resume {run.path}"
+            )
+        run.mark_finished(datetime.now(UTC).isoformat(timespec="seconds"))
     return run.path
 
 
-@contextmanager
-def _resumable(resume: str) -> Iterator[None]:
-    """SIGTERM (Kubernetes deleting the pod, ``kill``) stops the study as Ctrl-C does: in
-    Tune's loop, Tune saves its state and returns (the study then exits 130); elsewhere a
-    ``KeyboardInterrupt`` becomes ``StudyInterrupted`` naming the ``resume`` command.
+def _search_and_report(
+    config: StudyConfig,
+    run: RunDir,
+    cohort: Cohort,
+    other: Cohort | None,
+    start: dict[str, Any],
+    connection: Connection,
+    capacity: Capacity,
+    resuming: bool,
+) -> dict[str, str]:
+    """Baselines, the Tune experiment, the recommendation's reruns and the report; returns
+    the trials that did not finish (``{trial id: what}``)."""
+    import ray
 
-    Installed once Ray runs: ``ray.init`` puts in a SIGTERM handler of its own that aborts."""
-    previous = signal.signal(signal.SIGTERM, _stop_as_ctrl_c)
+    phase("baselines", "the original model and the models retrained without the forget subjects")
+    # The cohort and the original model go into the object store once per study.
+    cohort_ref = ray.put(cohort)
+    references = train_or_load_baselines(config, run, cohort, cohort_ref, start, connection.local)
+    original = ray.put(references.states["original"])
+    handover = Handover(config, classes_of(config.strategies), cohort_ref, original, references.reference)
+
+    grid = run_experiment(config, run, handover, capacity, resuming)
+    trials = rows_from_results(grid, config.max_epochs)
+    # Tune returns normally after Ctrl-C or SIGTERM, with trials unfinished or never started.
+    # (A trial Tune ended short of its epochs is not interrupted: it is incomplete below.)
+    if len(grid) < len(config.strategies) * config.num_samples or unfinished_trials(run.storage):
+        raise KeyboardInterrupt
+    problems = never_reported(grid) | incomplete_trials(trials, EpochSchedule.of(config).reported_epochs())
+    run.write_trials(trials)
+    record_trial_tests(run, references.evidence, trials, cohort.split, config.privacy_level)
+    if not trials.empty:
+        print(front_table(trials, OBJECTIVES[config.objective]))
+        study = load_study(run.path)
+        phase("reruns", "the recommendation with fresh seeds, on another forget set, under each bn_mode")
+        save_recommended_model(config, study, handover)
+        if (recommended := study.recommendation) is not None:
+            rerun_recommendation(config, run, recommended.trial_id, recommended.epoch, handover, other, start)
+        if (safe := study.safe_recommendation) is not None and safe.trial_id != getattr(
+            recommended, "trial_id", ""
+        ):
+            rerun_recommendation(
+                config, run, safe.trial_id, safe.epoch, handover, None, start, bn_modes=False
+            )
+        phase("report", f"figures and tables in {run.report_html}")
+        print("\n" + build_report(study, cohort=cohort).text)
+    return problems
+
+
+@contextmanager
+def _stop_signals() -> Iterator[None]:
+    """SIGTERM (Kubernetes deleting the pod, ``kill``) stops the study as Ctrl-C does, from
+    the first step on: in Tune's loop, Tune saves its state and returns; elsewhere it is a
+    ``KeyboardInterrupt``. Python's own handlers are put back at the end."""
+    global _catching_sigterm
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only
+        return
+    sigint, sigterm = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    _catching_sigterm = True
+    _catch_sigterm()
     try:
         yield
-    except KeyboardInterrupt:
-        raise StudyInterrupted(f"resume with: {resume}") from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        _catching_sigterm = False
+        loading = _quit_while_loading
+        signal.signal(signal.SIGINT, signal.default_int_handler if sigint is loading else sigint)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if sigterm is loading else sigterm)
+
+
+_catching_sigterm = False  # inside ``_stop_signals``
+
+
+def _catch_sigterm() -> None:
+    """Puts in ``_stop_signals``' SIGTERM handler (again: ``ray.init`` installs one of its own)."""
+    if _catching_sigterm:
+        signal.signal(signal.SIGTERM, _stop_as_ctrl_c)
 
 
 def _stop_as_ctrl_c(signum: int, frame: object) -> None:
     signal.raise_signal(signal.SIGINT)
+
+
+def phase(name: str, what: str) -> None:
+    """Announces a phase of the study (``cohort``, ``cluster``, ``baselines``, ``search``,
+    ``reruns``, ``report``): one line, ``== name: what``."""
+    print(f"\n== {name}: {what}", flush=True)
 
 
 def _tell_cohort(config: StudyConfig, cohort: Cohort, other: Cohort | None, start_note: str) -> None:
@@ -159,7 +264,7 @@ def run_experiment(
     flight as ``capacity`` says while the cluster grows or shrinks); its ``ResultGrid``."""
     from ray import tune
 
-    from search_spaces.searcher import build_searcher
+    from search_spaces.searcher import build_searcher, search_algorithm
     from trainables.checkpoints import (
         CheckpointPruner,
         prune_checkpoints,
@@ -192,11 +297,12 @@ def run_experiment(
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=build_searcher(config, spaces_of(config.strategies), run.optuna_url, capacity),
+                # Up to ``total`` trials pending (a custom searcher otherwise gets one): any the
+                # searcher hands out, which keeps to ``capacity``.
+                search_alg=search_algorithm(
+                    build_searcher(config, spaces_of(config.strategies), run.optuna_url, capacity), total
+                ),
                 num_samples=total,
-                # How many trials Tune keeps pending (a custom searcher otherwise gets one): any
-                # the searcher hands out, which keeps to ``capacity``.
-                max_concurrent_trials=total,
                 reuse_actors=True,  # a finished trial's worker takes the next one: no new process, no re-import
                 trial_dirname_creator=trial_folder,
                 trial_name_creator=trial_name,
@@ -212,8 +318,12 @@ def run_experiment(
                 verbose=1,  # status tables and trial summaries, not every epoch's result
             ),
         )
-    print(f"\n=== {total} trials ({', '.join(config.strategies)}) x {config.max_epochs} epochs ===")
-    grid = tuner.fit()
+    phase("search", f"{total} trials ({', '.join(config.strategies)}) x {config.max_epochs} epochs")
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        grid = tuner.fit()
+    finally:  # Tune leaves its own Ctrl-C handler in place when no signal came: later ones would be lost
+        signal.signal(signal.SIGINT, sigint)
     prune_checkpoints(storage)
     return grid
 
@@ -248,30 +358,43 @@ def save_recommended_model(config: StudyConfig, study: Study, handover: Handover
     study.run.save_recommended(missing.trial_id, missing.epoch, ray.get(task).state)
 
 
-def config_from_args(argv: list[str] | None = None) -> tuple[StudyConfig, bool]:
-    """``(config, resuming)`` from the command line; flags override preset and ``--config``.
+def config_from_args(argv: list[str] | None = None) -> tuple[StudyConfig, Resume | None]:
+    """``(config, how it resumes or None)`` from the command line; flags override preset and
+    ``--config``.
 
-    ``--resume-or-start`` resumes the study in ``--run-dir`` when its ``config.toml`` exists
-    and holds the settings given (else a ``StudyError`` naming those that differ), and
-    starts it otherwise: a retried job continues instead of refusing its own run directory.
+    ``--resume DIR`` takes the settings saved in ``DIR``; only ``--address`` (another
+    cluster) and ``--storage`` (as saved: take over an experiment last run from another
+    host; another: copy the experiment there, e.g. for a copied run directory) may be given
+    with it. ``--resume-or-start`` resumes the study in ``--run-dir`` when its
+    ``config.toml`` exists and holds the settings given (else a ``StudyError`` naming those
+    that differ), and starts it otherwise: a retried job continues instead of refusing its
+    own run directory.
     """
     args = parser().parse_args(argv)
     if args.resume is not None:
-        config = RunDir.open(args.resume)[1]
-        if extra := sorted(set(overrides(args)) - {"address"}) + (["config"] if args.config else []):
+        run, config = RunDir.open(args.resume)
+        if extra := sorted(set(overrides(args)) - RESUMABLE) + (["config"] if args.config else []):
             raise StudyError(
-                f"--resume takes its settings from {args.resume}/config.toml; only --address (a new "
-                f"cluster) may be given with it, not {', '.join('--' + e.replace('_', '-') for e in extra)}"
+                f"--resume takes its settings from {args.resume}/config.toml; only "
+                f"{' and '.join('--' + r for r in sorted(RESUMABLE))} may be given with it, not "
+                f"{', '.join('--' + e.replace('_', '-') for e in extra)}"
             )
         config.address = args.address or config.address  # the same study on another cluster
-        return config, True
+        if args.storage is None:
+            return config, Resume()
+        given = storage_setting(args.storage)
+        if given == config.storage:
+            return config, Resume(claim=True)
+        copy_from = run.storage
+        config.storage = given
+        return config, Resume(copy_from=copy_from)
     given = load_config(args.preset, args.config, overrides(args))
     if not args.resume_or_start:
-        return given, False
+        return given, None
     if args.run_dir is None:
         raise StudyError("--resume-or-start needs --run-dir: the folder to resume, or to start the study in")
     if not RunDir(Path(given.run_dir)).config_file.is_file():
-        return given, False
+        return given, None
     saved = RunDir.open(Path(given.run_dir))[1]
     if changed := differing_settings(saved, given):
         raise StudyError(
@@ -280,12 +403,13 @@ def config_from_args(argv: list[str] | None = None) -> tuple[StudyConfig, bool]:
         )
     print(f"resuming the study in {given.run_dir}")
     saved.address = given.address  # where it runs now, not a setting of the study
-    return saved, True
+    return saved, Resume()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
-    return run_cli(lambda: run_study(*config_from_args(argv)))
+    with _stop_signals():
+        return run_cli(lambda: run_study(*config_from_args(argv)))
 
 
 if __name__ == "__main__":

@@ -76,9 +76,11 @@ def test_bad_data_is_refused_before_anything_runs(data_dir: Path, tmp_path: Path
     assert not run_dir.exists()
 
 
-def _checkpoint(path: Path, depth: int) -> Path:
+def _checkpoint(path: Path, depth: int, poison: bool = False) -> Path:
     model = MedicalNetSegmentation(depth=depth, n_classes=2, in_channels=1, width=0.125)
     state = {f"module.{k}": v for k, v in model.state_dict().items() if not k.startswith("conv_seg.")}
+    if poison:  # one NaN weight, as a diverged fine-tuning leaves them
+        state["module.conv1.weight"].view(-1)[7] = float("nan")
     torch.save({"state_dict": state}, path)
     return path
 
@@ -90,6 +92,10 @@ def _checkpoint(path: Path, depth: int) -> Path:
         (lambda p: p.write_bytes(b"not torch") and p, "cannot be loaded safely"),
         (lambda p: _checkpoint(p, depth=34), "ResNet-34 checkpoint"),
         (lambda p: torch.save({"weights": [1, 2]}, p) or p, "no state dict"),
+        (
+            lambda p: _checkpoint(p, depth=10, poison=True),
+            "1 tensor(s) hold NaN or infinite values (conv1.weight)",
+        ),
     ],
 )
 def test_bad_weights_are_refused_before_anything_runs(
@@ -201,3 +207,88 @@ def test_on_an_autoscaling_cluster_the_study_waits_for_a_fitting_node_then_gives
     assert "waiting up to 6 s for the autoscaler to add a node with CPU 1, tpu 1" in capsys.readouterr().out
     config.trial_resources = {}
     assert check_resources(config) == 2  # the fixture's Ray: two 1-CPU trials at a time
+
+
+SETTINGS = {
+    "a seed below 0": (["--seed", "-1"], "", "seed must lie in 0..4294967295, got -1"),
+    "a seed numpy cannot take": (["--seed", str(2**32)], "", "seed must lie in 0..4294967295"),
+    "a noise level above 1": (
+        [],
+        "[search_bounds]\nnoise_level = [0.5, 2]\n",
+        "search_bounds.noise_level = [0.5, 2.0] leaves the range where noise_level means anything, [0, 1]",
+    ),
+    "a fraction of the weights below 0": (
+        [],
+        "[search_bounds]\nmask_ratio = [-0.5, 0.5]\n",
+        "search_bounds.mask_ratio = [-0.5, 0.5] leaves the range where mask_ratio means anything, [0, 1]",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(SETTINGS))
+def test_settings_out_of_range_are_refused_before_anything_runs(
+    cohort_root, tmp_path: Path, capsys, monkeypatch, case: str
+):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cohort_root.parent.parent))
+    flags, toml, message = SETTINGS[case]
+    config = tmp_path / "study.toml"
+    config.write_text(toml)
+    run_dir = tmp_path / "run"
+    started = time.monotonic()
+    assert main(["--preset", "smoke", "--config", str(config), "--run-dir", str(run_dir), *flags]) == 2
+    assert time.monotonic() - started < 10  # before any training
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not run_dir.exists()
+
+
+def test_every_searched_number_has_a_range_where_it_means_anything():
+    from search_spaces import STRATEGIES, numeric_bounds
+    from search_spaces.spaces import VALID_RANGES
+
+    searched = numeric_bounds(entry.search for entry in STRATEGIES.values())
+    assert set(searched) <= set(VALID_RANGES), set(searched) - set(VALID_RANGES)
+    for name, (low, high, _) in searched.items():  # the default bounds lie inside
+        assert VALID_RANGES[name][0] <= low < high <= VALID_RANGES[name][1], name
+
+
+def test_a_damaged_model_in_the_cache_is_reported_and_trained_again(tmp_path: Path, capsys):
+    from study.config import load_config
+    from trainables.recipes import cache_file, load_cached, store
+
+    config = load_config("smoke", overrides={"cache_dir": str(tmp_path)})
+    store(config, "k1", {"w": torch.ones(3)}, {"dice": 0.5})
+    assert load_cached(config, "k1")[1] == {"dice": 0.5}
+    path = cache_file(config, "k1")
+    path.write_bytes(path.read_bytes()[:100])  # cut off, as a full disk leaves it
+    assert load_cached(config, "k1") is None  # so the caller trains it again
+    out = capsys.readouterr().out
+    assert f"the cached model {path} is damaged" in out and "training it again" in out
+    assert not path.exists()
+
+
+@pytest.mark.slow  # reads the session's smoke study
+def test_a_deletion_request_with_a_file_for_its_output_folder_is_refused(smoke_study, tmp_path, capsys):
+    from study.forget import main as forget
+
+    taken = tmp_path / "audit.json"
+    taken.write_text("an earlier record")
+    subject = smoke_study.config.forget[0]
+    assert forget([str(smoke_study.run_dir), "--subjects", subject, "--out", str(taken)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --out {taken} is a file; --out names the folder the audit record is written to\n"
+    assert taken.read_text() == "an earlier record"
+
+
+@pytest.mark.slow  # reads the session's smoke study
+def test_a_report_of_a_cut_off_results_table_is_refused_in_one_line(smoke_study, tmp_path, capsys):
+    from analysis.report import main as report
+
+    copy = tmp_path / "copy"
+    shutil.copytree(smoke_study.run_dir, copy, ignore=shutil.ignore_patterns("ray"))
+    table = copy / "trials.parquet"
+    table.write_bytes(table.read_bytes()[:-200])
+    assert report([str(copy), "--no-overlays"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {table} cannot be read (") and err.count("\n") == 1, err
+    assert "the file is damaged; --resume the study to write it again" in err

@@ -36,7 +36,7 @@ def _states(url: str, strategy: str) -> list[str]:
 
 
 def test_strategies_take_turns_within_their_cap_and_budget(tmp_path: Path):
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    url = RunDir(tmp_path).optuna_url
     searcher = _searcher(tmp_path, ["noisy_label", "max_loss", "finetune"], url, in_flight=3)
     first = [searcher.suggest(f"t{i}") for i in range(3)]
     assert [c["strategy"] for c in first] == ["noisy_label", "max_loss", "finetune"]
@@ -55,7 +55,7 @@ def test_strategies_take_turns_within_their_cap_and_budget(tmp_path: Path):
 
 
 def test_a_failed_trial_stays_open_until_its_rerun_reports(tmp_path: Path):
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    url = RunDir(tmp_path).optuna_url
     searcher = _searcher(tmp_path, ["noisy_label"], url, in_flight=2)
     searcher.suggest("a")
     searcher.on_trial_complete("a", RESULT, error=True)
@@ -65,7 +65,7 @@ def test_a_failed_trial_stays_open_until_its_rerun_reports(tmp_path: Path):
 
 
 def test_a_diverged_trial_is_told_fail_and_a_restore_leaves_it_so(tmp_path: Path):
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    url = RunDir(tmp_path).optuna_url
     config = _config(tmp_path, ["noisy_label"], num_samples=3)
     searcher = build_searcher(config, spaces_of(config.strategies), url, in_flight=2)
     assert searcher.suggest("blew")["lr"] == 3e-4  # the hand-picked start
@@ -78,7 +78,8 @@ def test_a_diverged_trial_is_told_fail_and_a_restore_leaves_it_so(tmp_path: Path
     restored = build_searcher(
         config, spaces_of(config.strategies), f"sqlite:///{tmp_path / 'unused.db'}", in_flight=2
     )
-    restored.restore(str(tmp_path / "searcher.pkl"))  # closing lost trials leaves a told one alone
+    with RunDir(tmp_path).driving(resuming=True):  # as launch restores it: in its run directory
+        restored.restore(str(tmp_path / "searcher.pkl"))  # closing lost trials leaves a told one alone
     restored.on_trial_complete("blew", {**RESULT, "diverged": 1.0})  # Tune may say it once more
     assert _states(url, "noisy_label") == ["FAIL"]
     nxt = restored.suggest("next")  # the search goes on: a sampled trial, the start not requeued
@@ -89,7 +90,7 @@ def test_a_diverged_trial_is_told_fail_and_a_restore_leaves_it_so(tmp_path: Path
 
 @pytest.mark.parametrize("lost", ["the hand-picked start", "a sampled trial"])
 def test_restore_closes_trials_asked_for_after_the_last_save(tmp_path: Path, lost: str):
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    url = RunDir(tmp_path).optuna_url
     config = _config(tmp_path, ["noisy_label"], num_samples=3)
     searcher = build_searcher(config, spaces_of(config.strategies), url, in_flight=3)
     if lost == "a sampled trial":
@@ -101,7 +102,8 @@ def test_restore_closes_trials_asked_for_after_the_last_save(tmp_path: Path, los
     restored = build_searcher(
         config, spaces_of(config.strategies), f"sqlite:///{tmp_path / 'unused.db'}", in_flight=3
     )
-    restored.restore(str(tmp_path / "searcher.pkl"))
+    with RunDir(tmp_path).driving(resuming=True):
+        restored.restore(str(tmp_path / "searcher.pkl"))
     assert _states(url, "noisy_label").count("FAIL") == 1
     nxt = restored.suggest("next")
     if lost == "the hand-picked start":  # queued again, so the start still runs once
@@ -110,8 +112,37 @@ def test_restore_closes_trials_asked_for_after_the_last_save(tmp_path: Path, los
     assert "WAITING" not in states and states.count("RUNNING") == (2 if lost == "a sampled trial" else 1)
 
 
+def test_a_searcher_restored_in_a_copied_run_directory_works_on_the_copys_optuna_db(tmp_path: Path):
+    """Tune pickles the searcher with its Optuna storage; restored while another run directory
+    is driven (a copy of the first), it reads and writes that one's ``optuna.db`` alone."""
+    import shutil
+
+    original, copy = RunDir(tmp_path / "original"), RunDir(tmp_path / "José" / "copy")
+    original.path.mkdir()
+    config = _config(tmp_path, ["noisy_label"], num_samples=3)
+    searcher = build_searcher(config, spaces_of(config.strategies), original.optuna_url, in_flight=2)
+    searcher.suggest("a")
+    searcher.on_trial_complete("a", RESULT)
+    searcher.suggest("b")
+    searcher.save(str(original.path / "searcher.pkl"))
+    shutil.copytree(original.path, copy.path)
+    before = (original.path / "optuna.db").read_bytes()
+
+    with copy.driving(resuming=True):
+        unused = f"sqlite:///{tmp_path / 'unused.db'}"  # as Tune does: a searcher, then its saved state
+        restored = build_searcher(config, spaces_of(config.strategies), unused, in_flight=2)
+        restored.restore(str(copy.path / "searcher.pkl"))
+        restored.on_trial_complete("b", RESULT)
+        restored.suggest("c")
+    assert _states(copy.optuna_url, "noisy_label") == ["COMPLETE", "COMPLETE", "RUNNING"]
+    assert (original.path / "optuna.db").read_bytes() == before
+    assert _states(original.optuna_url, "noisy_label") == ["COMPLETE", "RUNNING"]
+    with pytest.raises(RuntimeError, match="no run directory is being driven"):
+        restored.restore(str(copy.path / "searcher.pkl"))  # outside a driven run: nowhere to go
+
+
 def test_a_fresh_search_drops_studies_left_by_a_run_tune_never_saved(tmp_path: Path):
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    url = RunDir(tmp_path).optuna_url
     config = _config(tmp_path, ["noisy_label"])
     build_searcher(config, spaces_of(config.strategies), url, in_flight=1).suggest("orphan")
     searcher = build_searcher(config, spaces_of(config.strategies), url, in_flight=1)
@@ -122,7 +153,7 @@ def test_a_fresh_search_drops_studies_left_by_a_run_tune_never_saved(tmp_path: P
 def test_tune_hands_it_the_concurrency_limit_and_every_completion(tmp_path: Path):
     from ray.tune.search import ConcurrencyLimiter
 
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    url = RunDir(tmp_path).optuna_url
     limited = ConcurrencyLimiter(_searcher(tmp_path, ["noisy_label", "max_loss"], url, 4), 3)
     assert [limited.suggest(t) is not None for t in "abcd"] == [True, True, True, False]  # 3 at once
     limited.on_trial_complete("a", RESULT, error=True)  # failed: Tune forgets it...
@@ -178,7 +209,7 @@ def test_trials_in_flight_follow_the_cluster_as_it_grows(tmp_path: Path, monkeyp
     from search_spaces.searcher import StrategySearcher
 
     monkeypatch.setattr(StrategySearcher, "REFRESH_S", 0.0)  # read the cluster at every suggestion
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    url = RunDir(tmp_path).optuna_url
     config = _config(tmp_path, ["noisy_label", "max_loss"], num_samples=4)
     searcher = build_searcher(config, spaces_of(config.strategies), url, _Growing())
     # Readings 2, 3, 4, 5 (the first sized the sampler): one more trial fits each time.
@@ -190,6 +221,7 @@ def test_trials_in_flight_follow_the_cluster_as_it_grows(tmp_path: Path, monkeyp
 
     searcher.save(str(tmp_path / "searcher.pkl"))
     restored = build_searcher(config, spaces_of(config.strategies), url, 1)
-    restored.restore(str(tmp_path / "searcher.pkl"))
+    with RunDir(tmp_path).driving(resuming=True):
+        restored.restore(str(tmp_path / "searcher.pkl"))
     restored.set_max_concurrency(sys.maxsize)
     assert restored.limits()[0] > 6  # the cluster is read again after a restore, not the saved figure

@@ -428,5 +428,13 @@ def test_one_command_starts_a_study_or_resumes_it_and_resume_may_move_it_to_anot
 
     config, resuming = config_from_args(["--resume", str(run_dir), "--address", "10.0.0.7:6379"])
     assert resuming and config.address == "10.0.0.7:6379"
-    with pytest.raises(StudyError, match=r"only --address .* not --num-samples"):
+    with pytest.raises(
+        StudyError, match=r"only --address and --storage may be given with it, not --num-samples"
+    ):
         config_from_args(["--resume", str(run_dir), "--num-samples", "5"])
+    # --storage as saved: take the experiment over; another: copy it there, and keep it there
+    config, resuming = config_from_args(["--resume", str(run_dir), "--storage", ""])
+    assert resuming.claim and resuming.copy_from is None and config.storage == ""
+    config, resuming = config_from_args(["--resume", str(run_dir), "--storage", str(tmp_path / "own")])
+    assert not resuming.claim and config.storage == str(tmp_path / "own")
+    assert resuming.copy_from.experiment_path == str(run_dir.resolve() / "ray_results" / "job")

@@ -150,6 +150,12 @@ class CheckpointPruner(Callback):
         self.every_s = every_s
         self._last = time.monotonic()
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Tune pickles its callbacks into the experiment's saved state. Unpickled on resume,
+        # this is the pruner of the run being driven then: a copied or moved run directory,
+        # or one given new storage, prunes its own experiment, not the one pickled here.
+        return (_pruner_of_driven_run, (self.every_s,))
+
     def on_trial_save(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         if time.monotonic() - self._last < self.every_s:
             return
@@ -158,3 +164,9 @@ class CheckpointPruner(Callback):
             prune_checkpoints(self.storage)
         except OSError as exc:  # storage hiccup: try again next time, never stop the study
             logger.warning("pruning old checkpoints failed, will retry: %s", exc)
+
+
+def _pruner_of_driven_run(every_s: float) -> CheckpointPruner:
+    from study.run.rundir import RunDir
+
+    return CheckpointPruner(RunDir.driven().storage, every_s)

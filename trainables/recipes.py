@@ -75,12 +75,19 @@ def cache_file(config: StudyConfig, key: str) -> Path:
 
 
 def load_cached(config: StudyConfig, key: str) -> tuple[dict[str, torch.Tensor], dict[str, float]] | None:
-    """``(state_dict, metrics)`` of the model cached under ``key``, or ``None``."""
+    """``(state_dict, metrics)`` of the model cached under ``key``, or ``None`` (not cached,
+    or a damaged file: said, and removed, so that the model is trained again)."""
     path = cache_file(config, key)
     if not path.is_file():
         return None
-    cached = torch.load(path, map_location="cpu", weights_only=True)
-    return cached["model"], cached["metrics"]
+    try:
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        return cached["model"], cached["metrics"]
+    except Exception as exc:  # torch raises many types for a cut-off or corrupt file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"the cached model {path} is damaged ({reason}): training it again", flush=True)
+        path.unlink(missing_ok=True)
+        return None
 
 
 def store(config: StudyConfig, key: str, state: dict[str, torch.Tensor], metrics: dict[str, float]) -> None:

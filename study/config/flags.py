@@ -104,6 +104,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+#: The settings ``--resume`` may be given: where the study runs, and where its experiment is kept.
+RESUMABLE = frozenset({"address", "storage"})
+
+
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The settings the flags set, by field name (flags left out are not settings)."""
     return {

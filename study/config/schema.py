@@ -6,6 +6,7 @@ configuration is written to ``<run_dir>/config.toml`` and is enough to reproduce
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,8 @@ from study.config.objectives import OBJECTIVES
 SAMPLERS = ("tpe", "nsga2")
 LABEL_MODES = ("4class", "8class")
 MODEL_DEPTHS = (10, 18, 34, 50)
+#: Seeds lie in ``0..SEED_LIMIT - 1``: Optuna's samplers take the study's seed as numpy's legacy one.
+SEED_LIMIT = 2**32
 PRECISIONS = ("fp32", "bf16")  # of the training steps' forward passes
 
 
@@ -108,12 +111,14 @@ class StudyConfig:
         self,
         known_strategies: tuple[str, ...],
         numeric_bounds: dict[str, tuple[float, float, bool]] | None = None,
+        valid_ranges: dict[str, tuple[float, float]] | None = None,
     ) -> StudyConfig:
         """Returns ``self`` after checking every field; raises ``StudyError`` naming the first bad one.
 
         An empty ``strategies`` list becomes every strategy in ``known_strategies``;
         ``search_bounds`` is checked against ``numeric_bounds``, ``{name: (low, high, log)}`` of
-        the searchable numeric hyperparameters.
+        the searchable numeric hyperparameters, and must lie inside ``valid_ranges``
+        (``{name: (low, high)}``, where each one means anything).
         """
         self.strategies = self.strategies or list(known_strategies)
         if unknown := [s for s in self.strategies if s not in known_strategies]:
@@ -123,7 +128,7 @@ class StudyConfig:
         self._check_training()
         check_precision(self.precision, on_gpu=self.gpus_per_trial > 0, setting="gpus_per_trial > 0")
         self._check_resources()
-        self._check_search_bounds(numeric_bounds)
+        self._check_search_bounds(numeric_bounds, valid_ranges or {})
         if not self.data and not self.allow_synthetic:
             raise StudyError(
                 f"preset {self.preset!r} needs real data: pass --data with the MRBrainS18 "
@@ -140,6 +145,8 @@ class StudyConfig:
             "cpus_per_trial",
             "eval_every",
         )
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise StudyError(f"seed must lie in 0..{SEED_LIMIT - 1}, got {self.seed}")
         for name in positive:
             if getattr(self, name) < 1:
                 raise StudyError(f"{name} must be a positive integer, got {getattr(self, name)}")
@@ -198,7 +205,11 @@ class StudyConfig:
                 "cpus_per_trial and gpus_per_trial, and keep trial_resources for custom resources"
             )
 
-    def _check_search_bounds(self, numeric_bounds: dict[str, tuple[float, float, bool]] | None) -> None:
+    def _check_search_bounds(
+        self,
+        numeric_bounds: dict[str, tuple[float, float, bool]] | None,
+        valid_ranges: dict[str, tuple[float, float]],
+    ) -> None:
         for name, bounds in self.search_bounds.items():
             if numeric_bounds is not None and name not in numeric_bounds:
                 raise StudyError(
@@ -209,6 +220,12 @@ class StudyConfig:
                 raise StudyError(f"search_bounds.{name} must be [low, high] with low < high, got {bounds}")
             if numeric_bounds is not None and numeric_bounds[name][2] and bounds[0] <= 0:
                 raise StudyError(f"search_bounds.{name} is searched on a log scale: low must be > 0")
+            low, high = valid_ranges.get(name, (-math.inf, math.inf))
+            if not low <= bounds[0] < bounds[1] <= high:
+                raise StudyError(
+                    f"search_bounds.{name} = {bounds} leaves the range where {name} means anything, "
+                    f"[{low:g}, {high:g}]; keep both bounds inside it"
+                )
 
 
 def check_precision(precision: str, on_gpu: bool, setting: str) -> None:

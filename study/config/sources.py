@@ -55,9 +55,15 @@ def _coerced(key: str, value: Any, source: str) -> Any:
         if not all(_is_number(v) for v in value.values()):
             raise StudyError(f"{source}: {key} must map resource names to numbers")
         return {k: float(v) for k, v in value.items()}
-    if key == "storage" and value and "://" not in value:
-        return str(Path(value).expanduser().resolve())  # every node must see the same path
+    if key == "storage":
+        return storage_setting(value)
     return value
+
+
+def storage_setting(value: str) -> str:
+    """``storage`` as saved: a folder as an absolute path (every node must see the same
+    one), a URI as given."""
+    return str(Path(value).expanduser().resolve()) if value and "://" not in value else value
 
 
 def _apply(config: StudyConfig, values: dict[str, Any], source: str) -> None:

@@ -95,6 +95,11 @@ def load_medicalnet_weights(model: MedicalNetSegmentation, path: Path) -> dict[s
     classes) is left out and trained afresh.
     """
     state = read_state_dict(path)
+    if bad := [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]:
+        raise StudyError(
+            f"weights {path}: {len(bad)} tensor(s) hold NaN or infinite values ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}); the file is damaged or not a trained model"
+        )
     conv1 = state.get("conv1.weight")
     expected_in = model.conv1.weight.shape[1]
     if conv1 is not None and conv1.shape[1] == 1 and expected_in != 1:

@@ -45,9 +45,10 @@ class Connection:
 
 
 def _temp_dir(run_dir: Path) -> Path:
-    """Ray's temporary folder: inside the run directory when its path is short enough."""
+    """Ray's temporary folder: inside the run directory when its path is short enough and
+    ASCII (Ray encodes its session paths as ASCII)."""
     inside = run_dir.resolve() / "ray"
-    if len(str(inside)) <= _MAX_TEMP_DIR_CHARS:
+    if len(str(inside)) <= _MAX_TEMP_DIR_CHARS and str(inside).isascii():
         return inside
     return Path(tempfile.mkdtemp(prefix="ray-"))
 

@@ -9,10 +9,15 @@ replay, forget and resume open a run through it; nothing else composes its paths
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import io
 import json
 import os
 import shutil
+import socket
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +28,7 @@ import pandas as pd
 
 from study.config import StudyConfig, StudyError, config_from_toml, config_to_toml
 from study.run.checkpoint import TrialCheckpoint
+from study.run.lock import DriverLock, Heartbeat, Holder, OwnerRecord
 from study.run.storage import ExperimentStorage
 
 
@@ -79,6 +85,9 @@ class DeletionOutputs:
         atomic_write(self.audit_html, lambda p: Path(p).write_text(page))
 
 
+_driven: RunDir | None = None  # set by RunDir.driving
+
+
 @dataclass(frozen=True)
 class RunDir:
     """A study's run directory: paths and formats of everything the study writes."""
@@ -92,7 +101,8 @@ class RunDir:
 
     @classmethod
     def open(cls, path: Path) -> tuple[RunDir, StudyConfig]:
-        """An existing run directory and its saved configuration (``run_dir`` set to ``path``)."""
+        """An existing run directory and its saved configuration (``run_dir`` set to ``path``,
+        wherever the directory was copied or moved to)."""
         config_file = cls(Path(path)).config_file
         if not config_file.is_file():
             raise StudyError(f"{path} is not a study run directory (no config.toml)")
@@ -104,6 +114,18 @@ class RunDir:
     @property
     def config_file(self) -> Path:
         return self.path / "config.toml"
+
+    @property
+    def identity_file(self) -> Path:
+        """``{"study_id", "experiment", "finished"}``: which study this is and the name of its
+        Tune experiment, fixed when it starts (a copied or renamed run directory keeps both),
+        and when it finished."""
+        return self.path / "study.json"
+
+    @property
+    def lock_file(self) -> Path:
+        """Held (``flock``) by the driver running the study; names it (``study/run/lock.py``)."""
+        return self.path / "driver.lock"
 
     @property
     def trials_file(self) -> Path:
@@ -158,13 +180,28 @@ class RunDir:
 
     @property
     def optuna_url(self) -> str:
-        """The Optuna storage (one study per strategy), for the searcher and ``optuna-dashboard``."""
+        """The Optuna storage (one study per strategy), for the searcher and ``optuna-dashboard``;
+        resolved from where the run directory is now."""
         return f"sqlite:///{(self.path / 'optuna.db').resolve()}"
 
     @property
     def storage(self) -> ExperimentStorage:
+        """Tune's experiment: under the run directory as it is now, unless ``--storage`` put it
+        elsewhere; named as when the study started."""
         root = self.storage_root or str(self.path.resolve() / "ray_results")
-        return ExperimentStorage(root, self.path.resolve().name)
+        return ExperimentStorage(root, self.identity().get("experiment") or self._older_experiment_name())
+
+    def _older_experiment_name(self) -> str:
+        """A run directory from before ``study.json``: its experiment is named after it, or is
+        the one folder in its own ``ray_results`` (renamed since)."""
+        own = [p.name for p in (self.path / "ray_results").glob("*") if p.is_dir()]
+        return own[0] if not self.storage_root and len(own) == 1 else self.path.resolve().name
+
+    @property
+    def storage_is_outside(self) -> bool:
+        """Whether Tune's experiment lies outside the run directory (a bucket, a shared folder),
+        where a copy of the run directory would reach the original's experiment."""
+        return bool(self.storage_root)
 
     def deletion(self, subjects: list[str], folder: Path | None = None) -> DeletionOutputs:
         """Where a request to forget ``subjects`` is written: ``folder``, by default
@@ -173,36 +210,163 @@ class RunDir:
 
     # Lifecycle -----------------------------------------------------------------------
     @contextmanager
-    def creating(self, resuming: bool) -> Iterator[None]:
-        """Creates the directory for a new study; removes it again if setup fails inside.
+    def driving(self, resuming: bool) -> Iterator[Callable[[], None]]:
+        """Holds the run directory's lock for the ``with`` block: the one driver of the study.
 
-        An existing, non-empty directory is refused unless ``resuming``; one that cannot be
-        created (a read-only or impossible path) is a ``StudyError``.
+        A new study's directory is created here; until the block calls the callable it
+        yields (setup is done), a failure removes it again. An existing, non-empty directory
+        is refused unless ``resuming``; one that cannot be created, or that another driver
+        holds (named), is a ``StudyError``.
         """
-        if resuming:
-            yield
-            return
-        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
-            raise StudyError(
-                f"run directory {self.path} already exists; pass --resume {self.path} to finish "
-                "that study, or choose another --run-dir"
-            )
-        existed = self.path.exists()
+        created = False
+        if not resuming:
+            if self.path.exists() and not self.path.is_dir():
+                raise StudyError(f"run directory {self.path} is a file; choose another --run-dir")
+            try:
+                self.path.mkdir(parents=True)
+                created = True
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise StudyError(
+                    f"run directory {self.path} cannot be created ({exc.strerror}); choose another --run-dir"
+                ) from None
+        global _driven
+        lock = DriverLock(self.lock_file)
+        left = lock.acquire(f"run directory {self.path}")  # a live holder: StudyError, nothing removed
+        setting_up = not resuming
+        _driven = self
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StudyError(
-                f"run directory {self.path} cannot be created ({exc.strerror}); choose another --run-dir"
-            ) from None
-        try:
-            yield
+            if not resuming and any(p != self.lock_file for p in self.path.iterdir()):
+                setting_up = created = False  # not ours to remove
+                raise StudyError(
+                    f"run directory {self.path} already exists; pass --resume {self.path} to finish "
+                    "that study, or choose another --run-dir"
+                )
+            if left is not None:
+                print(f"the run directory's lock was left by a driver that is gone ({left}): taking it over")
+
+            def done() -> None:
+                nonlocal setting_up
+                setting_up = False
+
+            yield done
         except BaseException:
-            if not existed:
+            if setting_up and created:
                 shutil.rmtree(self.path, ignore_errors=True)
             raise
+        finally:
+            _driven = None
+            lock.release()
+
+    @staticmethod
+    def driven() -> RunDir:
+        """The run directory this process drives now (inside ``driving``): what objects Tune
+        pickled into its saved state (the searcher's storage, callbacks) work on when a study
+        resumes, wherever its run directory was when they were pickled."""
+        if _driven is None:
+            raise RuntimeError("no run directory is being driven: RunDir.driving() comes first")
+        return _driven
+
+    def check_experiment_owner(self, claim: bool = False) -> str:
+        """Whether this run directory may work on its experiment outside it (``study-owner.json``):
+        a note to print (``""``: none), or a ``StudyError``.
+
+        Refused: a live driver of another run directory on it; an experiment of another
+        study; a copy of a run directory that still exists on this host (it would share its
+        original's experiment: give it its own ``--storage``); a run directory of another
+        host, unless ``claim`` (``--storage`` given as saved: it moved here). A run directory
+        moved on this host takes its experiment over, saying so.
+        """
+        if not self.storage_is_outside:
+            return ""
+        storage = self.storage
+        study_id, here = self.identity().get("study_id", ""), str(self.path.resolve())
+        host, where = socket.gethostname(), f"storage {storage.root} (experiment {storage.name})"
+        saved = storage.read_owner_record()
+        record = OwnerRecord.from_bytes(saved) if saved else None
+        if record is None:
+            return ""
+        if record.driver_alive():
+            raise StudyError(
+                f"{where} is in use by another driver ({record.driver}, run directory "
+                f"{record.host}:{record.run_dir}); wait for it to end, or stop it first"
+            )
+        if study_id and record.study_id and record.study_id != study_id:
+            raise StudyError(
+                f"{where} holds another study's experiment; resume this one with its own --storage"
+            )
+        if (record.host, record.run_dir) == (host, here) or claim:
+            return ""
+        if record.host != host:
+            raise StudyError(
+                f"{where} belongs to the run directory {record.host}:{record.run_dir}; if this one is a "
+                f"copy of it, resume it with its own --storage (the experiment is copied there); if it "
+                f"moved here, pass --storage {storage.root} to take the experiment over"
+            )
+        if RunDir(Path(record.run_dir)).identity().get("study_id") == record.study_id:
+            raise StudyError(
+                f"this run directory is a copy of {record.run_dir}, whose experiment in {storage.root} "
+                "it would share; resume the copy with its own --storage (the experiment is copied "
+                "there), or resume the original"
+            )
+        return f"the run directory moved here from {record.run_dir}: it takes its experiment over"
+
+    @contextmanager
+    def owning_experiment(self, claim: bool = False) -> Iterator[None]:
+        """For the ``with`` block, records in an experiment outside the run directory that this
+        run directory and driver work on it (``study-owner.json``, with a heartbeat), after
+        ``check_experiment_owner`` (whose ``StudyError`` it raises, whose note it prints)."""
+        if not self.storage_is_outside:
+            yield
+            return
+        if note := self.check_experiment_owner(claim):
+            print(note)
+        storage, me = self.storage, Holder.me()
+        study_id = self.identity().get("study_id", "")
+
+        def write(driver: Holder | None) -> None:
+            mine = OwnerRecord(study_id, me.host, str(self.path.resolve()), driver, time.time())
+            storage.replace_file(storage.owner_record_path, mine.to_bytes())
+
+        storage.filesystem()[0].create_dir(storage.experiment_path, recursive=True)
+        write(me)
+        heartbeat = Heartbeat(lambda: write(me))
+        try:
+            yield
+        finally:
+            heartbeat.stop()
+            with contextlib.suppress(
+                OSError
+            ):  # storage unreachable: the stale heartbeat says the driver is gone
+                write(None)
 
     def write_config(self, config: StudyConfig) -> None:
-        atomic_write(self.config_file, lambda path: path.write_text(config_to_toml(config)))
+        """``config.toml`` without ``run_dir``: the run directory is wherever it is now."""
+        saved = dataclasses.replace(config, run_dir="")
+        atomic_write(self.config_file, lambda path: path.write_text(config_to_toml(saved)))
+
+    def identity(self) -> dict[str, Any]:
+        """``study.json`` (``{}`` for a run directory started before it existed)."""
+        try:
+            return json.loads(self.identity_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def write_identity(self) -> None:
+        """A new study's ``study.json``: a fresh id, and the experiment named after the directory."""
+        identity = {"study_id": uuid.uuid4().hex, "experiment": self.path.resolve().name}
+        atomic_write(self.identity_file, lambda p: p.write_text(json.dumps(identity, indent=1)))
+
+    def mark_finished(self, when: str) -> None:
+        """Records that the study ran to its end with every trial complete."""
+        identity = self.identity() | {"finished": when}
+        atomic_write(self.identity_file, lambda p: p.write_text(json.dumps(identity, indent=1)))
+
+    @property
+    def finished(self) -> str:
+        """When the study finished (ISO time), or ``""``."""
+        return str(self.identity().get("finished", ""))
 
     # Baselines ---------------------------------------------------------------------------
     def record_baseline(self, name: str, state: dict[str, Any], metrics: dict[str, float]) -> None:
@@ -230,7 +394,14 @@ class RunDir:
         import torch
 
         path = self.baseline_model(name)
-        return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a cut-off or corrupt file
+            raise StudyError(
+                f"{path} is damaged ({type(exc).__name__}); --resume the study to train it again"
+            ) from None
 
     # Results tables ------------------------------------------------------------------------
     def write_trials(self, table: pd.DataFrame) -> None:
@@ -297,4 +468,16 @@ def _write_table(path: Path, table: pd.DataFrame) -> None:
 
 
 def _read_table(path: Path) -> pd.DataFrame | None:
-    return pd.read_parquet(path) if path.is_file() else None
+    """The table at ``path``, ``None`` where there is none; a ``StudyError`` for one that
+    cannot be read (cut off, or not Parquet)."""
+    import pyarrow
+
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_parquet(path)
+    except (pyarrow.ArrowException, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StudyError(
+            f"{path} cannot be read ({reason}): the file is damaged; --resume the study to write it again"
+        ) from None

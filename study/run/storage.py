@@ -24,6 +24,7 @@ from study.config import StudyError
 TRIAL_PREFIX = "trial_"
 CHECKPOINT_PREFIX = "checkpoint_"  # inside each: a ``TrialCheckpoint`` (study/run/checkpoint.py)
 EXPERIMENT_STATE_PREFIX = "experiment_state-"  # Tune's saved state, one file per session
+OWNER_RECORD = "study-owner.json"  # which run directory the experiment belongs to (study/run/lock.py)
 
 
 class _Whole(io.RawIOBase):
@@ -161,6 +162,34 @@ class ExperimentStorage:
                 f"storage {self.root} is not writable ({reason}); pass --storage with a folder or "
                 "bucket every node of the cluster can write"
             ) from None
+
+    @property
+    def owner_record_path(self) -> str:
+        return f"{self.experiment_path}/{OWNER_RECORD}"
+
+    def read_owner_record(self) -> bytes | None:
+        """``study-owner.json``'s bytes, or ``None`` where the experiment has none."""
+        fs, _ = self.filesystem()
+        if fs.get_file_info(self.owner_record_path).type == pyarrow.fs.FileType.NotFound:
+            return None
+        return self.read_bytes(self.owner_record_path)
+
+    def copy_experiment_to(self, other: ExperimentStorage) -> None:
+        """Copies the whole experiment to ``other`` (which must not hold one of that name),
+        for a copied run directory that resumes with its own storage."""
+        if other.experiment_exists():
+            raise StudyError(
+                f"storage {other.root} already holds an experiment named {other.name}; choose another --storage"
+            )
+        source_fs, _ = self.filesystem()
+        target_fs, _ = other.filesystem()
+        target_fs.create_dir(other.experiment_path, recursive=True)
+        pyarrow.fs.copy_files(
+            self.experiment_path,
+            other.experiment_path,
+            source_filesystem=source_fs,
+            destination_filesystem=target_fs,
+        )
 
     def trial_path(self, trial_id: str) -> str:
         return f"{self.experiment_path}/{trial_dirname(trial_id)}"
