@@ -252,16 +252,16 @@ class StudySearchGenerator(SearchGenerator):
     """
 
     def set_state(self, state: dict) -> None:
-        from ray.train._internal.storage import StorageContext
+        import copy
 
         from study.run.rundir import RunDir
 
         super().set_state(state)
         storage = RunDir.driven().storage
-        fs, root = storage.filesystem()
-        saved = self._experiment.storage
-        here = StorageContext(root, storage.name, saved.sync_config, storage_filesystem=fs)
-        here._timestamp = saved._timestamp  # the session folder the driver stages its trials' results in
+        # As Tune moves the trials it restores (``TuneController._restore_trials``).
+        here = copy.copy(self._experiment.storage)
+        here.storage_filesystem, here.storage_fs_path = storage.filesystem()
+        here.experiment_dir_name = storage.name
         self._experiment.storage = self._experiment.spec["storage"] = here
 
 

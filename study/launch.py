@@ -104,7 +104,7 @@ def _run(config: StudyConfig, run: RunDir, resume: Resume | None) -> Path:
     # One driver per run directory, holding its lock to the end; a new run directory is
     # removed again if the cluster cannot run the study.
     phase("cluster", "Ray, the run directory, the experiment's storage")
-    with run.driving(resuming) as set_up:
+    with run.driving(resuming) as set_up, _own_ray():
         if not resuming:
             run.write_identity()
         if resume is not None and resume.copy_from is not None:
@@ -133,6 +133,21 @@ def _run(config: StudyConfig, run: RunDir, resume: Resume | None) -> Path:
             )
         run.mark_finished(datetime.now(UTC).isoformat(timespec="seconds"))
     return run.path
+
+
+@contextmanager
+def _own_ray() -> Iterator[None]:
+    """Shuts down the Ray the ``with`` block starts (none already running), however the
+    block ends, so that what Ray's workers print as they stop comes before the study's last
+    line, and while the driver still holds the run directory."""
+    import ray
+
+    ours = not ray.is_initialized()
+    try:
+        yield
+    finally:
+        if ours and ray.is_initialized():
+            ray.shutdown()
 
 
 def _search_and_report(

@@ -14,12 +14,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from study.config import StudyError
+from study.config import StudyError, load_config
 from study.run.lock import Holder, OwnerRecord
 from study.run.rundir import RunDir
 
@@ -39,7 +38,7 @@ def _hashes(folder: Path) -> dict[str, str]:
 DRIVER = """
 import sys, time
 from pathlib import Path
-from study.config import StudyError
+from study.config import StudyError, load_config
 from study.run.rundir import RunDir
 
 run, go = RunDir(Path(sys.argv[1])), Path(sys.argv[2])
@@ -168,38 +167,6 @@ def test_an_experiment_last_run_from_another_host_or_driven_now_is_not_taken_sil
         sleeper.kill()
 
 
-class _Driver:
-    """A study process whose output is read as it comes, to stop it in a chosen phase."""
-
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(
-            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True)
-        self._reader.start()
-
-    def wait_for(self, marker: str, then: Callable[[], bool] = lambda: True) -> None:
-        """Returns once a line starts with ``marker`` and ``then()`` holds."""
-        deadline = time.monotonic() + 300
-        while not (any(line.startswith(marker) for line in self.lines) and then()):
-            assert self.process.poll() is None, "".join(self.lines)[-3000:]
-            assert time.monotonic() < deadline, f"no {marker!r} within 300 s"
-            time.sleep(0.05)
-
-    def stop_at(
-        self, marker: str, sig: int, then: Callable[[], bool] = lambda: True
-    ) -> tuple[int, str, float]:
-        """Sends ``sig`` once a line starts with ``marker`` and ``then()`` holds; ``(exit code,
-        output, seconds from the signal to the exit)``."""
-        self.wait_for(marker, then)
-        self.process.send_signal(sig)
-        sent = time.monotonic()
-        code = self.process.wait(timeout=120)
-        self._reader.join(timeout=10)
-        return code, "".join(self.lines), time.monotonic() - sent
-
-
 def _saved_epochs(run_dir: Path) -> int:
     """The most checkpoints any trial has in the run directory's storage."""
     if not RunDir(run_dir).config_file.is_file():
@@ -208,114 +175,169 @@ def _saved_epochs(run_dir: Path) -> int:
     return max((len(list(t.glob("checkpoint_*"))) for t in trials), default=0)
 
 
-def _stopped_mid_search(studies, run_dir: Path, env: dict[str, str], *extra: str, sig=signal.SIGINT) -> None:
-    """A smoke study started in ``run_dir`` and stopped by ``sig`` with trials half done;
-    meanwhile a ``--resume`` beside it is refused, naming the driver."""
-    driver = _Driver(studies.command(run_dir, *extra), env)
-    driver.wait_for("== baselines")  # it holds the run directory now
-    beside = subprocess.run(
-        [sys.executable, "-m", "study.launch", "--resume", str(run_dir)],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert beside.returncode == 2, beside.stdout[-2000:] + beside.stderr[-2000:]
-    assert beside.stderr.strip().splitlines() == [
-        f"error: run directory {run_dir} is in use by another driver (pid {driver.process.pid} on "
-        f"{socket.gethostname()} since {json.loads(RunDir(run_dir).lock_file.read_text())['since']}); "
-        "wait for it to end, or stop it first"
-    ]
-    code, output, _ = driver.stop_at("== search", sig, lambda: _saved_epochs(run_dir) >= 2)
-    assert code == 130, output[-3000:]
-    assert f"resume with: python -m study.launch --resume {run_dir}" in output
+def _launch(
+    monkeypatch, capsys, argv: list[str], stop_at: str = "", sig: int = signal.SIGINT, when=lambda: True
+) -> tuple[int, str]:
+    """``python -m study.launch`` 's ``main(argv)`` in this process, on the tests' Ray; with
+    ``stop_at``, ``sig`` comes to this process (from another thread, as a Ctrl-C or
+    Kubernetes' SIGTERM does) once that phase has started and ``when()`` holds. Returns the
+    exit code and the last line on stderr; ``_launch.out`` is what it printed."""
+    import study.launch as launch
+
+    announce = launch.phase
+
+    def phase(name: str, what: str) -> None:
+        announce(name, what)
+        if name == stop_at:
+
+            def send() -> None:
+                while not when():
+                    time.sleep(0.05)
+                os.kill(os.getpid(), sig)
+
+            threading.Thread(target=send, daemon=True).start()
+
+    monkeypatch.setattr(launch, "phase", phase)
+    code = launch.main(argv)
+    time.sleep(0.2 if stop_at else 0)  # a signal sent as the study ended has arrived by now
+    monkeypatch.setattr(launch, "phase", announce)
+    said = capsys.readouterr()
+    _launch.out = said.out
+    err = said.err.strip()
+    return code, err.splitlines()[-1] if err else ""
+
+
+def _stopped_mid_search(monkeypatch, capsys, argv: list[str], run_dir: Path, sig: int) -> None:
+    code, told = _launch(monkeypatch, capsys, argv, "search", sig, lambda: _saved_epochs(run_dir) >= 2)
+    assert (code, told) == (130, f"interrupted: resume with: python -m study.launch --resume {run_dir}")
     assert not RunDir(run_dir).trials_file.exists()
 
 
+def test_a_resume_beside_a_running_driver_is_refused_naming_it(cache_env, tmp_path: Path):
+    """Through the command line, while this process drives the run directory."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    RunDir(run_dir).write_config(load_config("smoke"))
+    with RunDir(run_dir).driving(resuming=True):
+        beside = subprocess.run(
+            [sys.executable, "-m", "study.launch", "--resume", str(run_dir)],
+            env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    since = json.loads(RunDir(run_dir).lock_file.read_text() or "{}").get("since")
+    assert beside.returncode == 2, beside.stderr[-2000:]
+    (line,) = beside.stderr.strip().splitlines()
+    assert line.startswith(
+        f"error: run directory {run_dir} is in use by another driver (pid {os.getpid()} on "
+    )
+    assert since is None  # released: the file names no driver once the study ends
+    assert not (run_dir / "ray").exists() and not RunDir(run_dir).identity()
+
+
 @pytest.mark.slow  # a study stopped, copied, moved and resumed twice
-def test_a_copied_run_directory_resumes_as_its_own_study_and_a_moved_one_where_it_is(studies, tmp_path):
-    studies.EPOCHS = 30  # the trials outlast a --resume started beside them
-    env, run_dir = studies.env(), tmp_path / "run"
-    _stopped_mid_search(studies, run_dir, env)
+def test_a_copied_run_directory_resumes_as_its_own_study_and_a_moved_one_where_it_is(
+    ray_local, studies, cache_env, monkeypatch, capsys, tmp_path
+):
+    run_dir = tmp_path / "run"
+    _stopped_mid_search(monkeypatch, capsys, studies.command(run_dir)[3:], run_dir, signal.SIGINT)
     before = _hashes(run_dir)
 
     copy = tmp_path / "José" / "copy"  # a path that is not ASCII, too
     shutil.copytree(run_dir, copy)
-    resumed = studies.resume(copy, env)
-    assert resumed.returncode == 0, studies.told(resumed)
+    assert _launch(monkeypatch, capsys, ["--resume", str(copy)])[0] == 0
     studies.assert_complete(copy)
     assert _hashes(run_dir) == before  # the original: not one byte changed
 
+    # Moved, it resumes in a process (and Ray session) of its own, as a user's command does:
+    # drivers of a copy and its original on one host and one Ray session share Tune's staging
+    # folder (see README, What it writes).
     moved = tmp_path / "moved"
     run_dir.rename(moved)
-    resumed = studies.resume(moved, env)
+    resumed = studies.resume(moved)
     assert resumed.returncode == 0, studies.told(resumed)
     studies.assert_complete(moved)
+    assert RunDir(moved).finished
 
-    again = studies.resume(moved, env)  # finished: says so, changes nothing
-    assert again.returncode == 0 and "finished at" in again.stdout and "nothing to resume" in again.stdout
+    started = time.monotonic()  # finished: says so at once, changes nothing
+    finished = _hashes(moved)
+    assert _launch(monkeypatch, capsys, ["--resume", str(moved)]) == (0, "")
+    assert f"the study in {moved} finished at {RunDir(moved).finished}: nothing to resume" in _launch.out
+    assert time.monotonic() - started < 5 and _hashes(moved) == finished
 
 
 @pytest.mark.slow  # a study on storage outside its run directory, stopped, copied and resumed
-def test_a_copy_sharing_storage_with_its_original_is_refused_until_given_its_own(studies, tmp_path):
-    studies.EPOCHS = 30  # the trials outlast a --resume started beside them
-    env, run_dir, shared = studies.env(), tmp_path / "run", tmp_path / "shared"
-    _stopped_mid_search(studies, run_dir, env, "--storage", str(shared), sig=signal.SIGTERM)
-    copy = tmp_path / "copy"
+def test_a_copy_sharing_storage_with_its_original_is_refused_until_given_its_own(
+    ray_local, studies, cache_env, monkeypatch, capsys, tmp_path
+):
+    run_dir, shared, copy, own = tmp_path / "run", tmp_path / "shared", tmp_path / "copy", tmp_path / "own"
+    argv = [*studies.command(run_dir)[3:], "--storage", str(shared)]
+    _stopped_mid_search(monkeypatch, capsys, argv, run_dir, signal.SIGTERM)
     shutil.copytree(run_dir, copy)
     before = _hashes(run_dir) | {f"shared/{k}": v for k, v in _hashes(shared).items()}
 
-    refused = studies.resume(copy, env)
-    assert refused.returncode == 2, studies.told(refused)
-    assert refused.stderr.strip().splitlines() == [
+    assert _launch(monkeypatch, capsys, ["--resume", str(copy)]) == (
+        2,
         f"error: this run directory is a copy of {run_dir}, whose experiment in {shared} it would share; "
-        "resume the copy with its own --storage (the experiment is copied there), or resume the original"
-    ]
-    own = tmp_path / "own"
-    resumed = studies.resume(copy, env, "--storage", str(own))
-    assert resumed.returncode == 0, studies.told(resumed)
-    assert f"copying the experiment from {shared} to {own}" in resumed.stdout
+        "resume the copy with its own --storage (the experiment is copied there), or resume the original",
+    )
+    assert _launch(monkeypatch, capsys, ["--resume", str(copy), "--storage", str(own)])[0] == 0
     studies.assert_complete(copy)
     assert RunDir.open(copy)[1].storage == str(own)
     assert _hashes(run_dir) | {f"shared/{k}": v for k, v in _hashes(shared).items()} == before
 
 
-@pytest.mark.slow  # one study stopped in each of its phases and resumed each time
-@pytest.mark.parametrize("first", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT-first", "SIGTERM-first"])
+def _stopped_while_loading(argv: list[str], sig: int) -> tuple[int, str]:
+    """``python -m study.launch argv`` stopped half a second in, while it imports torch and Ray."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "study.launch", *argv],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    time.sleep(0.5)
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=60)
+    return process.returncode, err.strip()
+
+
+@pytest.mark.slow  # one study stopped in each of its phases by each signal, and resumed each time
 def test_a_stop_signal_in_any_phase_ends_the_driver_and_the_resume_command_finishes_the_study(
-    studies, tmp_path, first
+    ray_local, studies, cache_env, monkeypatch, capsys, tmp_path
 ):
-    """Phases alternate the signals; the other parametrisation swaps them, so each phase
-    meets both. Before the run directory holds a study, nothing is kept and the same
-    command starts again; after, the resume command redoes the phase that was cut."""
-    env, run_dir = studies.env(TUNE_GLOBAL_CHECKPOINT_S="1"), tmp_path / "run"
-    other = signal.SIGTERM if first == signal.SIGINT else signal.SIGINT
-    start = studies.command(run_dir, "--seed-reruns", "1")
-    resume = [sys.executable, "-m", "study.launch", "--resume", str(run_dir)]
-    phases = [  # (command, the line to stop at, what must hold too)
-        (start, "", lambda: True),  # while Python loads torch and Ray
-        (start, "== cohort", lambda: True),
-        (start, "== baselines", lambda: True),
-        (resume, "== search", lambda: _saved_epochs(run_dir) >= 2),
-        (resume, "== reruns", lambda: True),
-        (resume, "== report", lambda: True),
+    """SIGINT, then SIGTERM, in each phase. Before the run directory holds the study,
+    nothing is kept and the same command starts again; after, the resume command redoes the
+    phase that was cut."""
+    run_dir = tmp_path / "run"
+    start = [*studies.command(run_dir, "--seed-reruns", "1")[3:]]
+    resume = ["--resume", str(run_dir)]
+    nothing_kept = "interrupted: before the study started, so nothing was kept: run the same command again"
+    resumable = f"interrupted: resume with: python -m study.launch --resume {run_dir}"
+    for sig in (signal.SIGINT, signal.SIGTERM):  # while Python loads torch and Ray
+        assert _stopped_while_loading(start, sig) == (130, nothing_kept)
+        assert not run_dir.exists()
+    phases = [  # (phase, what must hold too)
+        ("cohort", lambda: True),
+        ("baselines", lambda: True),
+        ("search", lambda: _saved_epochs(run_dir) >= 2),
+        ("reruns", lambda: True),
+        ("report", lambda: True),
     ]
-    for n, (argv, marker, then) in enumerate(phases):
-        sig = first if n % 2 == 0 else other
-        code, output, took = _Driver(argv, env).stop_at(marker, sig, then)
-        assert code == 130, f"{marker or 'start'}: {output[-3000:]}"
-        assert "Traceback" not in output and took < 60, (marker, took)
-        told = output.strip().splitlines()[-1]
-        if RunDir(run_dir).config_file.is_file():
-            assert told == f"interrupted: resume with: python -m study.launch --resume {run_dir}", marker
-        else:  # a new study stopped before its run directory held it: nothing left behind
-            assert told.endswith("nothing was kept: run the same command again") and not run_dir.exists()
-    done = studies.resume(run_dir, env)
-    assert done.returncode == 0, studies.told(done)
+    for name, when in phases:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            argv = resume if RunDir(run_dir).config_file.is_file() else start
+            started = time.monotonic()
+            code, told = _launch(monkeypatch, capsys, argv, name, sig, when)
+            assert code == 130 and time.monotonic() - started < 120, (name, sig, code, told)
+            assert told == (resumable if RunDir(run_dir).config_file.is_file() else nothing_kept), (name, sig)
+            if told == nothing_kept:
+                assert not run_dir.exists()
+            if name == "search":  # the second signal stops it mid-search again
+                when = lambda: _saved_epochs(run_dir) >= 4  # noqa: E731
+    assert _launch(monkeypatch, capsys, resume) == (0, "")
     trials = studies.assert_complete(run_dir)
     seeds = RunDir(run_dir).read_seed_runs()
-    assert (
-        seeds is not None
-        and not seeds.empty
-        and not seeds.duplicated(["trial_id", "forget", "seed", "epoch"]).any()
-    )
+    assert seeds is not None and not seeds.empty
+    assert not seeds.duplicated(["trial_id", "forget", "seed", "epoch"]).any()
     assert len(trials) == 2 * 2 * studies.EPOCHS

@@ -83,6 +83,11 @@ class DriverLock:
         except BlockingIOError:
             os.close(fd)
             holder = self._holder()
+            for _ in range(40):  # it took the lock a moment ago: it names itself within milliseconds
+                if holder is not None:
+                    break
+                time.sleep(0.05)
+                holder = self._holder()
             raise StudyError(
                 f"{what} is in use by another driver ({holder or 'one that is starting'}); "
                 "wait for it to end, or stop it first"
