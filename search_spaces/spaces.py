@@ -28,8 +28,8 @@ from trainables.settings import BN_MODES, OPTIMIZERS
 #: Where each numeric hyperparameter means anything, ``[low, high]``: a study's
 #: ``search_bounds`` must stay inside (a noise level of 1.08 is no fraction of voxels).
 VALID_RANGES: dict[str, tuple[float, float]] = {
-    "lr": (0.0, 1.0),
-    "weight_decay": (0.0, 1.0),
+    "lr": (0.0, math.inf),
+    "weight_decay": (0.0, math.inf),
     "warmup_epochs": (0.0, math.inf),
     "retain_weight": (0.0, math.inf),
     "noise_level": (0.0, 1.0),  # a fraction of the forget voxels

@@ -1,12 +1,11 @@
-"""Interrupted drivers, killed workers, lost checkpoints: the study resumes and loses or
-repeats nothing, or says which trial it could not finish."""
+"""Killed drivers and workers: the study resumes and loses or repeats nothing, or says which
+trial it could not finish. (Stop signals, cut-off states and lost checkpoints: test_portable.)"""
 
 from __future__ import annotations
 
 import json
 import os
 import re
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -27,74 +26,6 @@ def _checkpoints(run_dir: Path) -> dict[Path, int]:
         indices = [int(c.name.removeprefix("checkpoint_")) for c in trial.glob("checkpoint_*")]
         found[trial] = max(indices, default=-1) + 1
     return found
-
-
-def _results_in_storage(run_dir: Path) -> dict[Path, str]:
-    """Each trial's ``result.json`` as storage holds it (Tune syncs it there now and then, its
-    checkpoints as they are made)."""
-    return {
-        p: p.read_text() for p in Path(RunDir(run_dir).storage.experiment_path).glob("trial_*/result.json")
-    }
-
-
-def _finished_and_running(run_dir: Path, epochs: int) -> bool:
-    """One trial's every epoch is in storage's ``result.json``, and another trial is under way."""
-    finished = any(len(text.splitlines()) == epochs for text in _results_in_storage(run_dir).values())
-    return finished and any(2 <= n < epochs for n in _checkpoints(run_dir).values())
-
-
-def test_sigterm_stops_the_study_like_ctrl_c_and_resume_finishes_it_without_rerunning_finished_trials(
-    studies, tmp_path
-):
-    """SIGTERM, what Kubernetes sends a pod it deletes, takes Ctrl-C's path (``main`` raises
-    SIGINT, Tune's handler saves and returns). A cut-off experiment state is then refused by
-    name before Tune could start the study over; put back, the study finishes."""
-    # Tune writes result files to storage with its experiment state: every second here, so a
-    # finished trial's shows while another trial still runs (a smoke study lasts about 15 s).
-    env, run_dir = studies.env(TUNE_GLOBAL_CHECKPOINT_S="1"), tmp_path / "run"
-    driver = studies.start(run_dir, env=env)
-    studies.wait_until(
-        lambda: _finished_and_running(run_dir, studies.EPOCHS),
-        driver,
-        "one trial finished and another under way",
-    )
-    driver.send_signal(signal.SIGTERM)
-    output, _ = driver.communicate(timeout=120)
-    assert driver.returncode == 130, output[-3000:]
-    assert f"resume with: python -m study.launch --resume {run_dir}" in output
-    assert not RunDir(run_dir).trials_file.exists()
-    finished = {
-        p: text
-        for p, text in _results_in_storage(run_dir).items()
-        if len(text.splitlines()) == studies.EPOCHS
-    }
-    assert finished
-
-    state = Path(RunDir(run_dir).storage.newest_experiment_state())
-    whole = state.read_bytes()
-    state.write_bytes(whole[: len(whole) // 2])  # cut off, as a copy killed mid-file leaves it
-    refused = studies.resume(run_dir, env)
-    assert refused.returncode == 2, studies.told(refused)
-    assert (
-        refused.stderr.strip()
-        .splitlines()[-1]
-        .startswith(f"error: Tune's experiment state {state} is cut off")
-    )
-    assert (
-        "Traceback" not in refused.stdout + refused.stderr and state.read_bytes() == whole[: len(whole) // 2]
-    )
-    state.write_bytes(whole)
-
-    resumed = studies.resume(run_dir, env)
-    assert resumed.returncode == 0, studies.told(resumed)
-    studies.assert_complete(run_dir)
-    for path, before in finished.items():  # not rerun: no epoch of a finished trial trained again
-        after = path.read_text()
-        assert after.startswith(before), f"{path} changed:\n{before[-600:]}\n---\n{after[-1200:]}"
-        # Stopped between a trial's last report and Tune registering its checkpoint: the trial
-        # resumes from the epoch before and reruns its last one (same seed, same figures).
-        added = after[len(before) :].splitlines()
-        assert all(json.loads(line)["epoch"] == studies.EPOCHS for line in added), added
 
 
 def test_sigkill_right_after_a_checkpoint_loses_nothing_and_the_same_command_continues(studies, tmp_path):
@@ -125,42 +56,6 @@ def test_sigkill_right_after_a_checkpoint_loses_nothing_and_the_same_command_con
     assert resumed.returncode == 0, studies.told(resumed)
     assert resumed.stdout.startswith(f"resuming the study in {run_dir}")
     studies.assert_complete(run_dir)
-
-
-def _unfinished_with_saved_checkpoints(run_dir: Path) -> list[Path]:
-    """Folders of trials that Tune's saved state records as unfinished, with a checkpoint."""
-    from ray.tune import ExperimentAnalysis
-
-    try:
-        trials = ExperimentAnalysis(RunDir(run_dir).storage.experiment_path).trials
-    except (ValueError, OSError):
-        return []
-    return [Path(t.path) for t in trials if t.checkpoint is not None and t.status != "TERMINATED"]
-
-
-def test_a_trial_whose_checkpoints_were_deleted_is_rerun_on_resume(studies, tmp_path):
-    # Tune saves its experiment state every second, so one soon names a mid-trial checkpoint.
-    env = studies.env(TUNE_GLOBAL_CHECKPOINT_S="1")
-    for attempt in range(3):  # the kill may land just after a save that names none: try again
-        run_dir = tmp_path / f"run{attempt}"
-        driver = studies.start(run_dir, env=env)
-        studies.wait_until(
-            lambda d=run_dir: _unfinished_with_saved_checkpoints(d), driver, "a saved mid-trial state"
-        )
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.communicate(timeout=60)
-        if lost := _unfinished_with_saved_checkpoints(run_dir):  # what the state says now, for good
-            break
-    for trial in lost:
-        for checkpoint in trial.glob("checkpoint_*"):
-            shutil.rmtree(checkpoint)
-
-    resumed = studies.resume(run_dir, env)
-    output = resumed.stdout + resumed.stderr
-    assert resumed.returncode == 0, output[-3000:]
-    named = output.split("the checkpoints of trial(s) ")[1].split(" are gone")[0].split(", ")
-    assert {f"trial_{t}" for t in named} == {trial.name for trial in lost}
-    studies.assert_complete(run_dir)  # they ran again from epoch 1: every epoch once
 
 
 def test_a_worker_killed_while_tune_saves_its_checkpoint_ends_with_exit_3_and_resume_completes_it(

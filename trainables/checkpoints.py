@@ -47,8 +47,16 @@ def _saved_trials(storage: ExperimentStorage) -> list[Any]:
 
 def unfinished_trials(storage: ExperimentStorage) -> list[str]:
     """Trials the saved state records as neither finished nor failed (pending, running,
-    paused): what an interrupted ``Tuner.fit`` leaves."""
-    return [t.trial_id for t in _saved_trials(storage) if t.status not in ("TERMINATED", "ERROR")]
+    paused): what an interrupted ``Tuner.fit`` leaves. Read from the state's JSON alone
+    (Tune's reader unpickles every trial: seconds at the end of every study)."""
+    path = storage.newest_experiment_state()
+    if path is None:
+        return []
+    try:
+        trials = [json.loads(trial) for trial, _ in json.loads(storage.read_bytes(path))["trial_data"]]
+    except (ValueError, KeyError, TypeError):
+        return []  # cut off: refused by name when the study is resumed
+    return [t["trial_id"] for t in trials if t.get("status") not in ("TERMINATED", "ERROR")]
 
 
 def prune_checkpoints(storage: ExperimentStorage) -> int:
