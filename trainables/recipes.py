@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from study.cohort import Cohort
-from study.config import StudyConfig
+from study.config import StudyConfig, first_line
 from study.metrics.membership import shadow_subsets
 from study.model import file_digest
 from study.run.rundir import atomic_write
@@ -84,8 +84,7 @@ def load_cached(config: StudyConfig, key: str) -> tuple[dict[str, torch.Tensor],
         cached = torch.load(path, map_location="cpu", weights_only=True)
         return cached["model"], cached["metrics"]
     except Exception as exc:  # torch raises many types for a cut-off or corrupt file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"the cached model {path} is damaged ({reason}): training it again", flush=True)
+        print(f"the cached model {path} is damaged ({first_line(exc)}): training it again", flush=True)
         path.unlink(missing_ok=True)
         return None
 

@@ -2,7 +2,7 @@
 files and flags), the epoch schedule every trial follows, and the one error type for what a
 user can get wrong."""
 
-from study.config.errors import StudyError, StudyIncomplete, StudyInterrupted, run_cli
+from study.config.errors import StudyError, StudyIncomplete, StudyInterrupted, first_line, run_cli
 from study.config.objectives import OBJECTIVES
 from study.config.schedule import EpochSchedule
 from study.config.schema import StudyConfig, check_precision
@@ -20,6 +20,7 @@ __all__ = [
     "config_from_toml",
     "config_to_toml",
     "differing_settings",
+    "first_line",
     "load_config",
     "run_cli",
 ]

@@ -14,6 +14,12 @@ class StudyError(Exception):
     """
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message for a one-line error: its first line, or its type's name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class StudyInterrupted(Exception):  # noqa: N818 (an interruption, not an error)
     """The study stopped before its trials finished (Ctrl-C, a stop signal); it can be resumed."""
 

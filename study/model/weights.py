@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from study.config import StudyError
+from study.config import StudyError, first_line
 from study.model.network import ARCHITECTURES, MedicalNetSegmentation
 
 
@@ -35,9 +35,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or unsafe pickles
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StudyError(
-            f"weights file {path} cannot be loaded safely (weights_only=True): {first_line}"
+            f"weights file {path} cannot be loaded safely (weights_only=True): {first_line(exc)}"
         ) from exc
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from study.config import StudyConfig, StudyError, config_from_toml, config_to_toml
+from study.config import StudyConfig, StudyError, config_from_toml, config_to_toml, first_line
 from study.run.checkpoint import TrialCheckpoint
 from study.run.lock import DriverLock, Heartbeat, Holder, OwnerRecord
 from study.run.storage import ExperimentStorage
@@ -477,7 +477,6 @@ def _read_table(path: Path) -> pd.DataFrame | None:
     try:
         return pd.read_parquet(path)
     except (pyarrow.ArrowException, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StudyError(
-            f"{path} cannot be read ({reason}): the file is damaged; --resume the study to write it again"
+            f"{path} cannot be read ({first_line(exc)}): the file is damaged; --resume the study to write it again"
         ) from None
