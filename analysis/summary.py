@@ -119,30 +119,51 @@ def best_trials(rows: pd.DataFrame, per_horizon: bool = True) -> pd.DataFrame:
     ).head(1)
 
 
+#: The models scored on the native grid at the end of a study, as the report names them.
+SCORED_MODELS = {
+    "original": "original model (before unlearning)",
+    "retrain": "retrain reference (exact)",
+    "recommended": "recommended model",
+}
+
+
+def _set_row(label: str, m: dict[str, float]) -> dict[str, Any]:
+    return {
+        "row": label,
+        "retain_dice": m["retain_dice"],
+        "holdout_dice": m.get("holdout_dice", math.nan),
+        "forget_dice": m["forget_dice"],
+        "dice_gap": m["retain_dice"] - m["forget_dice"],
+        "mae_gap": m["forget_mae"] - m["retain_mae"],
+    }
+
+
 def paper_table(
-    rows: pd.DataFrame, baselines: dict[str, dict[str, float]], horizons: list[int]
+    rows: pd.DataFrame,
+    baselines: dict[str, dict[str, float]],
+    horizons: list[int],
+    recommended: Recommendation | None = None,
+    official: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The reference paper's table: strategy x horizon with retain/forget Dice, Dice and MAE gaps,
-    and holdout Dice beside retain Dice (retain subjects were trained on; holdout ones never).
+    and holdout Dice beside retain Dice (retain subjects were trained on; holdout ones never),
+    all on the input grid.
 
-    First the original model and the retrain reference, then each strategy's best trial at
-    each configured horizon, then the paper's published Noisy Label figures (not ours).
+    First the original model, the retrain reference and the ``recommended`` configuration,
+    then each strategy's best trial at each configured horizon, then the paper's published
+    Noisy Label figures (not ours). With ``official`` (``official_scores.parquet``), the
+    three models' rows gain each set's native-grid Dice and HD95, MRBrainS18's per-label
+    figures averaged over the labels (``official_means``).
     """
     lines = []
-    names = {"original": "original model (before unlearning)", "retrain": "retrain reference (exact)"}
-    for name, label in names.items():
+    for name in ("original", "retrain"):
         if name in baselines:
-            m = baselines[name]
-            lines.append(
-                {
-                    "row": label,
-                    "retain_dice": m["retain_dice"],
-                    "holdout_dice": m.get("holdout_dice", math.nan),
-                    "forget_dice": m["forget_dice"],
-                    "dice_gap": m["retain_dice"] - m["forget_dice"],
-                    "mae_gap": m["forget_mae"] - m["retain_mae"],
-                }
-            )
+            lines.append(_set_row(SCORED_MODELS[name], baselines[name]) | {"model": name})
+    if recommended is not None:
+        label = f"{SCORED_MODELS['recommended']}: {recommended.strategy} @ {recommended.epoch} epochs"
+        lines.append(_set_row(label, recommended.figures) | {"model": "recommended"})
+        lines[-1] |= {k: recommended.figures[k] for k in ("forget_drop", "retain_kept")}
+        lines[-1]["trial_id"] = recommended.trial_id
     best = best_trials(at_horizons(rows, horizons))
     order = {h: i for i, h in enumerate(horizons)}
     best = best.sort_values(["strategy", "horizon"], key=lambda c: c.map(order) if c.name == "horizon" else c)
@@ -161,6 +182,43 @@ def paper_table(
             }
         )
     lines.append(dict(PUBLISHED_NOISY_LABEL))
+    table = pd.DataFrame(lines)
+    if official is not None and len(official):
+        means = official_means(official).groupby(["model", "role"])[["dice", "hd95_mm"]].mean()
+        for role in ("retain", "forget"):
+            for metric in ("dice", "hd95_mm"):
+                values = {model: means[metric].get((model, role), math.nan) for model in SCORED_MODELS}
+                table[f"{role}_{metric}_native"] = table["model"].map(values)
+    return table.drop(columns="model")
+
+
+def official_means(official: pd.DataFrame) -> pd.DataFrame:
+    """MRBrainS18's figures (``official_scores.parquet``) per model, subject set (``role``) and
+    label: the mean over the set's subjects of ``dice``, ``hd95_mm``, ``vs`` and ``label_mae``,
+    each leaving its undefined (NaN) subjects out."""
+    figures = ["dice", "hd95_mm", "vs", "label_mae"]
+    return official.groupby(["model", "role", "label", "name"], sort=False)[figures].mean().reset_index()
+
+
+def official_table(official: pd.DataFrame, set_metrics: dict[str, dict[str, float]]) -> pd.DataFrame:
+    """Per model and subject set, MRBrainS18's Dice and HD95 (mm) of each label on the native
+    grid, the label-map MAE there, and beside them the set's input-grid Dice and MAE from
+    ``set_metrics`` (``{model: its metrics}``); column names say which grid."""
+    means = official_means(official)
+    roles = [r for r in ("forget", "retain", "holdout") if r in set(means["role"])]
+    lines = []
+    for model in [m for m in SCORED_MODELS if m in set(means["model"])]:
+        for role in roles:
+            part = means[(means["model"] == model) & (means["role"] == role)]
+            line: dict[str, Any] = {"model": SCORED_MODELS[model], "set": role}
+            metrics = set_metrics.get(model, {})
+            line["Dice, input grid"] = metrics.get(f"{role}_dice", math.nan)
+            for label in part.itertuples():
+                line[f"Dice {label.name}, native"] = label.dice
+                line[f"HD95 {label.name} (mm), native"] = label.hd95_mm
+            line["MAE softmax, input grid"] = metrics.get(f"{role}_mae", math.nan)
+            line["MAE label map, native"] = part["label_mae"].mean()
+            lines.append(line)
     return pd.DataFrame(lines)
 
 

@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from analysis.evaluate import score_models, segment_native
 from analysis.pareto import front_table
 from analysis.report import build_report
 from analysis.study_state import Study, load_study, missing_recommended_model
@@ -193,6 +194,9 @@ def _search_and_report(
             rerun_recommendation(
                 config, run, safe.trial_id, safe.epoch, handover, None, start, bn_modes=False
             )
+        if config.native_scores:
+            phase("scores", "MRBrainS18's Dice, HD95 and volume similarity per label, on the native grid")
+            score_on_native_grid(config, run, study, cohort, handover, references.states, connection.local)
         phase("report", f"figures and tables in {run.report_html}")
         print("\n" + build_report(study, cohort=cohort).text)
     return problems
@@ -371,6 +375,32 @@ def save_recommended_model(config: StudyConfig, study: Study, handover: Handover
         spec, handover.cohort, handover.original_state, handover.reference
     )
     study.run.save_recommended(missing.trial_id, missing.epoch, ray.get(task).state)
+
+
+def score_on_native_grid(
+    config: StudyConfig,
+    run: RunDir,
+    study: Study,
+    cohort: Cohort,
+    handover: Handover,
+    baselines: dict[str, Any],
+    local: bool,
+) -> None:
+    """The original model, the retrain reference and the recommended model segment every
+    subject (Ray tasks side by side on a cluster; in this process on a ``local`` Ray) and are
+    scored on the native grid, as
+    MRBrainS18 scores (``analysis/evaluate.py``): ``official_scores.parquet`` and
+    ``predictions/<model>/<subject>/result.nii.gz``."""
+    models = {name: baselines[name] for name in ("original", "retrain")}
+    if (recommended := study.recommendation) is not None:
+        state = run.load_model_of(recommended.trial_id, recommended.epoch)
+        if state is not None:
+            models["recommended"] = state
+    segment = None  # on a local Ray, in this process: a task would add only a worker's start-up
+    if not local:
+        task = remote(config, segment_native)
+        segment = lambda name, state, shapes: task.remote(config, state, handover.cohort, shapes)  # noqa: E731
+    run.write_official_scores(score_models(config, run, cohort, models, segment))
 
 
 def config_from_args(argv: list[str] | None = None) -> tuple[StudyConfig, Resume | None]:

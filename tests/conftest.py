@@ -260,7 +260,7 @@ class SmokeStudy:
 @pytest.fixture(scope="session")
 def smoke_study(ray_local, cache_home: Path, tmp_path_factory: pytest.TempPathFactory) -> SmokeStudy:
     """The smoke study (2 strategies x 2 trials x 2 epochs, 2 fresh seeds, both other
-    bn_modes), run once for every test that reads it."""
+    bn_modes, MRBrainS18's scoring at the end), run once for every test that reads it."""
     import contextlib
     import io
 
@@ -268,7 +268,7 @@ def smoke_study(ray_local, cache_home: Path, tmp_path_factory: pytest.TempPathFa
 
     folder = tmp_path_factory.mktemp("smoke-study")
     reruns = folder / "reruns.toml"
-    reruns.write_text("seed_reruns = 2\nbn_mode_reruns = true\n")
+    reruns.write_text("seed_reruns = 2\nbn_mode_reruns = true\nnative_scores = true\n")
     output = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(output):
         patch.setenv("XDG_CACHE_HOME", str(cache_home))

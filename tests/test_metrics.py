@@ -23,11 +23,21 @@ def test_dice_is_the_foreground_mean_over_classes():
     assert dice.item() == pytest.approx((0.5 + 0.8) / 2)
 
 
-def test_dice_leaves_out_classes_absent_from_the_ground_truth():
+def test_dice_scores_a_class_predicted_but_absent_from_the_ground_truth_zero():
     target = torch.tensor([[[[0, 1], [1, 1]]]])
     pred = torch.tensor([[[[2, 1], [1, 0]]]])  # class 2 predicted but absent in truth
-    # class 1: |T|=3, |P|=2, overlap 2 -> 0.8; class 2 ignored
-    assert dice_per_subject(pred, target, n_classes=3).item() == pytest.approx(0.8)
+    # class 1: |T|=3, |P|=2, overlap 2 -> 0.8; class 2: a false positive only -> 0 (MRBrainS18)
+    assert dice_per_subject(pred, target, n_classes=3).item() == pytest.approx(0.4)
+
+
+def test_dice_leaves_out_a_class_in_neither_map_and_a_subject_with_no_foreground():
+    target = torch.tensor([[[[0, 1], [1, 1]]], [[[0, 0], [0, X]]]])  # two subjects
+    pred = torch.tensor([[[[0, 1], [1, 0]]], [[[0, 0], [0, 2]]]])
+    dice = dice_per_subject(pred, target, n_classes=3)
+    # subject 0: class 1 -> 0.8, class 2 in neither map (not a perfect 1.0): left out
+    assert dice[0].item() == pytest.approx(0.8)
+    # subject 1: no foreground anywhere (class 2 only on an unscored voxel): undefined
+    assert math.isnan(dice[1].item())
 
 
 def test_mae_is_the_mean_absolute_error_over_classes_and_voxels():

@@ -37,3 +37,13 @@ def preprocess(
         return a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
 
     return as_numpy(image).astype(np.float32), as_numpy(merged)[0].astype(np.uint8)
+
+
+def to_native(probabilities: torch.Tensor, native_shape: tuple[int, int, int]) -> torch.Tensor:
+    """Class indices ``(X, Y, Z)`` on a subject's native grid from a model's softmax
+    ``(C, D, H, W)`` on the input grid: ``preprocess`` undone (resized back trilinearly, on
+    the probabilities, with the same corner convention; axes back to X, Y, Z), then argmax."""
+    x, y, z = native_shape
+    native = Resize((z, y, x), mode="trilinear", align_corners=False)(probabilities.float())
+    # max().indices: argmax over the first axis of a large tensor is several times slower on the CPU
+    return torch.as_tensor(native).max(dim=0).indices.permute(2, 1, 0)  # (Z, Y, X) -> (X, Y, Z)

@@ -60,6 +60,9 @@ class StudyConfig:
     seed: int = 0
     seed_reruns: int = 3  # the recommended configuration rerun with this many fresh seeds (0: none)
     bn_mode_reruns: bool = True  # ... and at its own seed under every other bn_mode
+    # The original, retrain and recommended models scored as MRBrainS18 scores (per label, on
+    # the native grid; official_scores.parquet, predictions/) at the end of the study
+    native_scores: bool = True
     # The per-subject membership test (study/metrics/membership.py): models retrained without
     # the forget subjects with this many seeds (1: the retrain reference alone), and shadow
     # models, each trained on a random half of the labelled subjects (0: no test)

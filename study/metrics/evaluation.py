@@ -1,11 +1,18 @@
 """Dice, MAE, the unlearning objectives derived from them, and model evaluation on a cohort.
 
-Per subject, on the softmax output at the input resolution, over the scored voxels (those
-not labelled ``IGNORE_LABEL``, i.e. not MRBrainS18 infarction 9 or other 10):
-  Dice = mean over foreground classes (MONAI ``DiceMetric``, background excluded); a
-         prediction on an unscored voxel is neither a true nor a false positive;
-  MAE  = mean over scored voxels and classes of ``|softmax - one_hot|``.
-A subject set's figure is the mean over its subjects. With ``0`` the original model:
+Per subject, on the softmax output at the input resolution (the search's fast figures;
+MRBrainS18's own, per label on the native grid, are ``study/metrics/official.py``), over the
+scored voxels (those not labelled ``IGNORE_LABEL``, i.e. not MRBrainS18 infarction 9 or
+other 10), with the challenge's conventions:
+  Dice = mean over foreground classes (MONAI ``DiceMetric``, background excluded) of each
+         class's Dice: 0 for a class predicted but absent from the ground truth, undefined
+         (left out of the mean) only when neither has it; a prediction on an unscored voxel
+         is neither a true nor a false positive;
+  MAE  = mean over scored voxels and over every class, background included, of
+         ``|softmax - one_hot|`` (the mean absolute error of the probabilities; that of the
+         hard label map is ``official.label_map_mae``).
+A subject set's figure is the mean over its subjects (a subject with no foreground in
+either, undefined, left out). With ``0`` the original model:
   ``dice_gap = retain_dice - forget_dice``, ``mae_gap = forget_mae - retain_mae``,
   ``forget_drop = (forget_dice0 - forget_dice) / forget_dice0``,
   ``retain_kept = retain_dice / retain_dice0``,
@@ -55,23 +62,28 @@ def scored_voxels(target: torch.Tensor) -> torch.Tensor:
 def dice_per_subject(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -> torch.Tensor:
     """Foreground-mean Dice ``(B,)`` of class maps ``pred``, ``target`` ``(B, D, H, W)``.
 
-    A class absent from a subject's ground truth is left out of that subject's mean; voxels
-    whose ``target`` is ``IGNORE_LABEL`` are left out of every class (MONAI's ``ignore_index``).
+    A class predicted but absent from the ground truth scores 0; one in neither is left out
+    of the mean (NaN for a subject with no foreground class in either). Voxels whose
+    ``target`` is ``IGNORE_LABEL`` are left out of every class (MONAI's ``ignore_index``).
     """
     metric = DiceMetric(
         include_background=False,
-        reduction="mean_channel",
-        ignore_empty=True,
+        reduction="none",
+        ignore_empty=False,  # absent from the ground truth: 0 if predicted (1 if not: replaced below)
         num_classes=n_classes,
         ignore_index=IGNORE_LABEL,
     )
-    metric(y_pred=pred.long()[:, None], y=target.long()[:, None])  # class indices (B, 1, D, H, W)
-    return metric.aggregate()  # per-subject mean over the classes present (NaN ones left out)
+    per_class = metric(y_pred=pred.long()[:, None], y=target.long()[:, None])  # (B, n_classes - 1)
+    scored = scored_voxels(target)
+    in_either = torch.stack(
+        [(((pred == c) | (target == c)) & scored).flatten(1).any(dim=1) for c in range(1, n_classes)], dim=1
+    )
+    return torch.where(in_either, per_class, torch.nan).nanmean(dim=1)
 
 
 def slab_dice(prediction: torch.Tensor, target: torch.Tensor, n_classes: int) -> torch.Tensor:
     """Foreground-mean Dice ``(S,)`` per slab of ``SLAB`` slices of class maps ``(D, H, W)``;
-    NaN for a slab without foreground."""
+    NaN for a slab with no foreground class in either map."""
     starts = range(0, target.shape[0], SLAB)
     return torch.cat(
         [
@@ -135,7 +147,7 @@ def _set_means(figures: dict[str, SubjectFigures], split: Split) -> dict[str, fl
     for set_name in SUBJECT_SETS:
         subjects = getattr(split, set_name)
         for metric in ("dice", "mae"):
-            values = [getattr(figures[s], metric) for s in subjects]
+            values = [v for s in subjects if not math.isnan(v := getattr(figures[s], metric))]
             metrics[f"{set_name}_{metric}"] = sum(values) / len(values) if values else math.nan
     return metrics
 

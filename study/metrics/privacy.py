@@ -4,7 +4,9 @@ Samples are slabs (``SLAB`` consecutive axial slices of one subject), so that a 
 ten subjects still gives dozens of samples. Per slab the attack sees four features of the
 model's softmax output: mean cross-entropy, mean confidence (top probability), mean entropy
 and the slab's foreground Dice. It is a logistic regression trained on retain slabs
-(members) against holdout slabs (non-members), classes weighted equally:
+(members) against holdout slabs (non-members), classes weighted equally. A slab with no
+foreground class in the ground truth or the prediction has no Dice: the fitted attack
+leaves it out (it is neither a hit nor a miss), the loss figures keep it:
 
 - ``mia_auc``: its power, the AUC on retain vs holdout slabs, each subject's slabs scored
   by an attack fitted without that subject (leave-one-subject-out; leave-one-slab-out
@@ -38,7 +40,8 @@ def slab_features(
     """Features ``(S, 4)`` of one subject's ``S = ceil(D / SLAB)`` slabs.
 
     ``probabilities``: ``(C, D, H, W)`` softmax; ``target``: ``(D, H, W)`` class indices;
-    ``dice``: ``(S,)`` foreground Dice per slab (NaN where a slab has no foreground);
+    ``dice``: ``(S,)`` foreground Dice per slab (NaN where neither map has foreground there:
+    kept NaN, the attack leaves such a slab out);
     ``valid``: ``(D, H, W)`` bool, the voxels scored (default: all).
     """
     valid = torch.ones_like(target, dtype=torch.bool) if valid is None else valid
@@ -55,8 +58,7 @@ def slab_features(
             [float((m[start : start + SLAB] * keep).sum() / count) for m in (loss, confidence, entropy)]
         )
     features = np.asarray(rows, dtype=np.float64)
-    dice = np.nan_to_num(dice.double().cpu().numpy(), nan=1.0)  # no foreground, no miss
-    return np.column_stack([features, dice])
+    return np.column_stack([features, dice.double().cpu().numpy()])
 
 
 def auc(positive: np.ndarray, negative: np.ndarray) -> float:
@@ -103,11 +105,20 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, weight: np.ndarray, l2: float) -
     return coef
 
 
+def _with_dice(x: np.ndarray) -> np.ndarray:
+    """The rows of slab features ``x (N, 4)`` that have a Dice: those the fitted attack sees."""
+    return x[np.isfinite(x).all(axis=1)]
+
+
 def _cross_validated_auc(members: list[np.ndarray], nonmembers: list[np.ndarray]) -> float:
     """AUC on members vs non-members, each group of slabs scored by an attack fitted without it.
 
     Groups are subjects; with fewer than two subjects on a side, single slabs.
     """
+    members = [m for m in map(_with_dice, members) if len(m)]
+    nonmembers = [n for n in map(_with_dice, nonmembers) if len(n)]
+    if not members or not nonmembers:
+        return math.nan
     if min(len(members), len(nonmembers)) < 2:
         members, nonmembers = [s[None] for m in members for s in m], [s[None] for n in nonmembers for s in n]
     groups = [(True, i) for i in range(len(members))] + [(False, i) for i in range(len(nonmembers))]
@@ -140,8 +151,9 @@ def privacy_metrics(
     if not holdout or not retain:
         return metrics
     members, nonmembers = np.vstack([features[s] for s in retain]), np.vstack([features[s] for s in holdout])
-    attack = Attack(members, nonmembers)
-    metrics["mia_auc"] = _cross_validated_auc([features[s] for s in retain], [features[s] for s in holdout])
-    metrics["mia_forget"] = float((attack.score(forget_x) > 0.5).mean())
     metrics["mia_forget_auc"] = auc(-forget_x[:, 0], -nonmembers[:, 0])
+    metrics["mia_auc"] = _cross_validated_auc([features[s] for s in retain], [features[s] for s in holdout])
+    fitted_on, scored = (_with_dice(members), _with_dice(nonmembers)), _with_dice(forget_x)
+    if min(len(fitted_on[0]), len(fitted_on[1])) and len(scored):
+        metrics["mia_forget"] = float((Attack(*fitted_on).score(scored) > 0.5).mean())
     return metrics

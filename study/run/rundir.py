@@ -150,6 +150,16 @@ class RunDir:
         return self.path / "privacy.parquet"
 
     @property
+    def official_scores_file(self) -> Path:
+        """MRBrainS18's scoring on the native grid: a row per (model, subject, label)."""
+        return self.path / "official_scores.parquet"
+
+    @property
+    def predictions_dir(self) -> Path:
+        """``<model>/<subject>/result.nii.gz``: segmentations on the native grid."""
+        return self.path / "predictions"
+
+    @property
     def report_html(self) -> Path:
         return self.path / "report.html"
 
@@ -430,6 +440,12 @@ class RunDir:
 
     def read_privacy(self) -> pd.DataFrame | None:
         return _read_table(self.privacy_file)
+
+    def write_official_scores(self, table: pd.DataFrame) -> None:
+        _write_table(self.official_scores_file, table)
+
+    def read_official_scores(self) -> pd.DataFrame | None:
+        return _read_table(self.official_scores_file)
 
     # Trained models ------------------------------------------------------------------------
     def save_recommended(
