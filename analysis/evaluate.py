@@ -210,9 +210,11 @@ def _model_state(run: RunDir, study: Any, name: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def evaluate_model(run_dir: Path, model: str = "recommended", out: Path | None = None) -> Path:
+def evaluate_model(
+    run_dir: Path, model: str = "recommended", out: Path | None = None
+) -> tuple[Path, pd.DataFrame]:
     """Writes ``model``'s predictions and ``scores.csv`` into ``out`` (default:
-    ``RUN_DIR/predictions/<model>/``); returns the folder."""
+    ``RUN_DIR/predictions/<model>/``); returns the folder and the scores."""
     from analysis.study_state import load_study
 
     run, config = RunDir.open(Path(run_dir))
@@ -233,7 +235,7 @@ def evaluate_model(run_dir: Path, model: str = "recommended", out: Path | None =
     segmentations = _segment_here(config, state, cohort, shapes)
     scores = score_subjects(segmentations, truths, roles_of(cohort), config.label_mode, out)
     atomic_write(out / "scores.csv", lambda p: scores.to_csv(p, index=False))
-    return out
+    return out, scores
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,8 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def evaluate() -> None:
-        out = evaluate_model(args.run_dir, args.model, args.out)
-        scores = pd.read_csv(out / "scores.csv")
+        out, scores = evaluate_model(args.run_dir, args.model, args.out)
         print(summary_table(scores).to_string())
         print(f"predictions and scores.csv in {out}")
 

@@ -3,17 +3,19 @@ brute-force reference, and the native-grid predictions that it scores."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from analysis.evaluate import read_truths, score_subjects, segment_native, summary_table, write_result
 from analysis.summary import official_means
-from study.cohort import synthetic
+from study.cohort import study_split, synthetic
 from study.cohort.preprocess import preprocess, to_native
 from study.config import StudyConfig
 from study.metrics.official import class_values, hd95, label_map_mae, score_labels, scored_labels
@@ -150,8 +152,6 @@ def test_means_over_subjects_leave_undefined_figures_out():
         },
         {"model": "m", "subject": "b", "role": "retain", "label": 5, "name": "CSF", "dice": math.nan},
     ]
-    import pandas as pd
-
     scores = pd.DataFrame(rows).assign(vs=0.9, label_mae=0.1)
     means = official_means(scores)
     assert means["dice"].tolist() == [0.6] and means["hd95_mm"].tolist() == [2.0]
@@ -232,3 +232,80 @@ def test_native_segmentations_are_the_same_in_a_ray_task_as_in_this_process(
         assert here[subject].shape == (24, 20, 6) and here[subject].dtype == np.uint8
         assert set(np.unique(here[subject])) <= {0, 1, 3, 5}  # MRBrainS18 values of the 4 classes
         assert np.array_equal(here[subject], there[subject])
+
+
+def test_the_study_scores_its_three_models_on_the_native_grid(smoke_study):
+    """``official_scores.parquet``: original, retrain and recommended on every subject and
+    label; their predictions on disk; the report's tables on both grids."""
+    run = smoke_study.run
+    assert "== scores: MRBrainS18's Dice" in smoke_study.output
+    scores = pd.read_parquet(run.official_scores_file)
+    split = study_split(smoke_study.config)[1]
+    subjects = split.training + split.holdout
+    assert len(scores) == 3 * len(subjects) * 3  # models x subjects x (GM, WM, CSF)
+    assert set(scores["model"]) == {"original", "retrain", "recommended"}
+    assert set(scores["label"]) == {1, 3, 5} and set(scores["role"]) == {"forget", "retain", "holdout"}
+    defined = scores["dice"].dropna()
+    assert len(defined) >= len(scores) // 2 and defined.between(0, 1).all()
+    assert (scores["hd95_mm"].dropna() >= 0).all() and scores["vs"].dropna().between(0, 1).all()
+    for model in ("original", "retrain", "recommended"):
+        for subject in subjects:
+            result = nib.load(run.predictions_dir / model / subject / "result.nii.gz")
+            assert result.shape == synthetic.SHAPE and set(np.unique(np.asarray(result.dataobj))) <= {
+                0,
+                1,
+                3,
+                5,
+            }
+    markdown = run.report_markdown.read_text()
+    assert "retain Dice, input grid" in markdown and "retain HD95 (mm), native" in markdown
+    assert "Per label, on the native grid (MRBrainS18's scoring):" in markdown
+    assert "| Dice GM, native " in markdown and "HD95 CSF (mm), native" in markdown
+
+
+def _evaluate(argv: list[str], capsys) -> tuple[int, str, str]:
+    from analysis.evaluate import main
+
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_analysis_evaluate_writes_one_models_predictions_and_scores(smoke_study, cache_env, tmp_path, capsys):
+    out = tmp_path / "original"
+    code, said, _ = _evaluate([str(smoke_study.run_dir), "--model", "original", "--out", str(out)], capsys)
+    assert code == 0 and f"predictions and scores.csv in {out}" in said
+    scores = pd.read_csv(out / "scores.csv", dtype={"subject": str})  # ids such as 070 are text
+    assert list(scores.columns) == ["subject", "role", "label", "name", "dice", "hd95_mm", "vs", "label_mae"]
+    assert len(scores) == 3 * scores["subject"].nunique() and len(list(out.glob("*/result.nii.gz"))) == 10
+    # The same model scored at the end of the study: the same figures
+    study_scores = pd.read_parquet(smoke_study.run.official_scores_file)
+    original = study_scores[study_scores["model"] == "original"].drop(columns="model")
+    merged = scores.merge(original, on=["subject", "label"], suffixes=("", "_study"))
+    assert len(merged) == len(scores)
+    assert np.allclose(merged["dice"], merged["dice_study"], equal_nan=True)
+    assert np.allclose(merged["hd95_mm"], merged["hd95_mm_study"], equal_nan=True)
+
+
+def test_analysis_evaluate_refuses_bad_input_in_one_line(smoke_study, cache_env, tmp_path, capsys):
+    run_dir = str(smoke_study.run_dir)
+    trial = smoke_study.trials["trial_id"].iloc[0]
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    for name in ("config.toml", "study.json"):
+        (unfinished / name).write_bytes((smoke_study.run_dir / name).read_bytes())
+    identity = json.loads((unfinished / "study.json").read_text())
+    (unfinished / "study.json").write_text(json.dumps({**identity, "finished": ""}))
+    (tmp_path / "a-file").write_text("")
+    cases = [
+        ([run_dir, "--model", "nosuchtrial@2"], "no trial nosuchtrial"),
+        ([run_dir, "--model", f"{trial}@7"], f"trial {trial} reported epochs 1..2, not 7"),
+        ([run_dir, "--model", "best"], "give original, retrain, recommended or TRIAL_ID@EPOCH"),
+        ([run_dir, "--model", "original", "--out", str(tmp_path / "a-file")], "is a file"),
+        ([str(unfinished)], "the study has not finished"),
+    ]
+    for argv, message in cases:
+        code, said, err = _evaluate(argv, capsys)
+        assert code == 2, (argv, said, err)
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "unfinished" / "predictions").exists()
