@@ -55,18 +55,18 @@ def segment_native(
     state: dict[str, torch.Tensor],
     cohort: Cohort,
     shapes: dict[str, tuple[int, int, int]],
-    threads: int | None = None,
+    device: torch.device | None = None,
 ) -> dict[str, np.ndarray]:
     """``{subject: (X, Y, Z) uint8}``: the model of ``state`` on each subject of ``shapes``
-    (its native grid's shape), in MRBrainS18 label values. Runs on a trial's device with
-    ``threads`` torch threads (default: a trial's CPUs), anywhere: in a Ray task at the end
-    of a study on a cluster, in the driver on a local Ray."""
+    (its native grid's shape), in MRBrainS18 label values, on ``device`` (default: the GPU
+    where the study's trials use one and torch sees one, else the CPU) with torch's threads as
+    they are. Runs anywhere: in a Ray task at the end of a study on a cluster, in the driver on
+    a local Ray."""
     from study.model import model_from
-    from trainables.settings import Compute
 
-    compute = Compute.of(config, threads)
-    compute.use_threads()
-    device = compute.torch_device()
+    if device is None:
+        gpu = config.gpus_per_trial > 0 and torch.cuda.is_available()
+        device = torch.device("cuda" if gpu else "cpu")
     model = model_from(config, cohort.n_classes, state).to(device).eval()
     values = torch.tensor(class_values(config.label_mode), dtype=torch.uint8)
     segmentations = {}
@@ -167,8 +167,9 @@ def _segment_here(
 ) -> dict[str, np.ndarray]:
     """``segment_native`` in this process with every core; torch's thread count put back after."""
     threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
     try:
-        return segment_native(config, state, cohort, shapes, threads=os.cpu_count() or 1)
+        return segment_native(config, state, cohort, shapes)
     finally:
         torch.set_num_threads(threads)
 

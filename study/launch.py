@@ -398,9 +398,20 @@ def score_on_native_grid(
             models["recommended"] = state
     segment = None  # on a local Ray, in this process: a task would add only a worker's start-up
     if not local:
-        task = remote(config, segment_native)
+        task = remote(config, segment_on_worker)
         segment = lambda name, state, shapes: task.remote(config, state, handover.cohort, shapes)  # noqa: E731
     run.write_official_scores(score_models(config, run, cohort, models, segment))
+
+
+def segment_on_worker(
+    config: StudyConfig, state: dict[str, Any], cohort: Cohort, shapes: dict[str, tuple[int, int, int]]
+) -> dict[str, Any]:
+    """``segment_native`` in a Ray task: on the device and with the threads a trial's request gave it."""
+    from trainables.settings import Compute
+
+    compute = Compute.of(config)
+    compute.use_threads()
+    return segment_native(config, state, cohort, shapes, compute.torch_device())
 
 
 def config_from_args(argv: list[str] | None = None) -> tuple[StudyConfig, Resume | None]:

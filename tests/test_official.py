@@ -218,15 +218,15 @@ def test_to_native_undoes_the_preprocessing(native_subject, input_size):
 def test_native_segmentations_are_the_same_in_a_ray_task_as_in_this_process(
     ray_local, tiny_cohort, tiny_model
 ):
+    from study.launch import segment_on_worker
     from study.run.cluster import remote
 
     config = StudyConfig(preset="smoke", model_depth=10, model_width=0.125, cpus_per_trial=1)
     state = tiny_model().state_dict()
     shapes = {s: (24, 20, 6) for s in tiny_cohort.labelled}
     here = segment_native(config, state, tiny_cohort, shapes)
-    there = ray_local.get(
-        remote(config, segment_native).remote(config, state, ray_local.put(tiny_cohort), shapes)
-    )
+    task = remote(config, segment_on_worker).remote(config, state, ray_local.put(tiny_cohort), shapes)
+    there = ray_local.get(task)
     assert set(here) == set(there) == set(tiny_cohort.labelled)
     for subject in here:
         assert here[subject].shape == (24, 20, 6) and here[subject].dtype == np.uint8
