@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from study.cohort import Cohort, open_cohort, study_split
+from study.cohort.cohort import io_threads
 from study.cohort.mrbrains import LABEL_FILE
 from study.cohort.preprocess import to_native
 from study.config import StudyConfig, StudyError, run_cli
@@ -108,8 +109,6 @@ def score_subjects(
         mae = label_map_mae(labels, result, label_mode)
         rows = score_labels(labels, result, truth.affine, label_mode)
         return [{"subject": subject, "role": roles[subject], **row, "label_mae": mae} for row in rows]
-
-    from study.cohort.cohort import io_threads
 
     with ThreadPoolExecutor(max_workers=io_threads(len(segmentations))) as pool:
         rows = [row for subject_rows in pool.map(one, sorted(segmentations)) for row in subject_rows]
