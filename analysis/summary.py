@@ -183,6 +183,8 @@ def paper_table(
         )
     lines.append(dict(PUBLISHED_NOISY_LABEL))
     table = pd.DataFrame(lines)
+    if "model" not in table:  # neither baselines nor a recommendation yet
+        table["model"] = None
     if official is not None and len(official):
         means = official_means(official).groupby(["model", "role"])[["dice", "hd95_mm"]].mean()
         for role in ("retain", "forget"):
