@@ -61,7 +61,7 @@ def test_the_baselines_and_the_resolved_config_are_recorded(smoke_study):
     )
     assert run.baseline_model("original").is_file() and run.baseline_model("retrain").is_file()
     saved = config_from_toml(run.config_file)
-    reruns = {"seed_reruns": 2, "bn_mode_reruns": True}  # the study's --config file
+    reruns = {"seed_reruns": 2, "bn_mode_reruns": True, "native_scores": True}  # the study's --config file
     given = load_config("smoke", overrides={"run_dir": str(smoke_study.run_dir), **reruns})
     assert saved == dataclasses.replace(given, run_dir="")  # its own path is not kept in it
     assert RunDir.open(smoke_study.run_dir)[1].run_dir == str(smoke_study.run_dir)  # where it is now
