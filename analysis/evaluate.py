@@ -13,10 +13,15 @@ reference and the recommended model are scored this way (``official_scores.parqu
 
 from __future__ import annotations
 
-import argparse
+import sys
+
+from study.cli import before_loading, read
+
+if __name__ == "__main__":
+    before_loading("analysis.evaluate")  # --help and --version answered before torch loads
+
 import gzip
 import os
-import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -240,18 +245,7 @@ def evaluate_model(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m analysis.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path, help="a finished study's run directory")
-    parser.add_argument(
-        "--model",
-        default="recommended",
-        help="original, retrain, recommended (the study's recommendation) or TRIAL_ID@EPOCH "
-        "(default: recommended)",
-    )
-    parser.add_argument(
-        "--out", type=Path, default=None, help="folder to write into (default: RUN_DIR/predictions/MODEL)"
-    )
-    args = parser.parse_args(argv)
+    args = read("analysis.evaluate", argv)
 
     def evaluate() -> None:
         out, scores = evaluate_model(args.run_dir, args.model, args.out)

@@ -8,8 +8,13 @@ it then reads Tune's experiment folders and says what is missing.
 
 from __future__ import annotations
 
-import argparse
 import sys
+
+from study.cli import before_loading, read
+
+if __name__ == "__main__":
+    before_loading("analysis.report")  # --help and --version answered before pandas and torch load
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +34,6 @@ from analysis.summary import (
     at_horizons,
     best_trials,
     diverged_label,
-    horizon_label,
     hypervolumes,
     official_table,
     paper_table,
@@ -37,6 +41,7 @@ from analysis.summary import (
 from analysis.views import fronts_by_view, past_retrain_text, retrain_point
 from study.cohort import Cohort
 from study.config import OBJECTIVES, StudyError, run_cli
+from study.run.console import number
 from study.run.rundir import atomic_write
 
 #: The figures of the recommended trial that its table shows; holdout Dice beside retain Dice
@@ -269,7 +274,9 @@ def build_report(study: Study, overlays: bool = True, cohort: Cohort | None = No
         raise StudyError(f"{study.run_dir}: no trial has reported yet; nothing to report")
     run = study.run
     fronts = fronts_by_view(study.rows)
-    run.write_pareto(fronts.assign(horizon=fronts["horizon"].map(horizon_label)))
+    run.write_pareto(
+        fronts.assign(horizon=fronts["horizon"].astype("Int64"))
+    )  # null: each trial's final epoch
     figures, overlay_note = _figures(study, overlays, cohort)
     sections = _sections(study, figures, overlay_note)
     run.report_files.mkdir(exist_ok=True)
@@ -289,8 +296,20 @@ def _told(study: Study) -> str:
         text += f"recommended: {r.strategy} trial {r.trial_id} at {r.epoch} epochs "
         text += f"(forget_drop {r.figures['forget_drop']:.3f}, retain_kept {r.figures['retain_kept']:.3f}, "
         text += f"retrain_match {r.figures['retrain_match']:.3f})\n"
-        text += f"  {r.params}\n  reproduce: {reproduce_command(study, r)}"
+        text += "  hyperparameters: " + " ".join(f"{k} {number(v)}" for k, v in sorted(r.params.items()))
+        text += f"\n  reproduce: {reproduce_command(study, r)}"
         text += f"\n  membership test: {knee_verdict(r, len(study.config.forget))}"
+        row = study.rows[(study.rows["trial_id"] == r.trial_id) & (study.rows["epoch"] == r.epoch)]
+        past = bool(row["forgets_past_retrain"].iloc[0]) if len(row) else None
+        measured = study.forget_reference is not None
+        verdict = past_retrain_text(r.figures["forget_dice"], study.baselines, past, measured)
+        text += f"\n  forgets past retraining: {verdict}"
+        if past:
+            text += (
+                "\nwarning: the recommendation forgets past retraining: its forget subjects are "
+                "segmented worse than by models never trained on them, which singles them out; "
+                "see the report's privacy section, or take the safe-to-deploy configuration"
+            )
     if study.privacy is not None:
         safe = study.safe_recommendation
         named = f"{safe.strategy} trial {safe.trial_id} at {safe.epoch} epochs" if safe else "none"
@@ -300,10 +319,7 @@ def _told(study: Study) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--no-overlays", action="store_true", help="skip the image overlays (no data needed)")
-    args = parser.parse_args(argv)
+    args = read("analysis.report", argv)
 
     def report() -> None:
         print(build_report(load_study(args.run_dir), overlays=not args.no_overlays).text)

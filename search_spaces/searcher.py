@@ -13,6 +13,7 @@ import math
 import pickle
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -150,6 +151,10 @@ class StrategySearcher(Searcher):
             self._running[strategy].add(trial_id)
             self._strategy_of[trial_id] = strategy
             self._number_of[trial_id] = int(config["trial_number"])
+            # Optuna's trial names the Tune trial (its rows in trials.parquet, its folder).
+            asked = self._searchers[strategy]._ot_trials[trial_id]  # OptunaSearch's ask()ed trial
+            asked.set_user_attr("tune_trial_id", trial_id)
+            asked.set_user_attr("strategy", strategy)
             return {**config, "strategy": strategy}
         if all(n >= self._num_samples for n in self._started.values()):
             return Searcher.FINISHED
@@ -231,6 +236,12 @@ def build_searcher(
             seed=config.seed,
             points_to_evaluate=start,
         )
+        # optuna-dashboard and load_study show the objectives by name, not "Objective 0/1".
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # since Optuna 3.2
+            optuna.load_study(study_name=strategy, storage=storage).set_metric_names(
+                list(OBJECTIVES[config.objective])
+            )
     return StrategySearcher(
         searchers,
         config.num_samples,

@@ -13,12 +13,17 @@ the work runs as Ray tasks on that cluster, otherwise in this process.
 
 from __future__ import annotations
 
-import argparse
+import sys
+
+from study.cli import before_loading, read
+
+if __name__ == "__main__":
+    before_loading("study.forget")  # --help and --version answered before torch loads
+
 import dataclasses
 import hashlib
 import os
 import platform
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +35,7 @@ import torch
 from analysis.audit import audit_html, audit_record, software
 from analysis.study_state import load_study
 from search_spaces import STRATEGIES
+from study.cli import MAX_RETAIN_LOSS
 from study.cohort import (
     Cohort,
     check_request,
@@ -55,7 +61,7 @@ class Thresholds:
     """The verdict's limit on the share of retain Dice the unlearned model may lose; the
     membership test's level is the study's ``privacy_level``."""
 
-    max_retain_loss: float = 0.10
+    max_retain_loss: float = MAX_RETAIN_LOSS
 
 
 def checks(after: dict[str, float], limits: Thresholds) -> list[dict[str, Any]]:
@@ -247,22 +253,7 @@ def _now() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (2: a request or run directory that cannot be
     honoured, 4: the verdict failed and the model was withheld)."""
-    parser = argparse.ArgumentParser(prog="python -m study.forget", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path, help="a finished study's run directory")
-    parser.add_argument(
-        "--subjects", required=True, help="comma-separated training subject ids, e.g. 070,148"
-    )
-    parser.add_argument(
-        "--trial", help="the trial whose configuration to use (default: the study's safe-to-deploy knee)"
-    )
-    parser.add_argument("--out", type=Path, help="output folder (default RUN_DIR/forget/<ids>)")
-    parser.add_argument("--requested-on", default="", help="when the subject asked (recorded as given)")
-    parser.add_argument("--max-retain-loss", type=float, default=Thresholds.max_retain_loss)
-    parser.add_argument("--force", action="store_true", help="write the model even when the verdict fails")
-    parser.add_argument(
-        "--address", default="", help="a Ray cluster to run on (default: RAY_ADDRESS, else here)"
-    )
-    args = parser.parse_args(argv)
+    args = read("study.forget", argv)
     subjects = [part.strip() for part in args.subjects.split(",") if part.strip()]
     outcome: dict[str, Any] = {}
 

@@ -5,24 +5,19 @@ The story of a study, each step a call into the module that owns it.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
 import threading
 
-NOTHING_KEPT = "before the study started, so nothing was kept: run the same command again"
-
-
-def _quit_while_loading(signum: int, frame: object) -> None:
-    sys.stderr.write(f"interrupted: {NOTHING_KEPT}\n")
-    os._exit(130)
-
+from study.cli import NOTHING_KEPT, before_loading, quit_while_loading
 
 if __name__ == "__main__":
-    # Loading torch and Ray below takes seconds: Ctrl-C or SIGTERM meanwhile ends the
-    # command at once (nothing is written yet); ``main`` puts the study's handlers in.
-    signal.signal(signal.SIGINT, _quit_while_loading)
-    signal.signal(signal.SIGTERM, _quit_while_loading)
+    # Loading torch and Ray below takes seconds: the command line is answered (--help,
+    # --version) and checked first, and Ctrl-C or SIGTERM meanwhile ends the command at once
+    # (nothing is written yet); ``main`` puts the study's handlers in.
+    before_loading("study.launch")
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -72,9 +67,9 @@ class Resume:
     claim: bool = False
 
 
-def run_study(config: StudyConfig, resume: Resume | None = None) -> Path:
+def run_study(config: StudyConfig, resume: Resume | None = None, verbose: bool = False) -> Path:
     """Runs (or, given ``resume``, resumes) the study ``config`` describes; returns its run
-    directory.
+    directory. ``verbose``: Tune's own tables and Optuna's log lines as well as the study's.
 
     Ctrl-C (and SIGTERM, under ``main``) in any phase stops it with ``StudyInterrupted``
     naming the command that resumes it; a resume redoes the phase that was cut.
@@ -86,15 +81,16 @@ def run_study(config: StudyConfig, resume: Resume | None = None) -> Path:
         )
         return run.path
     try:
-        return _run(config, run, resume)
+        return _run(config, run, resume, verbose)
     except KeyboardInterrupt:
         if run.config_file.is_file():
             raise StudyInterrupted(f"resume with: python -m study.launch --resume {run.path}") from None
         raise StudyInterrupted(NOTHING_KEPT) from None
 
 
-def _run(config: StudyConfig, run: RunDir, resume: Resume | None) -> Path:
+def _run(config: StudyConfig, run: RunDir, resume: Resume | None, verbose: bool) -> Path:
     resuming = resume is not None
+    quiet_libraries(verbose)
     check_config(config)  # every strategy named has a class and a search space
     phase("cohort", "the subjects, the original model's start, the forget sets")
     cohort = open_cohort(config)
@@ -124,7 +120,9 @@ def _run(config: StudyConfig, run: RunDir, resume: Resume | None) -> Path:
         capacity = Capacity.of(config, connection)  # read again as the study runs: it follows the cluster
         _tell_cluster(connection, capacity, run)
         with run.owning_experiment(claim=claim):
-            problems = _search_and_report(config, run, cohort, other, start, connection, capacity, resuming)
+            problems = _search_and_report(
+                config, run, cohort, other, start, connection, capacity, resuming, verbose
+            )
         print(f"\nrun directory: {run.path}")
         if problems:
             listed = "; ".join(f"trial {t} ({what})" for t, what in problems.items())
@@ -160,6 +158,7 @@ def _search_and_report(
     connection: Connection,
     capacity: Capacity,
     resuming: bool,
+    verbose: bool,
 ) -> dict[str, str]:
     """Baselines, the Tune experiment, the recommendation's reruns and the report; returns
     the trials that did not finish (``{trial id: what}``)."""
@@ -172,7 +171,7 @@ def _search_and_report(
     original = ray.put(references.states["original"])
     handover = Handover(config, classes_of(config.strategies), cohort_ref, original, references.reference)
 
-    grid = run_experiment(config, run, handover, capacity, resuming)
+    grid = run_experiment(config, run, handover, capacity, resuming, verbose)
     trials = rows_from_results(grid, config.max_epochs)
     # Tune returns normally after Ctrl-C or SIGTERM, with trials unfinished or never started.
     # (A trial Tune ended short of its epochs is not interrupted: it is incomplete below.)
@@ -199,6 +198,7 @@ def _search_and_report(
             score_on_native_grid(config, run, study, cohort, handover, references.states, connection.local)
         phase("report", f"figures and tables in {run.report_html}")
         print("\n" + build_report(study, cohort=cohort).text)
+        _tell_next(config, run)
     return problems
 
 
@@ -219,7 +219,7 @@ def _stop_signals() -> Iterator[None]:
         yield
     finally:
         _catching_sigterm = False
-        loading = _quit_while_loading
+        loading = quit_while_loading
         signal.signal(signal.SIGINT, signal.default_int_handler if sigint is loading else sigint)
         signal.signal(signal.SIGTERM, signal.SIG_DFL if sigterm is loading else sigterm)
 
@@ -263,6 +263,17 @@ def _tell_cluster(connection: Connection, capacity: Capacity, run: RunDir) -> No
     )
 
 
+def _tell_next(config: StudyConfig, run: RunDir) -> None:
+    """The commands a user runs next on a finished study."""
+    subjects = ",".join(config.forget)
+    print(
+        "\nnext:\n"
+        f"  honour a deletion request:  python -m study.forget {run.path} --subjects {subjects}\n"
+        f"  score a model as MRBrainS18 does:  python -m analysis.evaluate {run.path} --model recommended\n"
+        f"  the search in Optuna's dashboard:  optuna-dashboard {run.optuna_url}  (pip install optuna-dashboard)"
+    )
+
+
 def train_or_load_baselines(
     config: StudyConfig, run: RunDir, cohort: Cohort, cohort_ref: Any, start: dict, local: bool
 ) -> References:
@@ -277,10 +288,11 @@ def train_or_load_baselines(
 
 
 def run_experiment(
-    config: StudyConfig, run: RunDir, handover: Handover, capacity: Capacity, resuming: bool
+    config: StudyConfig, run: RunDir, handover: Handover, capacity: Capacity, resuming: bool, verbose: bool
 ) -> Any:
     """The study's one Tune experiment (every strategy's trials side by side, as many in
-    flight as ``capacity`` says while the cluster grows or shrinks); its ``ResultGrid``."""
+    flight as ``capacity`` says while the cluster grows or shrinks); its ``ResultGrid``.
+    Each trial's start and end is one line (``TrialLines``); ``verbose``: Tune's tables too."""
     from ray import tune
 
     from search_spaces.searcher import build_searcher, search_algorithm
@@ -290,6 +302,7 @@ def run_experiment(
         repair_saved_state,
         replace_lost_checkpoints,
     )
+    from trainables.trial_lines import TrialLines
     from trainables.tune_trainable import trial_folder, trial_name, unlearning_trial
 
     storage = run.storage
@@ -333,8 +346,8 @@ def run_experiment(
                 # Tune keeps every checkpoint; the pruner deletes only what no saved state names.
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                 failure_config=tune.FailureConfig(max_failures=config.max_failures),
-                callbacks=[CheckpointPruner(storage), *tune_callbacks(config)],
-                verbose=1,  # status tables and trial summaries, not every epoch's result
+                callbacks=[CheckpointPruner(storage), TrialLines(config), *tune_callbacks(config)],
+                verbose=1 if verbose else 0,  # 1: Tune's status tables and trial boxes
             ),
         )
     phase("search", f"{total} trials ({', '.join(config.strategies)}) x {config.max_epochs} epochs")
@@ -414,6 +427,19 @@ def segment_on_worker(
     return segment_native(config, state, cohort, shapes, compute.torch_device())
 
 
+def quiet_libraries(verbose: bool) -> None:
+    """Without ``verbose``, Optuna and Tune say only what goes wrong (the study tells the
+    rest); when the output is not a terminal, Ray writes its workers' lines without colour."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
+    logging.getLogger("ray.tune").setLevel(logging.INFO if verbose else logging.WARNING)
+    # Quiet: Tune's older output, which verbose=0 silences whole (the newer prints a box anyway).
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
+    if not sys.stdout.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # read by the driver as it prints them
+
+
 def config_from_args(argv: list[str] | None = None) -> tuple[StudyConfig, Resume | None]:
     """``(config, how it resumes or None)`` from the command line; flags override preset and
     ``--config``.
@@ -465,7 +491,8 @@ def config_from_args(argv: list[str] | None = None) -> tuple[StudyConfig, Resume
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     with _stop_signals():
-        return run_cli(lambda: run_study(*config_from_args(argv)))
+        verbose = parser().parse_args(argv).verbose
+        return run_cli(lambda: run_study(*config_from_args(argv), verbose=verbose))
 
 
 if __name__ == "__main__":

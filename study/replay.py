@@ -9,9 +9,14 @@ unlearned model is saved in the format of ``<run_dir>/recommended.pt``
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import sys
+
+from study.cli import before_loading, read
+
+if __name__ == "__main__":
+    before_loading("study.replay")  # --help and --version answered before torch loads
+
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -67,12 +72,7 @@ def replay_trial(run_dir: Path, trial_id: str, epochs: int | None = None, quiet:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m study.replay", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("trial_id")
-    parser.add_argument("--epochs", type=int, help="stop after this many epochs (a horizon)")
-    parser.add_argument("--out", type=Path, help="save the unlearned model here (as recommended.pt)")
-    args = parser.parse_args(argv)
+    args = read("study.replay", argv)
 
     def replay() -> None:
         replayed = replay_trial(args.run_dir, args.trial_id, args.epochs)

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -186,3 +191,26 @@ def test_a_request_no_node_of_the_cluster_can_hold_is_refused_before_any_task(ra
     ):
         entered.append(True)
     assert not entered and ray_local.is_initialized()  # nothing ran; a Ray this process had stays up
+
+
+@pytest.mark.slow  # a deletion request in a process of its own, killed, then run again
+def test_a_request_killed_after_its_retrain_model_was_trained_reuses_it(smoke_study, cache_home, tmp_path):
+    models = cache_home / "mri-unlearning-study" / "models"
+    before = set(models.glob("*.pt"))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"XDG_CACHE_HOME": str(cache_home)}
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "study.forget", str(smoke_study.run_dir), "--subjects", "7"]
+    command += [*LENIENT, "--out", str(out)]
+    request = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while not set(models.glob("*.pt")) - before and request.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    request.kill()  # the instant its retrain model is in the cache
+    told = request.communicate(timeout=60)[0]
+    assert request.returncode == -signal.SIGKILL, told  # killed before the request was honoured
+    assert "training retrain for forget set 7" in told and not (out / "audit.json").exists()
+
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "for forget set 7, cached in " in again.stdout and "training retrain" not in again.stdout
+    assert json.loads((out / "audit.json").read_text())["model_written"]

@@ -62,7 +62,7 @@ def test_no_module_of_a_floor_imports_what_stands_above_it(floor: str):
 
 def test_the_ground_floor_holds_everything_but_the_commands():
     own = sorted(p.name for p in (ROOT / "study").glob("*.py"))
-    assert own == ["__init__.py", "forget.py", "launch.py", "replay.py"]
+    assert own == ["__init__.py", "cli.py", "forget.py", "launch.py", "replay.py"]
     assert sorted(
         p.name for p in (ROOT / "study").iterdir() if p.is_dir() and (p / "__init__.py").exists()
     ) == [

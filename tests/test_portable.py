@@ -21,7 +21,7 @@ import pytest
 from study.config import StudyError, load_config
 from study.run.lock import Holder, OwnerRecord
 from study.run.rundir import RunDir
-from trainables.checkpoints import unfinished_trials
+from trainables.checkpoints import saved_trials, unfinished_trials
 
 
 def _hashes(folder: Path) -> dict[str, str]:
@@ -251,13 +251,14 @@ def test_a_copied_run_directory_resumes_as_its_own_study_and_a_moved_one_where_i
     copy = tmp_path / "José" / "copy"  # a path that is not ASCII, too
     shutil.copytree(run_dir, copy)
     # The copy loses its unfinished trials' checkpoints (deleted by hand, a lifecycle rule):
-    # they run again from epoch 1, and the original keeps its own.
-    lost = []
-    for trial in unfinished_trials(RunDir.open(copy)[0].storage):
-        if checkpoints := list((copy / "ray_results" / "run" / f"trial_{trial}").glob("checkpoint_*")):
-            lost.append(trial)
-            for checkpoint in checkpoints:
-                shutil.rmtree(checkpoint)
+    # they run again from epoch 1, and the original keeps its own. Those the saved state names
+    # are told as gone; one written after Tune's last save was never going to be restored.
+    storage = RunDir.open(copy)[0].storage
+    unfinished = unfinished_trials(storage)
+    lost = [t.trial_id for t in saved_trials(storage) if t.trial_id in unfinished and t.checkpoint]
+    for trial in unfinished:
+        for checkpoint in (copy / "ray_results" / "run" / f"trial_{trial}").glob("checkpoint_*"):
+            shutil.rmtree(checkpoint)
     assert lost and _launch(monkeypatch, capsys, ["--resume", str(copy)])[0] == 0
     named = _launch.out.split("the checkpoints of trial(s) ")[1].split(" are gone")[0].split(", ")
     assert sorted(named) == sorted(lost)
@@ -351,9 +352,9 @@ def _stopped_while_loading(argv: list[str], sig: int) -> tuple[int, str]:
 def test_a_stop_signal_in_any_phase_ends_the_driver_and_the_resume_command_finishes_the_study(
     ray_local, studies, cache_env, monkeypatch, capsys, tmp_path
 ):
-    """SIGINT, then SIGTERM, in each phase. Before the run directory holds the study,
-    nothing is kept and the same command starts again; after, the resume command redoes the
-    phase that was cut."""
+    """SIGINT and SIGTERM in turn, one per phase, both in the search (they take one path once
+    the driver's handlers are in). Before the run directory holds the study, nothing is kept
+    and the same command starts again; after, the resume command redoes the phase that was cut."""
     studies.EPOCHS = 6  # short trials: the suite's time
     # Tune writes result files to storage with its experiment state: every second here, so a
     # finished trial's shows while another trial still runs.
@@ -366,16 +367,17 @@ def test_a_stop_signal_in_any_phase_ends_the_driver_and_the_resume_command_finis
     for sig in (signal.SIGINT, signal.SIGTERM):  # while Python loads torch and Ray
         assert _stopped_while_loading(start, sig) == (130, nothing_kept)
         assert not run_dir.exists()
-    phases = [  # (phase, what must hold too)
-        ("cohort", lambda: True),
-        ("baselines", lambda: True),
-        ("search", lambda: _saved_epochs(run_dir) >= 2),
-        ("reruns", lambda: True),
-        ("report", lambda: True),
+    sigint, sigterm = signal.SIGINT, signal.SIGTERM
+    phases = [  # (phase, the signals that stop it in turn, what must hold too)
+        ("cohort", (sigint,), lambda: True),
+        ("baselines", (sigterm,), lambda: True),
+        ("search", (sigint, sigterm), lambda: _saved_epochs(run_dir) >= 2),
+        ("reruns", (sigint,), lambda: True),
+        ("report", (sigterm,), lambda: True),
     ]
     finished: dict[Path, str] = {}
-    for name, when in phases:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+    for name, signals, when in phases:
+        for sig in signals:
             argv = resume if RunDir(run_dir).config_file.is_file() else start
             started = time.monotonic()
             code, told = _launch(monkeypatch, capsys, argv, name, sig, when)

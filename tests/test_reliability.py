@@ -1,13 +1,11 @@
-"""Killed drivers and workers: the study resumes and loses or repeats nothing, or says which
-trial it could not finish. (Stop signals, cut-off states and lost checkpoints: test_portable.)"""
+"""A killed worker: the study says which trial it could not finish, and resumes it losing or
+repeating nothing. (A killed driver and cluster: test_cluster; stop signals, cut-off states
+and lost checkpoints: test_portable.)"""
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -15,47 +13,7 @@ import pytest
 
 from study.run.rundir import RunDir
 
-pytestmark = pytest.mark.slow  # whole studies, killed and resumed
-
-
-def _checkpoints(run_dir: Path) -> dict[Path, int]:
-    """Each trial folder under the default storage, and the number of its newest checkpoint + 1
-    (the epochs it has saved: the smoke preset checkpoints every epoch)."""
-    found = {}
-    for trial in Path(RunDir(run_dir).storage.experiment_path).glob("trial_*"):
-        indices = [int(c.name.removeprefix("checkpoint_")) for c in trial.glob("checkpoint_*")]
-        found[trial] = max(indices, default=-1) + 1
-    return found
-
-
-def test_sigkill_right_after_a_checkpoint_loses_nothing_and_the_same_command_continues(studies, tmp_path):
-    """Killing driver and Ray in the instant a trial writes a new checkpoint folder: the
-    saved experiment state may still name the previous one, which must still exist. The
-    job's one command (``--resume-or-start``, as a retried RayJob runs it) then continues
-    the study, and refuses other settings."""
-    env, run_dir = studies.env(), tmp_path / "run"
-    driver = studies.start(run_dir, "--resume-or-start", env=env)
-    studies.wait_until(
-        lambda: any(n >= 3 for n in _checkpoints(run_dir).values()), driver, "three epochs of a trial"
-    )
-    before = _checkpoints(run_dir)
-    deadline = time.monotonic() + 60
-    while _checkpoints(run_dir) == before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.communicate(timeout=60)
-    assert not RunDir(run_dir).trials_file.exists()
-
-    changed = studies.run(run_dir, "--resume-or-start", "--num-samples", "3", env=env)
-    assert changed.returncode == 2, studies.told(changed)
-    assert changed.stderr.strip().splitlines() == [
-        f"error: --resume-or-start: the study in {run_dir} has other settings (num_samples: 2 -> 3); "
-        "give the same ones, or choose another --run-dir"
-    ]
-    resumed = studies.run(run_dir, "--resume-or-start", env=env)
-    assert resumed.returncode == 0, studies.told(resumed)
-    assert resumed.stdout.startswith(f"resuming the study in {run_dir}")
-    studies.assert_complete(run_dir)
+pytestmark = pytest.mark.slow  # a whole study, killed and resumed
 
 
 def test_a_worker_killed_while_tune_saves_its_checkpoint_ends_with_exit_3_and_resume_completes_it(

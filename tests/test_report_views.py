@@ -155,7 +155,7 @@ def test_both_views_with_the_retrain_reference_and_over_forgetting(tmp_path: Pat
     assert re.search(r"<td>all strategies</td>\s*<td>4</td>\s*<td>2</td>", views)
 
     pareto = pd.read_parquet(RunDir(tmp_path / "run").pareto_file)
-    at_4 = pareto[pareto["horizon"] == "4"].groupby("view")["trial_id"].agg(set).to_dict()
+    at_4 = pareto[pareto["horizon"] == 4].groupby("view")["trial_id"].agg(set).to_dict()
     assert at_4 == {
         "reference": {"deep0000", "match000", "mild0000"},
         "retrain-match": {"match000", "mild0000"},

@@ -1,6 +1,6 @@
 """What ``--resume`` reads: Tune's saved state, repaired before ``Tuner.restore`` (no stale
 decision, no trial ended short, a cut-off file refused by name), and a storage folder that
-takes each file whole. The kills that need these are in test_reliability.py."""
+takes each file whole. The kills that need these are in test_reliability.py and test_cluster.py."""
 
 from __future__ import annotations
 

@@ -29,6 +29,7 @@ from study.metrics import Reference, measure_reference, set_metrics
 from study.metrics.evidence import Evidence
 from study.model import cpu_state, model_from
 from study.run.cluster import remote
+from study.run.console import duration, time_left
 from study.run.rundir import RunDir
 from trainables.loop import run_epochs
 from trainables.recipes import KINDS, Recipe, cache_file, cache_key, load_cached, recipes, store
@@ -69,7 +70,7 @@ def train_model(
             print(
                 f"{name} model: epoch {metrics['epoch']}/{schedule.max_epochs}  "
                 f"Dice {metrics['retain_dice']:.3f} on its training subjects, "
-                f"{metrics['holdout_dice']:.3f} on the others  ({time.monotonic() - started:.0f} s)",
+                f"{metrics['holdout_dice']:.3f} on the others  ({_elapsed_and_left(metrics['epoch'], schedule.max_epochs, started)})",
                 flush=True,
             )
 
@@ -142,7 +143,8 @@ class ReferencesInTraining:
             }
 
     def result(self) -> References:
-        """Every model, each trained one cached as soon as it is done, and their measures."""
+        """Every model, each trained one cached as soon as it is done, and their measures (in
+        a Ray task on a cluster; in this process without Ray or on a local Ray of ours)."""
         config, measuring = self.config, self.compute(1)
         if self.cohort_ref is None:  # in this process, one model after the other
             for name in self.missing:
@@ -157,6 +159,9 @@ class ReferencesInTraining:
         while self.tasks:
             (done, *_), _ = ray.wait(list(self.tasks))
             self._trained(self.tasks.pop(done), *ray.get(done))
+        if self.cores is not None:  # a local Ray of ours: a task would add only a worker's start-up
+            measured = measure(config, self.cohort, self._states(), measuring)
+            return References(self._states(), *measured, self.trained_on)
         task = remote(config, measure, measuring.threads)
         measured = ray.get(task.remote(config, self.cohort_ref, self._states(), measuring))
         return References(self._states(), *measured, self.trained_on)
@@ -175,6 +180,12 @@ class ReferencesInTraining:
 
     def _states(self) -> dict[str, dict[str, torch.Tensor]]:
         return {name: self.states[name] for name in self.wanted}
+
+
+def _elapsed_and_left(epoch: int, epochs: int, started: float) -> str:
+    elapsed = time.monotonic() - started
+    left = time_left(epoch, epochs, elapsed)
+    return f"{duration(elapsed)}, {left}" if left else duration(elapsed)
 
 
 def _train_on_node(*args: Any) -> tuple[dict[str, torch.Tensor], dict[str, float], str]:

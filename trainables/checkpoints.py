@@ -36,7 +36,7 @@ class _SavedState(ExperimentAnalysis):
         return {}
 
 
-def _saved_trials(storage: ExperimentStorage) -> list[Any]:
+def saved_trials(storage: ExperimentStorage) -> list[Any]:
     """Tune's trials as the experiment state saved in storage records them (none before the first save)."""
     fs, _ = storage.filesystem()
     try:
@@ -63,7 +63,7 @@ def prune_checkpoints(storage: ExperimentStorage) -> int:
     """Deletes every checkpoint older than the one the saved state names for its trial;
     returns how many were deleted."""
     deleted = 0
-    for trial in _saved_trials(storage):
+    for trial in saved_trials(storage):
         if trial.checkpoint is None:
             continue
         keep_from = checkpoint_index(trial.checkpoint.path)
@@ -85,7 +85,7 @@ def replace_lost_checkpoints(storage: ExperimentStorage) -> list[str]:
     """
     fs, _ = storage.filesystem()
     replaced = []
-    for trial in _saved_trials(storage):
+    for trial in saved_trials(storage):
         if trial.status == "TERMINATED" or trial.checkpoint is None:
             continue
         named = checkpoint_index(trial.checkpoint.path)

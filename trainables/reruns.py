@@ -24,6 +24,7 @@ from study.cohort import Cohort
 from study.config import StudyConfig
 from study.metrics import Reference
 from study.run.cluster import remote
+from study.run.console import Progress
 from study.run.results import trial_config
 from study.run.rundir import RunDir
 from trainables.baseline import KINDS, reference_models
@@ -142,11 +143,18 @@ def rerun_recommendation(
     pending = submit([r for r in todo if r.forget == own], handover.cohort, handover.reference)
     if elsewhere:
         pending |= submit(elsewhere, other_ref, training.result().reference)
-    for r, (reference, ref) in pending.items():
+    progress, reports = Progress(f"reruns of trial {trial_id}", len(pending)), {}
+    waiting = {ref: r for r, (_, ref) in pending.items()}
+    while waiting:  # told as each finishes, side by side on the cluster
+        (done, *_), _ = ray.wait(list(waiting))
+        r = waiting.pop(done)
+        reports[r] = ray.get(done)
+        progress.step(f"{r.column} {r.value} on {r.forget}")
+    for r, (reference, _) in pending.items():  # the tables in the order the reruns were planned
         base = {"strategy": params["strategy"], "trial_id": trial_id, "forget": r.forget, r.column: r.value}
         base |= {"original_forget_dice": reference.original["forget_dice"]}
         base |= {"retrain_forget_dice": reference.retrain["forget_dice"]}
-        rows[r.column] += [base | report for report in ray.get(ref)]
+        rows[r.column] += [base | report for report in reports[r]]
     tables = (run.read_seed_runs(), run.read_bn_mode_runs())
     writes = (run.write_seed_runs, run.write_bn_mode_runs)
     for column, table, write in zip(COLUMNS, tables, writes, strict=True):

@@ -7,6 +7,7 @@ opens a file of the driver's.
 
 from __future__ import annotations
 
+import logging
 import resource
 import tempfile
 import time
@@ -47,6 +48,9 @@ def unlearning_trial(params: dict[str, Any], *, handover: Handover) -> None:
     from ray import tune
 
     entered = time.time()
+    # One line per checkpoint from Ray Train ("Checkpoint successfully created at ...") says
+    # nothing a person needs: the study tells each trial's start and end.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     spec = TrialSpec.of(handover.study, handover.strategies[params["strategy"]], params)
     cohort, original_state = ray.get([handover.cohort, handover.original_state])
     resume = None

@@ -6,11 +6,17 @@ on a GPU machine that has PyTorch and a few pure-Python wheels; so does this mod
 
 from __future__ import annotations
 
+import sys
+
+from study.cli import before_loading, read
+
+if __name__ == "__main__":
+    before_loading("study.bench")  # --help and --version answered before torch loads
+
 import argparse
 import json
 import os
 import platform
-import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,36 +24,6 @@ from typing import Any
 import torch
 
 from study.config import StudyError
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, help="JSON file (default runs/bench/<subcommand>-<time>.json)")
-    sub = p.add_subparsers(dest="command", required=True)
-    epoch = sub.add_parser("epoch", help="seconds per subject-epoch of the loop, without Ray")
-    epoch.add_argument(
-        "--sizes",
-        help="comma-separated: demo, paper, paper-net-small-input (default: "
-        "demo,paper on a GPU, demo,paper-net-small-input on a CPU)",
-    )
-    epoch.add_argument("--steps", type=int, help="timed steps per variant (default 20 on a GPU, 3 on a CPU)")
-    epoch.add_argument(
-        "--threads", type=int, default=1, help="torch threads on a CPU (default 1, as a trial)"
-    )
-    epoch.add_argument("--variants", help="comma-separated variant names, e.g. fp32,bf16 (default: all)")
-    search = sub.add_parser("search", help="hypervolume of Optuna's sampler against random search")
-    search.add_argument("--strategies", default="noisy_label,max_loss")
-    search.add_argument("--seeds", type=int, default=5)
-    search.add_argument("--budget", type=int, default=12, help="trials per search")
-    search.add_argument("--parallel", type=int, default=2, help="trials in flight per search")
-    search.add_argument("--sampler", default="tpe", choices=("tpe", "nsga2"))
-    sub.add_parser("data", help="NIfTI decodes and bytes read by one smoke study")
-    overhead = sub.add_parser("overhead", help="where a study's wall time goes, on a local Ray")
-    overhead.add_argument("--preset", default="demo")
-    overhead.add_argument("--strategies", help="comma-separated (default: the preset's)")
-    overhead.add_argument("--num-samples", type=int, help="trials per strategy (default: the preset's)")
-    overhead.add_argument("--config", type=Path, help="a study TOML over the preset, as study.launch takes")
-    return p
 
 
 def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -100,7 +76,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (2 with one line on a user's error)."""
-    args = parser().parse_args(argv)
+    args = read("study.bench", argv)
     out = args.out or Path("runs") / "bench" / f"{args.command}-{datetime.now():%Y%m%d-%H%M%S}.json"
     try:
         rows = measure(args)

@@ -60,10 +60,34 @@ def _coerced(key: str, value: Any, source: str) -> Any:
     return value
 
 
+#: The URI schemes of pyarrow's file systems, which Tune's storage is opened through.
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file")
+#: Database URL schemes (SQLAlchemy's, as Optuna's storage takes them): a likely mix-up.
+_DATABASES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "mssql", "oracle", "redis")
+
+
 def storage_setting(value: str) -> str:
     """``storage`` as saved: a folder as an absolute path (every node must see the same
-    one), a URI as given."""
-    return str(Path(value).expanduser().resolve()) if value and "://" not in value else value
+    one), a URI as given; a URI of no file system pyarrow knows, or without its bucket or
+    host, is a ``StudyError`` (with a hint where it looks like Optuna's database URL)."""
+    if not value or "://" not in value:
+        return str(Path(value).expanduser().resolve()) if value else value
+    scheme, _, rest = value.partition("://")
+    scheme = scheme.lower()
+    if scheme.split("+")[0] in _DATABASES:
+        raise StudyError(
+            f"storage {value!r} is a database URL, as Optuna's storage takes; storage is where Tune "
+            "keeps results and checkpoints: a folder every node mounts, or a URI such as "
+            "s3://bucket/prefix (the study's Optuna database is always RUN_DIR/optuna.db)"
+        )
+    if scheme not in STORAGE_SCHEMES:
+        raise StudyError(
+            f"storage {value!r}: unknown URI scheme {scheme!r}; give a folder every node mounts, "
+            f"or a URI of one of {', '.join(s + '://' for s in STORAGE_SCHEMES)}"
+        )
+    if scheme != "file" and not rest.split("/")[0].split("?")[0]:
+        raise StudyError(f"storage {value!r} names no bucket or host; e.g. {scheme}://bucket/prefix")
+    return value
 
 
 def _apply(config: StudyConfig, values: dict[str, Any], source: str) -> None:

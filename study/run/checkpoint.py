@@ -7,9 +7,10 @@ import copy
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch loads where a checkpoint is written or read, not with the run directory
+    import torch
 
 #: The file inside a checkpoint folder.
 STATE_FILE = "state.pt"
@@ -44,12 +45,16 @@ class TrialCheckpoint:
 
     def save(self, folder: Path) -> None:
         """Writes ``folder/state.pt`` (plain tensors and numbers: ``torch.load(weights_only=True)`` reads it)."""
+        import torch
+
         states = {"epoch": self.epoch, "model": self.model, "optimizer": self.optimizer}
         torch.save(states | {"scheduler": self.scheduler, "metrics": self.metrics}, Path(folder) / STATE_FILE)
 
     @classmethod
     def load(cls, folder: Path) -> TrialCheckpoint | None:
         """The checkpoint saved in ``folder``, or ``None`` where the start-again marker stands."""
+        import torch
+
         state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
         if state == _START_AGAIN:
             return None
@@ -58,6 +63,8 @@ class TrialCheckpoint:
 
 def start_again_marker() -> bytes:
     """The bytes of a ``state.pt`` that tells its trial to start again from epoch 1."""
+    import torch
+
     buffer = io.BytesIO()
     torch.save(_START_AGAIN, buffer)
     return buffer.getvalue()

@@ -28,6 +28,7 @@ import pandas as pd
 
 from study.config import StudyConfig, StudyError, config_from_toml, config_to_toml, first_line
 from study.run.checkpoint import TrialCheckpoint
+from study.run.columns import description
 from study.run.lock import DriverLock, Heartbeat, Holder, OwnerRecord
 from study.run.storage import ExperimentStorage
 
@@ -219,6 +220,17 @@ class RunDir:
         return DeletionOutputs(Path(folder) if folder else self.path / "forget" / "-".join(subjects))
 
     # Lifecycle -----------------------------------------------------------------------
+    def refuse_existing(self) -> None:
+        """A ``StudyError`` where a new study cannot take this folder: a file, or a directory
+        holding anything but a lock (a study, or files of the user's)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise StudyError(f"run directory {self.path} is a file; choose another --run-dir")
+        if self.path.is_dir() and any(p != self.lock_file for p in self.path.iterdir()):
+            raise StudyError(
+                f"run directory {self.path} already exists; pass --resume {self.path} to finish "
+                "that study, or choose another --run-dir"
+            )
+
     @contextmanager
     def driving(self, resuming: bool) -> Iterator[Callable[[], None]]:
         """Holds the run directory's lock for the ``with`` block: the one driver of the study.
@@ -230,8 +242,7 @@ class RunDir:
         """
         created = False
         if not resuming:
-            if self.path.exists() and not self.path.is_dir():
-                raise StudyError(f"run directory {self.path} is a file; choose another --run-dir")
+            self.refuse_existing()
             try:
                 self.path.mkdir(parents=True)
                 created = True
@@ -249,10 +260,7 @@ class RunDir:
         try:
             if not resuming and any(p != self.lock_file for p in self.path.iterdir()):
                 setting_up = created = False  # not ours to remove
-                raise StudyError(
-                    f"run directory {self.path} already exists; pass --resume {self.path} to finish "
-                    "that study, or choose another --run-dir"
-                )
+                self.refuse_existing()
             if left is not None:
                 print(f"the run directory's lock was left by a driver that is gone ({left}): taking it over")
 
@@ -480,7 +488,16 @@ class RunDir:
 
 
 def _write_table(path: Path, table: pd.DataFrame) -> None:
-    atomic_write(path, lambda p: table.to_parquet(p, index=False))
+    """``table`` as Parquet, each field's meaning in its schema (``description`` metadata)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    fields = [
+        f.with_metadata({"description": text}) if (text := description(f.name)) else f for f in arrow.schema
+    ]
+    arrow = arrow.cast(pa.schema(fields, metadata=arrow.schema.metadata))
+    atomic_write(path, lambda p: pq.write_table(arrow, p))
 
 
 def _read_table(path: Path) -> pd.DataFrame | None:

@@ -1,0 +1,50 @@
+"""How the console states figures and time, and ``Progress`` with time left for a batch of
+work (reruns, models of the original recipe, a deletion request's models). The search's own
+lines: ``trainables/trial_lines.py``. No Ray here: ``analysis`` and ``study.forget`` use it too.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` as ``42 s``, ``3m05s`` or ``1h02m``."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def number(value: Any) -> str:
+    """A hyperparameter or figure in 3 significant digits (``0.000443``, ``1.96``, ``adam``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    return f"{value:.3g}" if math.isfinite(value) else str(value)
+
+
+def time_left(done: float, total: float, elapsed: float) -> str:
+    """``about 3m05s left`` at the pace so far; empty before anything is done."""
+    if done <= 0 or elapsed <= 0 or total <= done:
+        return ""
+    return f"about {duration(elapsed / done * (total - done))} left"
+
+
+class Progress:
+    """``what: 3/8 done (the last one's name), 45 s, about 1m30s left``, one line per item."""
+
+    def __init__(self, what: str, total: int) -> None:
+        self.what, self.total, self.done = what, total, 0
+        self.started = time.monotonic()
+
+    def step(self, name: str) -> None:
+        """One more item done; prints the line."""
+        self.done += 1
+        elapsed = time.monotonic() - self.started
+        left = time_left(self.done, self.total, elapsed)
+        tail = f", {left}" if left and self.done < self.total else ""
+        print(f"{self.what}: {self.done}/{self.total} done ({name}), {duration(elapsed)}{tail}", flush=True)
