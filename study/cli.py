@@ -190,10 +190,13 @@ def check_launch(argv: list[str] | None = None) -> None:
 
 
 def before_loading(command: str, argv: list[str] | None = None) -> None:
-    """What every command does first: its command line read and answered; for
-    ``study.launch``, the stop handlers of the loading phase and its fast checks (one line
-    and exit 2 when they fail)."""
+    """What every command does first, before Ray is imported: its command line read and
+    answered; for ``study.launch``, the stop handlers of the loading phase and its fast
+    checks (one line and exit 2 when they fail)."""
     argv = sys.argv[1:] if argv is None else argv
+    if not sys.stdout.isatty():  # a log file: Ray's lines from workers without colour codes,
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # each line as written (Ray's merging of
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # similar lines marks them in colour)
     if command == "study.launch":
         signal.signal(signal.SIGINT, quit_while_loading)
         signal.signal(signal.SIGTERM, quit_while_loading)
