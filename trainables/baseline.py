@@ -29,7 +29,7 @@ from study.metrics import Reference, measure_reference, set_metrics
 from study.metrics.evidence import Evidence
 from study.model import cpu_state, model_from
 from study.run.cluster import remote
-from study.run.console import duration, time_left
+from study.run.console import Progress, duration, time_left
 from study.run.rundir import RunDir
 from trainables.loop import run_epochs
 from trainables.recipes import KINDS, Recipe, cache_file, cache_key, load_cached, recipes, store
@@ -47,6 +47,7 @@ def train_model(
     cohort: Cohort,
     start: dict[str, torch.Tensor],
     compute: Compute,
+    epochs_told: bool = True,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Trains the model of ``recipe`` from the state ``start``: plain Adam, cosine decay, true
     labels on every subject it trains on; returns its CPU state dict and its figures
@@ -66,7 +67,7 @@ def train_model(
     started = time.monotonic()
 
     def progress(metrics: dict[str, Any], checkpoint: Any) -> None:
-        if metrics["epoch"] % schedule.eval_every == 0:
+        if epochs_told and metrics["epoch"] % schedule.eval_every == 0:
             print(
                 f"{name} model: epoch {metrics['epoch']}/{schedule.max_epochs}  "
                 f"Dice {metrics['retain_dice']:.3f} on its training subjects, "
@@ -125,6 +126,9 @@ class ReferencesInTraining:
         self.config, self.cohort, self.start, self.states, self.cores = config, cohort, start, states, cores
         self.wanted = wanted
         self.missing = [name for name in wanted if name not in states]
+        # One or two models tell their epochs; more (shadow models) a line each as it is done.
+        self.epochs_told = len(self.missing) <= 2
+        self.progress = Progress("models of the original recipe", len(self.missing))
         self.cohort_ref: Any = None  # the cohort in Ray's object store, while Ray is up
         self.tasks: dict[Any, str] = {}  # Ray task -> the model it trains
         self.trained_on: dict[str, str] = {}
@@ -138,7 +142,9 @@ class ReferencesInTraining:
             compute, start = self.compute(len(self.missing)), ray.put(self.start)
             train = remote(self.config, _train_on_node, compute.threads)
             self.tasks = {
-                train.remote(n, self.wanted[n], self.config, self.cohort_ref, start, compute): n
+                train.remote(
+                    n, self.wanted[n], self.config, self.cohort_ref, start, compute, self.epochs_told
+                ): n
                 for n in self.missing
             }
 
@@ -149,7 +155,13 @@ class ReferencesInTraining:
         if self.cohort_ref is None:  # in this process, one model after the other
             for name in self.missing:
                 trained = train_model(
-                    name, self.wanted[name], config, self.cohort, self.start, self.compute(1)
+                    name,
+                    self.wanted[name],
+                    config,
+                    self.cohort,
+                    self.start,
+                    self.compute(1),
+                    self.epochs_told,
                 )
                 self._trained(name, *trained, "this process")
             measured = measure(config, self.cohort, self._states(), measuring)
@@ -177,6 +189,9 @@ class ReferencesInTraining:
     ) -> None:
         store(self.config, cache_key(self.config, self.cohort, self.wanted[name]), state, metrics)
         self.states[name], self.trained_on[name] = state, node
+        if not self.epochs_told:
+            dice = f"Dice {metrics['retain_dice']:.3f} on its training subjects, {metrics['holdout_dice']:.3f} on the others"
+            self.progress.step(f"{name}: {dice}")
 
     def _states(self) -> dict[str, dict[str, torch.Tensor]]:
         return {name: self.states[name] for name in self.wanted}

@@ -140,10 +140,11 @@ def rerun_recommendation(
         other_ref = ray.put(other)
         known = {"original": ray.get(handover.original_state)}
         training = reference_models(config, other, start, known, cohort_ref=other_ref, names=KINDS)
+    progress = Progress(f"reruns of trial {trial_id}", len(todo))  # from the first one's start
     pending = submit([r for r in todo if r.forget == own], handover.cohort, handover.reference)
     if elsewhere:
         pending |= submit(elsewhere, other_ref, training.result().reference)
-    progress, reports = Progress(f"reruns of trial {trial_id}", len(pending)), {}
+    reports: dict[Rerun, Any] = {}
     waiting = {ref: r for r, (_, ref) in pending.items()}
     while waiting:  # told as each finishes, side by side on the cluster
         (done, *_), _ = ray.wait(list(waiting))
