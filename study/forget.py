@@ -50,6 +50,7 @@ from study.metrics import SubjectFigures, evaluate_subjects
 from study.metrics.evidence import Evidence
 from study.model import file_digest, initial_state, model_from, state_digest
 from study.run.cluster import joined, remote
+from study.run.console import EpochLines
 from study.run.results import trial_config
 from study.run.rundir import DeletionOutputs, RunDir
 from trainables.baseline import References, reference_models
@@ -141,16 +142,17 @@ def unlearn(
     ``address``, or in this process; with where the unlearning ran."""
     start, _ = initial_state(config, request.n_classes)
     known = {"original": original}
+    lines = EpochLines("unlearning", spec.epochs)
     if not address:
         references = reference_models(config, request, start, known).result()
-        unlearned = run_trial(spec, request, original, references.reference)
+        unlearned = run_trial(spec, request, original, references.reference, lines)
         return references, unlearned, f"this process on {platform.node()}"
     import ray
 
     with joined(config, address, Path(config.run_dir)):
         request_ref = ray.put(request)
         references = reference_models(config, request, start, known, cohort_ref=request_ref).result()
-        task = remote(config, _on_node).remote(spec, request_ref, original, references.reference)
+        task = remote(config, _on_node).remote(spec, request_ref, original, references.reference, lines)
         unlearned, node = ray.get(task)
     return references, unlearned, f"Ray node {node}"
 

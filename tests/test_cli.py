@@ -4,6 +4,7 @@ scripts, checks before anything slow), the search's console lines, labelled outp
 from __future__ import annotations
 
 import argparse
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from study import __version__
 from study.cli import PARSERS, read
 from study.config import StudyError, load_config
 from study.config.sources import storage_setting
-from study.run.console import Progress, duration, number, time_left
+from study.run.console import EpochLines, Progress, duration, number, time_left
 from trainables.trial_lines import TrialLines
 
 SCRIPTS = {
@@ -143,6 +144,23 @@ def test_progress_says_what_is_done_and_the_time_left(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("reruns of trial abc: 1/3 done (seed 0 on 070), ") and "left" in lines[0]
     assert lines[2].startswith("reruns of trial abc: 3/3 done (seed 2 on 070), ") and "left" not in lines[2]
+
+
+def test_a_single_run_prints_its_epochs_and_survives_pickling(capsys):
+    lines = pickle.loads(pickle.dumps(EpochLines("unlearning", 30)))  # as a Ray task carries it
+    for epoch in (10, 30):
+        lines(
+            {
+                "epoch": epoch,
+                "forget_dice": 0.41234,
+                "retain_dice": 0.8,
+                "seconds_train": 2.0,
+                "diverged": 0.0,
+            }
+        )
+    first, last = capsys.readouterr().out.splitlines()
+    assert first.startswith("unlearning: epoch 10/30, forget Dice 0.412, retain Dice 0.8, 2 s, about ")
+    assert last.startswith("unlearning: epoch 30/30, ") and "left" not in last
 
 
 def _trial(trial_id: str, strategy: str, status: str, last: dict | None = None) -> SimpleNamespace:

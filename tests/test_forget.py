@@ -213,4 +213,5 @@ def test_a_request_killed_after_its_retrain_model_was_trained_reuses_it(smoke_st
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert "for forget set 7, cached in " in again.stdout and "training retrain" not in again.stdout
+    assert "unlearning: epoch 2/2, forget Dice " in again.stdout  # the unlearning run's progress
     assert json.loads((out / "audit.json").read_text())["model_written"]
