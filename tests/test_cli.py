@@ -137,13 +137,17 @@ def test_figures_and_times_read_as_a_person_writes_them():
 
 
 def test_progress_says_what_is_done_and_the_time_left(capsys):
-    progress = Progress("reruns of trial abc", 3)
+    progress = Progress("reruns of trial abc", 3, every_s=0)
     progress.step("seed 0 on 070")
     progress.step("seed 1 on 070")
     progress.step("seed 2 on 070")
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("reruns of trial abc: 1/3 done (seed 0 on 070), ") and "left" in lines[0]
     assert lines[2].startswith("reruns of trial abc: 3/3 done (seed 2 on 070), ") and "left" not in lines[2]
+    together = Progress("models", 3)  # done within a second of each other: one line, the last
+    for name in ("a", "b", "c"):
+        together.step(name)
+    assert capsys.readouterr().out.splitlines() == [f"models: 3/3 done (c), {duration(0)}"]
 
 
 def test_a_single_run_prints_its_epochs_and_survives_pickling(capsys):

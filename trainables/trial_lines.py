@@ -22,7 +22,7 @@ class TrialLines(Callback):
     saved state, the callback starts its counts again.
     """
 
-    def __init__(self, config: StudyConfig, every_s: float = 30.0) -> None:
+    def __init__(self, config: StudyConfig, every_s: float = 60.0) -> None:
         self.objectives = OBJECTIVES[config.objective]
         self.horizons = list(config.horizons)
         self.max_epochs = config.max_epochs

@@ -35,16 +35,21 @@ def time_left(done: float, total: float, elapsed: float) -> str:
 
 
 class Progress:
-    """``what: 3/8 done (the last one's name), 45 s, about 1m30s left``, one line per item."""
+    """``what: 3/8 done (the last one's name), 45 s, about 1m30s left``: a line when an item is
+    done at least ``every_s`` after the last line (items done side by side share one), and
+    always for the last item."""
 
-    def __init__(self, what: str, total: int) -> None:
-        self.what, self.total, self.done = what, total, 0
-        self.started = time.monotonic()
+    def __init__(self, what: str, total: int, every_s: float = 15.0) -> None:
+        self.what, self.total, self.done, self.every_s = what, total, 0, every_s
+        self.started = self._told = time.monotonic()
 
     def step(self, name: str) -> None:
-        """One more item done; prints the line."""
+        """One more item done; prints the line when it is due."""
         self.done += 1
-        elapsed = time.monotonic() - self.started
+        now = time.monotonic()
+        if self.done < self.total and now - self._told < self.every_s:
+            return
+        self._told, elapsed = now, now - self.started
         left = time_left(self.done, self.total, elapsed)
         tail = f", {left}" if left and self.done < self.total else ""
         print(f"{self.what}: {self.done}/{self.total} done ({name}), {duration(elapsed)}{tail}", flush=True)
