@@ -161,8 +161,9 @@ def seed_spread(seeds: pd.DataFrame, epoch: int, recommendation: Recommendation 
     rows at ``epoch``, beside the recommended trial's own figure (when ``recommendation``)."""
     at = seeds[seeds["epoch"] == epoch].drop_duplicates("seed", keep="last")
     figures = [f for f in SEED_FIGURES if f in at]
+    stats = ["mean", "std", "min", "max"]
     # Rounded: equal values give a std of ~1e-17 in floating point, which would read as a spread.
-    table = at[figures].agg(["mean", "std", "min", "max"]).T.round(6)
+    table = at[figures].agg(stats).T.round(6) if figures else pd.DataFrame(columns=stats, dtype=float)
     if recommendation is not None:
         table["in the search"] = [recommendation.figures.get(f, math.nan) for f in figures]
     return table.reset_index(names="figure")

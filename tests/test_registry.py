@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import optuna
-import pandas as pd
 import pytest
 import torch
 
 from search_spaces import STRATEGIES, check_config, register, starting_point
 from search_spaces.spaces import common
 from study.config import StudyError, load_config
-from study.launch import main
 from study.model import model_from
-from study.run.rundir import RunDir
 from trainables.settings import LoopSettings
 from trainables.strategy import Strategy
 from trainables.trial import TrialSpec
@@ -89,23 +85,3 @@ def test_a_misspelt_hyperparameter_fails_when_the_trial_is_built():
 def test_a_study_naming_an_unregistered_strategy_stops_before_any_compute():
     with pytest.raises(StudyError, match="toy_background"):
         check_config(load_config("smoke", overrides={"strategies": ["noisy_label", "toy_background"]}))
-
-
-@pytest.mark.slow
-def test_a_strategy_added_by_one_file_and_one_register_call_runs_in_the_smoke_study(
-    ray_local, cache_env: Path, tmp_path: Path, toy_registered
-):
-    run_dir = tmp_path / "run"
-    assert (
-        main(["--preset", "smoke", "--strategies", "toy_background,noisy_label", "--run-dir", str(run_dir)])
-        == 0
-    )
-    trials = pd.read_parquet(RunDir(run_dir).trials_file)
-    toy = trials[trials["strategy"] == "toy_background"]
-    assert toy["trial_id"].nunique() == 2 and sorted(toy["epoch"].unique()) == [1, 2]
-    assert set(toy["status"]) == {"terminated"}
-    assert toy["param_forget_weight"].between(0.1, 1.0).all()
-    assert toy["param_noise_level"].isna().all()  # a column of the other strategy, not the toy's
-    assert toy["retain_dice"].between(0.0, 1.0).all() and toy["forget_drop"].notna().all()
-    start = optuna.load_study(study_name="toy_background", storage=RunDir(run_dir).optuna_url).trials[0]
-    assert start.params["forget_weight"] == 0.5  # the field's default was the search's first trial

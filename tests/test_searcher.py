@@ -8,14 +8,12 @@ import sys
 from pathlib import Path
 
 import optuna
-import pandas as pd
 import pytest
 from ray.tune.search import Searcher
 
 from search_spaces import check_config, spaces_of
 from search_spaces.searcher import build_searcher, make_sampler, sampler_settings
 from study.config import load_config
-from study.launch import main
 from study.run.rundir import RunDir
 
 RESULT = {"forget_drop": 0.5, "retain_kept": 0.9}
@@ -159,25 +157,6 @@ def test_tune_hands_it_the_concurrency_limit_and_every_completion(tmp_path: Path
     limited.on_trial_complete("a", RESULT, error=True)  # failed: Tune forgets it...
     limited.on_trial_complete("a", RESULT)  # ...until --resume reruns it and it reports
     assert "COMPLETE" in _states(url, "noisy_label")
-
-
-@pytest.mark.slow
-def test_a_strategy_that_diverges_at_epoch_1_fails_in_optuna_and_is_not_recommended(
-    ray_local, cache_env: Path, tmp_path: Path, toy_registered, capsys
-):
-    run_dir = tmp_path / "run"
-    argv = ["--preset", "smoke", "--strategies", "toy_nan,noisy_label", "--run-dir", str(run_dir)]
-    assert main(argv) == 0
-    run = RunDir(run_dir)
-    trials = pd.read_parquet(run.trials_file)
-    toy = trials[trials["strategy"] == "toy_nan"]
-    assert toy["trial_id"].nunique() == 2 and set(toy["status"]) == {"diverged"} and set(toy["epoch"]) == {1}
-    assert _states(run.optuna_url, "toy_nan") == ["FAIL", "FAIL"]
-    assert _states(run.optuna_url, "noisy_label") == ["COMPLETE", "COMPLETE"]
-    assert "toy_nan" not in set(pd.read_parquet(run.pareto_file)["strategy"])
-    assert "recommended: noisy_label trial" in capsys.readouterr().out
-    page = run.report_html.read_text()
-    assert "2 diverged, 0 failed" in page and page.count("diverged at epoch 1") == 2
 
 
 def test_the_samplers_fit_the_budget():

@@ -185,19 +185,40 @@ def test_existing_run_directory_is_refused(ray_local, cache_env, tmp_path: Path,
     assert RunDir(run_dir).trials_file.read_bytes() == b"earlier results"
 
 
-@pytest.mark.slow
-def test_every_strategy_runs_as_a_tune_trial(ray_local, cache_env, tmp_path: Path):
-    strategies = ",".join(STRATEGIES)
+@pytest.mark.slow  # one study of every strategy, an added one and one that diverges at epoch 1
+def test_every_strategy_an_added_one_and_a_diverging_one_run_as_tune_trials(
+    ray_local, cache_env, tmp_path: Path, toy_registered, capsys
+):
+    built_in = [s for s in STRATEGIES if not s.startswith("toy_")]
     run_dir = tmp_path / "all"
-    argv = ["--preset", "smoke", "--strategies", strategies, "--num-samples", "1", "--max-epochs", "1"]
-    assert main([*argv, "--horizons", "1", "--run-dir", str(run_dir)]) == 0
-    trials = pd.read_parquet(RunDir(run_dir).trials_file)
-    assert sorted(trials["strategy"]) == sorted(STRATEGIES)  # one trial, one epoch each
-    assert set(trials["status"]) == {"terminated"}
-    assert trials["forget_dice"].between(0, 1).all() and trials["retain_dice"].between(0, 1).all()
+    argv = ["--preset", "smoke", "--strategies", ",".join([*built_in, "toy_background", "toy_nan"])]
+    assert main([*argv, "--num-samples", "1", "--run-dir", str(run_dir)]) == 0
+    run = RunDir(run_dir)
+    trials = pd.read_parquet(run.trials_file)
+    finished = trials[trials["strategy"] != "toy_nan"]
+    assert sorted(finished["strategy"].unique()) == sorted([*built_in, "toy_background"])
+    assert set(finished["status"]) == {"terminated"} and set(finished["epoch"]) == {1, 2}
+    assert finished["forget_dice"].between(0, 1).all() and finished["retain_dice"].between(0, 1).all()
     learn_others = trials[trials["strategy"] == "learn_others"]
     assert learn_others["param_target"].iloc[0] == "others"  # the hand-picked start
     assert trials[trials["strategy"] == "finetune"].filter(like="param_noise_level").isna().all().all()
+
+    # Added by one file and one register call: its own hyperparameter, its default the start.
+    toy = trials[trials["strategy"] == "toy_background"]
+    assert toy["param_forget_weight"].tolist() == [0.5, 0.5] and toy["param_noise_level"].isna().all()
+    start = optuna.load_study(study_name="toy_background", storage=run.optuna_url).trials[0]
+    assert start.params["forget_weight"] == 0.5 and start.state.name == "COMPLETE"
+
+    # Diverged at epoch 1: failed in Optuna, never recommended, named in the report.
+    nan = trials[trials["strategy"] == "toy_nan"]
+    assert set(nan["status"]) == {"diverged"} and set(nan["epoch"]) == {1}
+    (failed,) = optuna.load_study(study_name="toy_nan", storage=run.optuna_url).trials
+    assert failed.state.name == "FAIL"
+    assert "toy_nan" not in set(pd.read_parquet(run.pareto_file)["strategy"])
+    recommended = capsys.readouterr().out.split("recommended: ")[1].split()[0]
+    assert recommended in built_in or recommended == "toy_background"
+    page = run.report_html.read_text()
+    assert "1 diverged, 0 failed" in page and page.count("diverged at epoch 1") == 1
 
 
 @pytest.mark.slow
