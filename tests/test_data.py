@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -165,6 +166,38 @@ def test_cohort_split_and_digest(cohort_root: Path):
     kept = image.copy()
     preprocess(image, labels, (8, 32, 32), "4class")
     assert np.array_equal(image, kept)
+
+
+def test_a_cached_cohort_is_the_same_cohort_and_a_changed_file_is_read_again(
+    cohort_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import study.cohort.cohort as cohort_module
+
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    for subject in ("070", "1", "101"):
+        shutil.copytree(cohort_root / subject, data / subject)
+    split = resolve_split(find_subjects(data), ["070"], ["1"], ["101"], "test")
+    first = load_cohort(data, split, (8, 32, 32), "4class", cache=cache)
+    (stored,) = (cache / "cohorts").glob("*.npz")
+
+    def no_reading(*args):
+        raise AssertionError("read from the NIfTI files although they were cached")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(cohort_module, "preprocess", no_reading)
+        cached = load_cohort(data, split, (8, 32, 32), "4class", cache=cache)
+    assert cached.digest == first.digest == load_cohort(data, split, (8, 32, 32), "4class").digest
+    assert all(np.array_equal(cached.images[s], first.images[s]) for s in first.images)
+
+    stored.write_bytes(stored.read_bytes()[:1000])  # cut off: read from the files again
+    assert load_cohort(data, split, (8, 32, 32), "4class", cache=cache).digest == first.digest
+    t1 = data / "1" / "pre" / "reg_T1.nii.gz"
+    image = nib.load(t1)
+    changed = np.asarray(image.dataobj, dtype=np.float32)
+    changed[100:140, 100:140, 20:28] += 50.0  # a re-exported scan: other voxels, another cohort
+    nib.save(nib.Nifti1Image(changed, image.affine), t1)
+    assert load_cohort(data, split, (8, 32, 32), "4class", cache=cache).digest != first.digest
+    assert len(list((cache / "cohorts").glob("*.npz"))) == 2
 
 
 @pytest.mark.parametrize(

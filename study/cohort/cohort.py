@@ -1,13 +1,16 @@
 """The study's cohort: every subject of its split read once and preprocessed, in memory.
 
-Every NIfTI file is decoded once per study, in the driver; the ``Cohort`` then travels to
-the trials through Ray's object store.
+Every NIfTI file is decoded in the driver, and its preprocessed arrays are cached (keyed by
+the files' bytes and the preprocessing settings), so a resume, a deletion request or another
+study of the same data reads them back in a fraction of a second; the ``Cohort`` then
+travels to the trials through Ray's object store.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +19,14 @@ import numpy as np
 import torch
 
 from study.cohort import synthetic
-from study.cohort.mrbrains import CLASS_NAMES
+from study.cohort.mrbrains import CLASS_NAMES, subject_files
 from study.cohort.preprocess import preprocess
 from study.cohort.reader import find_subjects, read_subject
 from study.cohort.split import Split, check_request, moved, resolve_split
 from study.config import StudyConfig, StudyError
+
+#: Bumped whenever ``preprocess`` changes what it returns: cohorts cached before are not read.
+PREPROCESSING = 1
 
 
 @dataclass(frozen=True)
@@ -57,25 +63,22 @@ def load_cohort(
     split: Split,
     input_size: tuple[int, int, int],
     label_mode: str,
+    cache: Path | None = None,
 ) -> Cohort:
     """Reads and preprocesses every subject of ``split`` under ``root``, each file once,
-    several subjects at a time (decompression and resampling release the GIL)."""
+    several subjects at a time (decompression and resampling release the GIL); with ``cache``
+    (a folder), the arrays are read from there when these very files were preprocessed the
+    same way before, and stored there otherwise."""
     subjects = split.training + split.holdout
-
-    def read(subject: str) -> tuple[np.ndarray, np.ndarray]:
-        return preprocess(*read_subject(root, subject), input_size, label_mode)
-
-    # One torch thread per subject: the normalisation's sums then add up in the same order on
-    # every machine, so the cohort (and the cache keys made from its digest) are the same.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(max_workers=io_threads(len(subjects))) as pool:
-            read_in_order = list(pool.map(read, subjects))
-    finally:
-        torch.set_num_threads(threads)
-    images = {subject: image for subject, (image, _) in zip(subjects, read_in_order, strict=True)}
-    labels = {subject: label for subject, (_, label) in zip(subjects, read_in_order, strict=True)}
+    key = _cache_key(root, subjects, input_size, label_mode) if cache is not None else None
+    cached = cache / "cohorts" / f"{key}.npz" if cache is not None and key else None
+    arrays = _read_cached(cached, subjects) if cached else None
+    if arrays is None:
+        arrays = _read_all(root, subjects, input_size, label_mode)
+        if cached:
+            _store(cached, arrays)
+    images = {subject: image for subject, (image, _) in arrays.items()}
+    labels = {subject: label for subject, (_, label) in arrays.items()}
     data = hashlib.sha256(repr((tuple(input_size), label_mode)).encode())
     for subject in sorted(subjects):
         data.update(subject.encode())
@@ -89,6 +92,64 @@ def load_cohort(
         digest=_digest(data.hexdigest(), split),
         data_digest=data.hexdigest(),
     )
+
+
+Arrays = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def _read_all(root: Path, subjects: list[str], input_size: tuple[int, int, int], label_mode: str) -> Arrays:
+    def read(subject: str) -> tuple[np.ndarray, np.ndarray]:
+        return preprocess(*read_subject(root, subject), input_size, label_mode)
+
+    # One torch thread per subject: the normalisation's sums then add up in the same order on
+    # every machine, so the cohort (and the cache keys made from its digest) are the same.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=io_threads(len(subjects))) as pool:
+            return dict(zip(subjects, pool.map(read, subjects), strict=True))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _cache_key(root: Path, subjects: list[str], input_size: tuple[int, int, int], label_mode: str) -> str:
+    """A digest of every file's bytes and of how they are preprocessed; empty when a file is
+    missing (the read then says which)."""
+    key = hashlib.sha256(repr((PREPROCESSING, tuple(input_size), label_mode)).encode())
+    for subject in sorted(subjects):
+        key.update(subject.encode())
+        for path in subject_files(root, subject):
+            if not path.is_file():
+                return ""
+            key.update(hashlib.sha256(path.read_bytes()).digest())
+    return key.hexdigest()
+
+
+def _read_cached(path: Path, subjects: list[str]) -> Arrays | None:
+    """The cached arrays of ``subjects``; ``None`` when there are none, or they cannot be read
+    (a cut-off file: they are read from the NIfTI files again)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as npz:
+            return {s: (npz[f"image/{s}"], npz[f"labels/{s}"]) for s in subjects}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+
+
+def _store(path: Path, arrays: Arrays) -> None:
+    """Writes ``arrays`` to ``path`` whole or not at all (a read-only cache is skipped)."""
+    named = {f"image/{s}": image for s, (image, _) in arrays.items()}
+    named |= {f"labels/{s}": labels for s, (_, labels) in arrays.items()}
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.npz")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(partial, **named)
+        os.replace(partial, path)
+    except OSError:
+        pass  # the cache is a convenience: the study goes on with the arrays it has
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _digest(data_digest: str, split: Split) -> str:
@@ -122,7 +183,7 @@ def open_cohort(config: StudyConfig) -> Cohort:
     """The study's cohort: ``config.data``, or the synthetic cohort (written once, cached),
     split as ``study_split`` says."""
     root, split = study_split(config)
-    return load_cohort(root, split, tuple(config.input_size), config.label_mode)
+    return load_cohort(root, split, tuple(config.input_size), config.label_mode, cache=config.cache_path)
 
 
 def with_other_forget(cohort: Cohort, other: list[str] | None) -> Cohort | None:
