@@ -23,6 +23,7 @@ def test_a_worker_killed_while_tune_saves_its_checkpoint_ends_with_exit_3_and_re
     returned, with no retries left: Tune caches a STOP for the trial and saves it with its
     state. Restored as it is, that STOP ends the rerun trial TERMINATED after one epoch; the
     study drops it, so the trial continues from its last checkpoint to its last epoch."""
+    studies.EPOCHS = 8  # the kill comes at epoch 4 of one trial, whatever the machine's speed
     marker = tmp_path / "killed"
     tests = str(Path(__file__).parent)  # kill_hooks.py, imported by the study's driver
     env = studies.env(PYTHONPATH=tests, KILL_MARKER=str(marker), KILL_AT_EPOCH="4")
