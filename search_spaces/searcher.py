@@ -27,17 +27,20 @@ from study.run.results import is_diverged
 
 
 def sampler_settings(name: str, budget: int, parallel: int) -> dict[str, Any]:
-    """The settings of Optuna's sampler ``name`` ("tpe", "nsga2" or "random") fitted to
+    """The settings of Optuna's sampler ``name`` ("tpe", "nsga2", "gp" or "random") fitted to
     ``budget`` trials of which up to ``parallel`` run at once.
 
     TPE's default start-up phase (10 random trials) would spend most of a small budget at
     random: a quarter of the budget (at least 2) is random here, and with trials in flight
     the constant liar keeps TPE from proposing the same point twice. NSGA-II's default
     population (50) would never reach a second generation: a population of a quarter of the
-    budget (at least 4) gets several.
+    budget (at least 4) gets several. The Gaussian-process sampler ("gp") has TPE's random
+    start; it conditions on the trials in flight itself (its q-batch acquisition).
     """
     if name == "tpe":
         return {"n_startup_trials": min(10, max(2, budget // 4)), "constant_liar": parallel > 1}
+    if name == "gp":
+        return {"n_startup_trials": min(10, max(2, budget // 4)), "warn_independent_sampling": False}
     if name == "nsga2":
         return {"population_size": max(4, budget // 4)}
     if name == "random":
@@ -49,6 +52,7 @@ def sampler_settings(name: str, budget: int, parallel: int) -> dict[str, Any]:
 SAMPLERS = {
     "tpe": optuna.samplers.TPESampler,
     "nsga2": optuna.samplers.NSGAIISampler,
+    "gp": optuna.samplers.GPSampler,
     "random": optuna.samplers.RandomSampler,
 }
 

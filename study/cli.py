@@ -132,13 +132,16 @@ def bench_parser() -> argparse.ArgumentParser:
         "--strategies", default="noisy_label,max_loss", help="comma-separated (default: noisy_label,max_loss)"
     )
     search.add_argument("--seeds", type=int, default=5, help="searches per sampler (default: 5)")
-    search.add_argument("--budget", type=int, default=12, help="trials per search (default: 12)")
-    search.add_argument("--parallel", type=int, default=2, help="trials in flight per search (default: 2)")
+    search.add_argument("--budget", type=int, default=16, help="trials per search (default: 16)")
     search.add_argument(
-        "--sampler",
+        "--in-flight",
+        default="2",
+        help="comma-separated numbers of trials asked and not yet told, e.g. 2,8,16 (default: 2)",
+    )
+    search.add_argument(
+        "--samplers",
         default="tpe",
-        choices=("tpe", "nsga2"),
-        help="the sampler set against random (default: tpe)",
+        help="comma-separated samplers set against random: tpe, gp, nsga2 (default: tpe)",
     )
     sub.add_parser("data", help="NIfTI decodes and bytes read by one smoke study")
     overhead = sub.add_parser("overhead", help="where a study's wall time goes, on a local Ray")

@@ -69,13 +69,33 @@ def test_a_search_runs_its_budget_from_the_hand_picked_start(tiny_cohort, tiny_m
     )
     state = {k: v.clone() for k, v in original.state_dict().items()}
     s = search.Setting(config, tiny_cohort, state, reference)
-    found = search.search(s, "noisy_label", "tpe", seed=0, budget=3, parallel=2)
+    found = search.search(s, "noisy_label", "tpe", seed=0, budget=3, in_flight=2)
     assert len(found["points"]) == 3 and 0 < found["seconds_per_suggestion"] < 1
     start = {**starting_point(STRATEGIES["noisy_label"].search), "trial_number": 0, "strategy": "noisy_label"}
     first = run_trial(TrialSpec.of(config, NoisyLabel, start), tiny_cohort, state, reference).last
     assert found["points"][0] == [first["forget_drop"], first["retain_kept"]]  # the start ran first
-    again = search.search(s, "noisy_label", "tpe", seed=0, budget=3, parallel=2)
+    again = search.search(s, "noisy_label", "tpe", seed=0, budget=3, in_flight=2)
     assert again["points"] == found["points"]  # seeded: the same search
+
+
+def test_a_search_keeps_its_trials_in_flight_as_tune_keeps_its_slots_busy(monkeypatch):
+    import optuna
+
+    running_at_tell: list[int] = []
+    tell = optuna.Study.tell
+
+    def counting(self, trial, *args, **kwargs):
+        running_at_tell.append(
+            len(self.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+        )
+        return tell(self, trial, *args, **kwargs)
+
+    monkeypatch.setattr(optuna.Study, "tell", counting)
+    monkeypatch.setattr(search, "_trial", lambda s, strategy, params: (params["lr"] * 1e3, 1.0))
+    for sampler in ("tpe", "gp"):
+        running_at_tell.clear()
+        found = search.search(None, "noisy_label", sampler, seed=0, budget=6, in_flight=3)
+        assert running_at_tell == [3, 3, 3, 3, 2, 1] and len(found["points"]) == 6, sampler
 
 
 def test_the_overhead_table_divides_slot_time_into_the_trials_parts():

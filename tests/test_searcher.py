@@ -169,6 +169,8 @@ def test_the_samplers_fit_the_budget():
     assert sampler_settings("nsga2", budget=8, parallel=4) == {"population_size": 4}
     assert isinstance(make_sampler("tpe", 0, 16, 2), optuna.samplers.TPESampler)
     assert isinstance(make_sampler("random", 0, 8, 2), optuna.samplers.RandomSampler)
+    assert isinstance(make_sampler("gp", 0, 16, 8), optuna.samplers.GPSampler)
+    assert sampler_settings("gp", budget=16, parallel=8)["n_startup_trials"] == 4
     with pytest.raises(ValueError, match="unknown sampler 'grid'"):
         make_sampler("grid", 0, 8, 2)
 

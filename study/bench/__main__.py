@@ -40,7 +40,16 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.command == "search":
         from study.bench import search
 
-        return search.run(args.strategies.split(","), args.seeds, args.budget, args.parallel, args.sampler)
+        samplers = args.samplers.split(",")
+        if unknown := [n for n in samplers if n not in ("tpe", "gp", "nsga2")]:
+            raise StudyError(f"--samplers: unknown {', '.join(unknown)}; choose from tpe, gp, nsga2")
+        try:
+            in_flight = [int(k) for k in args.in_flight.split(",")]
+        except ValueError:
+            in_flight = [0]
+        if min(in_flight) < 1:
+            raise StudyError(f"--in-flight {args.in_flight}: positive whole numbers, e.g. 2,8,16")
+        return search.run(args.strategies.split(","), args.seeds, args.budget, in_flight, samplers)
     if args.command == "data":
         from study.bench import data
 

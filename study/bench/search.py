@@ -1,17 +1,21 @@
 """``python -m study.bench search``: what Optuna's sampler buys over random search.
 
-For each strategy and seed, two searches of the same budget over the strategy's own space,
-both starting from its hand-picked configuration as a study does: the study's sampler
-(``search_spaces.searcher.make_sampler``) and random search (Optuna's ``RandomSampler``,
-which draws every hyperparameter independently from its range, as Ray Tune's random search
-does; Tune's own cannot take a define-by-run space). Trials are asked ``parallel`` at a
-time before any is told, as on a cluster with that many slots per strategy, and run
-in-process (no Ray) on a small preset: the smoke cohort, its original model trained longer.
-The score is the hypervolume of (forget_drop, retain_kept) above (0, 0) after the budget.
+For each strategy and seed, searches of the same budget over the strategy's own space, all
+starting from its hand-picked configuration as a study does: each sampler asked for
+(``search_spaces.searcher.make_sampler``: TPE with the constant liar, the Gaussian-process
+sampler, NSGA-II) at each number of trials in flight, and random search (Optuna's
+``RandomSampler``, which draws every hyperparameter independently from its range, as Ray
+Tune's random search does; Tune's own cannot take a define-by-run space; what it draws does
+not depend on the trials in flight). ``K`` in flight: ``K`` trials are asked before the
+first is told, then one more is asked as each is told, as Tune keeps a cluster's ``K`` slots
+busy with trials of equal length. Trials run in-process (no Ray) on a small preset: the
+smoke cohort, its original model trained longer. The score is the hypervolume of
+(forget_drop, retain_kept) above (0, 0) after the budget.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import statistics
 import time
@@ -62,62 +66,80 @@ def _trial(s: Setting, strategy: str, params: dict[str, Any]) -> tuple[float, fl
     return None if last["diverged"] else tuple(last[o] for o in OBJECTIVES["reference"])  # type: ignore[return-value]
 
 
-def search(s: Setting, strategy: str, sampler: str, seed: int, budget: int, parallel: int) -> dict[str, Any]:
-    """One search: its hypervolume after ``budget`` trials, the objectives of each trial that
-    completed (``points``, in trial order) and the sampler's seconds per suggestion."""
+def search(s: Setting, strategy: str, sampler: str, seed: int, budget: int, in_flight: int) -> dict[str, Any]:
+    """One search with ``in_flight`` trials asked and not yet told at any time: its
+    hypervolume after ``budget`` trials, the objectives of each trial that completed
+    (``points``, in trial order) and the sampler's seconds per suggestion."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = STRATEGIES[strategy].search
     study = optuna.create_study(
-        directions=["maximize", "maximize"], sampler=make_sampler(sampler, seed, budget, parallel)
+        directions=["maximize", "maximize"], sampler=make_sampler(sampler, seed, budget, in_flight)
     )
     study.enqueue_trial(starting_point(space))
-    asking, done = 0.0, 0
-    while done < budget:
-        started = time.perf_counter()
-        trials = [study.ask() for _ in range(min(parallel, budget - done))]
-        for trial in trials:
+    asking, asked, running = 0.0, 0, collections.deque()
+    while asked < budget or running:
+        while asked < budget and len(running) < in_flight:
+            started = time.perf_counter()
+            trial = study.ask()
             space.function(trial)
-        asking += time.perf_counter() - started
-        for trial in trials:
-            values = _trial(s, strategy, {**trial.params, "trial_number": trial.number})
-            study.tell(trial, values, state=optuna.trial.TrialState.FAIL if values is None else None)
-        done += len(trials)
+            asking += time.perf_counter() - started
+            running.append(trial)
+            asked += 1
+        trial = running.popleft()  # the oldest finishes first: trials of equal length
+        values = _trial(s, strategy, {**trial.params, "trial_number": trial.number})
+        study.tell(trial, values, state=optuna.trial.TrialState.FAIL if values is None else None)
     points = [t.values for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     return {"hypervolume": hypervolume(points), "points": points, "seconds_per_suggestion": asking / budget}
 
 
 def run(
-    strategies: list[str], seeds: int, budget: int, parallel: int, sampler: str = "tpe"
+    strategies: list[str], seeds: int, budget: int, in_flight: list[int], samplers: list[str]
 ) -> list[dict[str, Any]]:
-    """Per strategy and seed: both searches' hypervolumes and their ratio; then a median row."""
+    """Per strategy, seed and number in flight: each sampler's hypervolume, random search's,
+    their ratio and the sampler's time per suggestion; then per number in flight and sampler,
+    a median row."""
     s = setting()
     torch.set_num_threads(1)
     rows = []
     for strategy in strategies:
         for seed in range(seeds):
-            found = {name: search(s, strategy, name, seed, budget, parallel) for name in (sampler, "random")}
-            print(f"search bench: {strategy} seed {seed}: {found}", flush=True)
-            rows.append(
+            random = search(s, strategy, "random", seed, budget, 1)
+            for k in in_flight:
+                for name in samplers:
+                    found = search(s, strategy, name, seed, budget, k)
+                    ratio = found["hypervolume"] / max(random["hypervolume"], 1e-12)
+                    print(
+                        f"search bench: {strategy} seed {seed}, {k} in flight: {name} "
+                        f"{found['hypervolume']:.4f}, random {random['hypervolume']:.4f}, ratio {ratio:.3f}",
+                        flush=True,
+                    )
+                    rows.append(
+                        {
+                            "strategy": strategy,
+                            "seed": seed,
+                            "in_flight": k,
+                            "sampler": name,
+                            "hypervolume": found["hypervolume"],
+                            "hypervolume_random": random["hypervolume"],
+                            "ratio": ratio,
+                            "ms_per_suggestion": 1e3 * found["seconds_per_suggestion"],
+                            "ms_per_suggestion_random": 1e3 * random["seconds_per_suggestion"],
+                        }
+                    )
+    medians = []
+    for k in in_flight:
+        for name in samplers:
+            mine = [r for r in rows if r["in_flight"] == k and r["sampler"] == name]
+            ratios = [r["ratio"] for r in mine]
+            medians.append(
                 {
-                    "strategy": strategy,
-                    "seed": seed,
-                    f"hypervolume_{sampler}": found[sampler]["hypervolume"],
-                    "hypervolume_random": found["random"]["hypervolume"],
-                    "ratio": found[sampler]["hypervolume"] / max(found["random"]["hypervolume"], 1e-12),
-                    f"ms_per_suggestion_{sampler}": 1e3 * found[sampler]["seconds_per_suggestion"],
-                    "ms_per_suggestion_random": 1e3 * found["random"]["seconds_per_suggestion"],
+                    "strategy": "median over all",
+                    "seed": len(mine),
+                    "in_flight": k,
+                    "sampler": name,
+                    "ratio": statistics.median(ratios),
+                    "wins": sum(r >= 1.0 for r in ratios),
+                    "ms_per_suggestion": statistics.median(r["ms_per_suggestion"] for r in mine),
                 }
             )
-    ratios = [row["ratio"] for row in rows]
-    rows.append(
-        {
-            "strategy": "median over all",
-            "seed": len(rows),
-            "ratio": statistics.median(ratios),
-            "wins": sum(r >= 1.0 for r in ratios),
-            f"ms_per_suggestion_{sampler}": statistics.median(
-                r[f"ms_per_suggestion_{sampler}"] for r in rows
-            ),
-        }
-    )
-    return rows
+    return rows + medians
