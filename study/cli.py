@@ -127,7 +127,7 @@ def bench_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=1, help="torch threads on a CPU (default: 1, as a trial)"
     )
     epoch.add_argument("--variants", help="comma-separated variant names, e.g. fp32,bf16 (default: all)")
-    search = sub.add_parser("search", help="hypervolume of Optuna's sampler against random search")
+    search = sub.add_parser("search", help="hypervolume of Optuna's samplers against random search")
     search.add_argument(
         "--strategies", default="noisy_label,max_loss", help="comma-separated (default: noisy_label,max_loss)"
     )
@@ -140,8 +140,8 @@ def bench_parser() -> argparse.ArgumentParser:
     )
     search.add_argument(
         "--samplers",
-        default="tpe",
-        help="comma-separated samplers set against random: tpe, gp, nsga2 (default: tpe)",
+        default="gp,tpe",
+        help="comma-separated samplers set against random: gp, tpe, nsga2 (default: gp,tpe)",
     )
     sub.add_parser("data", help="NIfTI decodes and bytes read by one smoke study")
     overhead = sub.add_parser("overhead", help="where a study's wall time goes, on a local Ray")

@@ -4,6 +4,7 @@ trial reaches Optuna as a failure."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -157,6 +158,17 @@ def test_tune_hands_it_the_concurrency_limit_and_every_completion(tmp_path: Path
     limited.on_trial_complete("a", RESULT, error=True)  # failed: Tune forgets it...
     limited.on_trial_complete("a", RESULT)  # ...until --resume reruns it and it reports
     assert "COMPLETE" in _states(url, "noisy_label")
+
+
+def test_a_study_searches_with_the_gaussian_process_sampler_unless_told_otherwise(tmp_path: Path):
+    url = RunDir(tmp_path).optuna_url
+    searcher = _searcher(tmp_path, ["noisy_label", "max_loss"], url, in_flight=8)
+    samplers = [optuna_search._sampler for optuna_search in searcher._searchers.values()]
+    assert all(isinstance(s, optuna.samplers.GPSampler) for s in samplers)  # at 8 in flight, as at 2
+    assert samplers[0]._n_startup_trials == 2  # a quarter of a budget of 2, at least 2
+    config = _config(tmp_path, ["noisy_label"])
+    tpe = build_searcher(dataclasses.replace(config, sampler="tpe"), spaces_of(["noisy_label"]), url, 8)
+    assert tpe._searchers["noisy_label"]._sampler._constant_liar  # TPE, when asked for, lies
 
 
 def test_the_samplers_fit_the_budget():
