@@ -186,3 +186,16 @@ def test_the_epoch_bench_runs_without_ray_pandas_or_pyarrow(tmp_path: Path, caps
     assert record["command"].startswith("python -m study.bench --out") and record["machine"]["cpus"] >= 1
     assert main(["epoch", "--sizes", "huge"]) == 2  # a user's error: one line, exit 2
     assert capsys.readouterr().err.strip().startswith("error: unknown size(s) huge")
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux resets a process's peak memory")
+def test_a_reused_workers_next_trial_reports_its_own_peak_memory():
+    from trainables.tune_trainable import PeakMemory
+
+    first = PeakMemory()  # a trial starts in a worker
+    held = np.ones(300 * 2**20 // 8)  # 300 MiB resident while it runs
+    first_peak = first.peak_mb()
+    del held  # it ends; Tune hands the same worker the next trial
+    second = PeakMemory()
+    assert first.per_trial and second.per_trial
+    assert first_peak - second.peak_mb() > 250  # the first trial's 300 MiB are not the second's

@@ -58,7 +58,7 @@ def unlearning_trial(params: dict[str, Any], *, handover: Handover) -> None:
         with checkpoint.as_directory() as folder:
             resume = TrialCheckpoint.load(Path(folder))  # None: a lost checkpoint, start again
     node = ray.get_runtime_context().get_node_id()  # which node ran it, in Tune's result files
-    reports = BackgroundReports(entered, {"node_id": node})
+    reports = BackgroundReports(entered, {"node_id": node}, PeakMemory())
     try:
         run_trial(spec, cohort, original_state, handover.reference, reports.submit, resume)
     finally:
@@ -77,9 +77,10 @@ class BackgroundReports:
     storage and Tune's acknowledgement).
     """
 
-    def __init__(self, entered: float, extra: dict[str, Any]) -> None:
+    def __init__(self, entered: float, extra: dict[str, Any], memory: PeakMemory | None = None) -> None:
         self._entered = entered
         self._extra = extra
+        self._memory = memory or PeakMemory()
         self._timing = {"entered_at": entered, "seconds_report": 0.0, "seconds_write": 0.0}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tune-report")
         self._pending: Future[float] | None = None
@@ -92,7 +93,7 @@ class BackgroundReports:
             epoch = sum(metrics.get(k, 0.0) for k in ("seconds_train", "seconds_eval", "seconds_snapshot"))
             self._timing["seconds_setup"] = started - self._entered - epoch
         written = self.wait()
-        peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak_rss_mb = self._memory.peak_mb()
         self._timing.update(seconds_report=time.time() - started, seconds_write=written)
         metrics = {
             **metrics,
@@ -115,6 +116,36 @@ class BackgroundReports:
             self.wait()
         finally:
             self._pool.shutdown()
+
+
+class PeakMemory:
+    """The peak resident memory of this process since this trial started: Tune reuses a
+    worker for the next trial, so the process's lifetime peak (``ru_maxrss``) would carry
+    an earlier trial's. On Linux the kernel's high-water mark (``VmHWM``) is reset as the
+    trial starts (``/proc/self/clear_refs``); elsewhere, or where that is refused, the
+    figure is the process's lifetime peak (``per_trial`` says which)."""
+
+    def __init__(self) -> None:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS to the current RSS
+            self.per_trial = self._high_water_kb() is not None
+        except OSError:
+            self.per_trial = False
+
+    def peak_mb(self) -> float:
+        """Megabytes (MiB) at most resident since the trial started (see the class)."""
+        kb = self._high_water_kb() if self.per_trial else None
+        return (kb if kb is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
+
+    @staticmethod
+    def _high_water_kb() -> int | None:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+        return None
 
 
 def _report(metrics: dict[str, float], checkpoint: TrialCheckpoint | None) -> float:
