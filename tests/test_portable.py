@@ -93,6 +93,27 @@ def test_two_drivers_racing_to_one_new_run_directory_one_drives_the_other_is_tol
         assert RunDir(run_dir).identity()["experiment"] == run_dir.name  # the winner's study, whole
 
 
+def test_a_new_study_on_a_directory_a_live_driver_has_set_up_names_that_driver(tmp_path: Path):
+    """The loser of a race that looks late (the winner has written its study already) is told
+    who drives it, not to resume it; once that driver ends, it is told to resume."""
+    run_dir, go = tmp_path / "run", tmp_path / "go"
+    go.touch()
+    (driver,) = _drivers(run_dir, go, n=1)
+    assert [driver.stdout.readline().strip() for _ in "12"] == ["ready", "driving"]
+    lock_before = (run_dir / "driver.lock").read_bytes()
+    with pytest.raises(StudyError, match=rf"is in use by another driver \(pid {driver.pid} on "):
+        with RunDir(run_dir).driving(resuming=False):
+            pass
+    assert (run_dir / "driver.lock").read_bytes() == lock_before  # the probe wrote nothing
+    driver.communicate("\n", timeout=10)
+    with pytest.raises(StudyError, match="already exists; pass --resume"):
+        with RunDir(run_dir).driving(resuming=False):
+            pass
+    with RunDir(run_dir).driving(resuming=True) as set_up:  # and the study is whole for its resume
+        set_up()
+    assert RunDir(run_dir).identity()["experiment"] == run_dir.name
+
+
 def test_a_lock_left_by_a_killed_driver_is_taken_over_with_a_message(tmp_path: Path, capsys):
     run_dir, go = tmp_path / "run", tmp_path / "go"
     go.touch()

@@ -78,20 +78,9 @@ class DriverLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by subprocesses
         except OSError as exc:
             raise StudyError(f"{what} cannot hold its lock {self.path.name} ({exc.strerror})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not self._take(fd, fcntl.LOCK_EX):
             os.close(fd)
-            holder = self._holder()
-            for _ in range(40):  # it took the lock a moment ago: it names itself within milliseconds
-                if holder is not None:
-                    break
-                time.sleep(0.05)
-                holder = self._holder()
-            raise StudyError(
-                f"{what} is in use by another driver ({holder or 'one that is starting'}); "
-                "wait for it to end, or stop it first"
-            ) from None
+            self._refuse(what)
         left = self._holder()
         me = json.dumps(asdict(Holder.me())).encode()
         os.ftruncate(fd, 0)
@@ -99,6 +88,44 @@ class DriverLock:
         os.fsync(fd)
         self._fd = fd
         return left
+
+    def refuse_if_held(self, what: str) -> None:
+        """The ``StudyError`` of ``acquire`` when a live driver holds the lock; nothing when it
+        is free or there is no lock file. Leaves the file as it is (no lock taken, no record)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            if not self._take(fd, fcntl.LOCK_SH):
+                self._refuse(what)
+        finally:
+            os.close(fd)  # drops the shared lock, if taken
+
+    @staticmethod
+    def _take(fd: int, kind: int) -> bool:
+        """``flock`` without waiting on a driver, trying again twice in 40 ms: the probe of
+        ``refuse_if_held`` in another process holds a shared lock for microseconds."""
+        for attempt in range(3):
+            try:
+                fcntl.flock(fd, kind | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if attempt < 2:
+                    time.sleep(0.02)
+        return False
+
+    def _refuse(self, what: str) -> None:
+        holder = self._holder()
+        for _ in range(40):  # it took the lock a moment ago: it names itself within milliseconds
+            if holder is not None:
+                break
+            time.sleep(0.05)
+            holder = self._holder()
+        raise StudyError(
+            f"{what} is in use by another driver ({holder or 'one that is starting'}); "
+            "wait for it to end, or stop it first"
+        ) from None
 
     def release(self) -> None:
         """Empties the file (no driver holds it) and drops the lock. The file stays: removing

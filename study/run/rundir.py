@@ -222,10 +222,12 @@ class RunDir:
     # Lifecycle -----------------------------------------------------------------------
     def refuse_existing(self) -> None:
         """A ``StudyError`` where a new study cannot take this folder: a file, or a directory
-        holding anything but a lock (a study, or files of the user's)."""
+        holding anything but a lock (a study, or files of the user's); one whose driver is
+        still at work (it may have set up a moment ago) is refused naming that driver."""
         if self.path.exists() and not self.path.is_dir():
             raise StudyError(f"run directory {self.path} is a file; choose another --run-dir")
         if self.path.is_dir() and any(p != self.lock_file for p in self.path.iterdir()):
+            DriverLock(self.lock_file).refuse_if_held(f"run directory {self.path}")  # its driver, named
             raise StudyError(
                 f"run directory {self.path} already exists; pass --resume {self.path} to finish "
                 "that study, or choose another --run-dir"
