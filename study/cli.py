@@ -149,6 +149,14 @@ def bench_parser() -> argparse.ArgumentParser:
     overhead.add_argument("--strategies", help="comma-separated (default: the preset's)")
     overhead.add_argument("--num-samples", type=int, help="trials per strategy (default: the preset's)")
     overhead.add_argument("--config", type=Path, help="a study TOML over the preset, as study.launch takes")
+    scale = sub.add_parser("scale", help="the study's overhead per trial against a bare Tune run's")
+    scale.add_argument(
+        "--trials", default="100,1000", help="comma-separated numbers of trials (default: 100,1000)"
+    )
+    scale.add_argument("--slots", type=int, default=4, help="trials at once: Ray's logical CPUs (default: 4)")
+    scale.add_argument(
+        "--sampler", default="tpe", help="the study's sampler: tpe, gp, nsga2, random (default: tpe)"
+    )
     return _versioned(p)
 
 

@@ -294,6 +294,7 @@ def run_experiment(
     flight as ``capacity`` says while the cluster grows or shrinks); its ``ResultGrid``.
     Each trial's start and end is one line (``TrialLines``); ``verbose``: Tune's tables too."""
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     from search_spaces.searcher import build_searcher, search_algorithm
     from trainables.checkpoints import (
@@ -307,6 +308,9 @@ def run_experiment(
 
     storage = run.storage
     fs, root = storage.filesystem()
+    # Tune's CSV and TensorBoard loggers write every result again beside result.json, which
+    # is what the study reads: off, unless TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0 asks for them.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     trainable = tune.with_resources(
         tune.with_parameters(unlearning_trial, handover=handover), trial_request(config)
     )
@@ -346,7 +350,12 @@ def run_experiment(
                 # Tune keeps every checkpoint; the pruner deletes only what no saved state names.
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                 failure_config=tune.FailureConfig(max_failures=config.max_failures),
-                callbacks=[CheckpointPruner(storage), TrialLines(config), *tune_callbacks(config)],
+                callbacks=[
+                    JsonLoggerCallback(),
+                    CheckpointPruner(storage),
+                    TrialLines(config),
+                    *tune_callbacks(config),
+                ],
                 verbose=1 if verbose else 0,  # 1: Tune's status tables and trial boxes
             ),
         )

@@ -199,3 +199,49 @@ def test_a_reused_workers_next_trial_reports_its_own_peak_memory():
     second = PeakMemory()
     assert first.per_trial and second.per_trial
     assert first_peak - second.peak_mb() > 250  # the first trial's 300 MiB are not the second's
+
+
+@pytest.mark.slow  # two tiny studies and two bare Tune runs, on a Ray of their own
+def test_the_scale_bench_sets_the_studys_overhead_per_trial_beside_a_bare_tune_runs(
+    cache_env, tmp_path: Path
+):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "scale.json"
+    argv = ["-m", "study.bench", "--out", str(out), "scale", "--trials", "4,6", "--slots", "2"]
+    env = os.environ | {"RAY_AUTH_MODE": "disabled"}
+    done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "overhead_s_per_trial" in done.stdout and "overhead_ratio" in done.stdout
+    record = json.loads(out.read_text())
+    rows = {(r["run"], r["trials"]): r for r in record["rows"]}
+    assert set(rows) == {
+        ("study", 4),
+        ("bare Tune", 4),
+        ("study", 6),
+        ("bare Tune", 6),
+        ("extrapolated", 10_000),
+    }
+    for n in (4, 6):
+        study, bare = rows["study", n], rows["bare Tune", n]
+        assert (
+            0 < study["compute_s_per_trial"] == bare["compute_s_per_trial"] < 10
+        )  # the bare trials sleep it
+        for row in (study, bare):
+            assert row["wall_s"] > row["minimum_s"] == pytest.approx(n * row["compute_s_per_trial"] / 2)
+            assert row["state_saves"] >= 1 and row["driver_cpu_s"] > 0 and row["driver_peak_rss_mb"] > 50
+        # The study's results carry its metrics, which Tune keeps statistics of: more state.
+        assert study["state_bytes_per_trial"] > bare["state_bytes_per_trial"] > 1000
+        assert study["overhead_s_per_trial"] > bare["overhead_s_per_trial"] > 0
+    study = rows["study", 6]
+    assert record["overhead_ratio"] == pytest.approx(
+        study["overhead_s_per_trial"] / rows["bare Tune", 6]["overhead_s_per_trial"]
+    )
+    assert record["minimum_ratio"] == study["minimum_ratio"] > 1
+    assert record["state_bytes_per_trial"] == study["state_bytes_per_trial"]
+    assert rows["extrapolated", 10_000]["state_bytes"] == pytest.approx(
+        10_000 * study["state_bytes_per_trial"]
+    )

@@ -101,14 +101,13 @@ def test_a_new_study_on_a_directory_a_live_driver_has_set_up_names_that_driver(t
     (driver,) = _drivers(run_dir, go, n=1)
     assert [driver.stdout.readline().strip() for _ in "12"] == ["ready", "driving"]
     lock_before = (run_dir / "driver.lock").read_bytes()
-    with pytest.raises(StudyError, match=rf"is in use by another driver \(pid {driver.pid} on "):
-        with RunDir(run_dir).driving(resuming=False):
-            pass
+    in_use = pytest.raises(StudyError, match=rf"is in use by another driver \(pid {driver.pid} on ")
+    with in_use, RunDir(run_dir).driving(resuming=False):
+        pass
     assert (run_dir / "driver.lock").read_bytes() == lock_before  # the probe wrote nothing
     driver.communicate("\n", timeout=10)
-    with pytest.raises(StudyError, match="already exists; pass --resume"):
-        with RunDir(run_dir).driving(resuming=False):
-            pass
+    with pytest.raises(StudyError, match="already exists; pass --resume"), RunDir(run_dir).driving(False):
+        pass
     with RunDir(run_dir).driving(resuming=True) as set_up:  # and the study is whole for its resume
         set_up()
     assert RunDir(run_dir).identity()["experiment"] == run_dir.name

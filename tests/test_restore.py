@@ -76,3 +76,38 @@ def test_a_file_written_to_a_storage_folder_appears_whole_or_not_at_all(tmp_path
     (source / "sub" / "model.pt").write_bytes(b"x" * 100_000)
     pyarrow.fs.copy_files(str(source), f"{root}/copy", destination_filesystem=fs)
     assert (tmp_path / "copy" / "sub" / "model.pt").read_bytes() == b"x" * 100_000
+
+
+def test_the_pruner_works_beside_tunes_event_loop_one_pass_at_a_time(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from trainables import checkpoints
+
+    started, release, passes = threading.Event(), threading.Event(), []
+
+    def slow_pass(storage):  # a pass over a large study on a bucket: it takes its time
+        passes.append(storage)
+        started.set()
+        assert release.wait(timeout=30)
+        time.sleep(0.05)
+        return 0
+
+    monkeypatch.setattr(checkpoints, "prune_checkpoints", slow_pass)
+    storage = ExperimentStorage(str(tmp_path), "experiment")
+    pruner = checkpoints.CheckpointPruner(storage, every_s=0.0)
+    first = time.monotonic()
+    pruner.on_trial_save(1, [], None)  # returns while the pass runs: it would hang here otherwise
+    assert started.wait(timeout=30)
+    pruner.on_trial_save(2, [], None)  # a pass in flight: no second one
+    release.set()
+    pruner.on_experiment_end([])  # waits for the pass in flight
+    longest = time.monotonic() - first  # the pass took at most this
+    assert passes == [storage]
+    pruner.on_trial_save(3, [], None)  # within 19 x its duration (at least 0.95 s): not yet
+    pruner.wait()
+    assert len(passes) == 1
+    time.sleep(19 * longest + 0.1)
+    pruner.on_trial_save(4, [], None)
+    pruner.wait()
+    assert len(passes) == 2

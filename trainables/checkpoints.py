@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,12 +152,19 @@ def repair_saved_state(storage: ExperimentStorage, max_epochs: int) -> Repairs:
 
 
 class CheckpointPruner(Callback):
-    """Prunes checkpoints (``prune_checkpoints``) at most every ``every_s`` seconds, after a trial saves."""
+    """Prunes checkpoints (``prune_checkpoints``) on a thread of its own, after a trial saves:
+    Tune's event loop never waits on it. At most one pass at a time, and at most every
+    ``every_s`` seconds or 19 times the last pass's duration, whichever is longer (a pass
+    reads the whole saved state and lists every trial's folder, which grows with the
+    study: as Tune paces its own state saves, at most 5% of the time goes to it)."""
 
     def __init__(self, storage: ExperimentStorage, every_s: float = 20.0) -> None:
         self.storage = storage
         self.every_s = every_s
         self._last = time.monotonic()
+        self._period = every_s
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-pruner")
+        self._pass: Future[None] | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Tune pickles its callbacks into the experiment's saved state. Unpickled on resume,
@@ -165,13 +173,26 @@ class CheckpointPruner(Callback):
         return (_pruner_of_driven_run, (self.every_s,))
 
     def on_trial_save(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        if time.monotonic() - self._last < self.every_s:
+        if time.monotonic() - self._last < self._period or (self._pass and not self._pass.done()):
             return
         self._last = time.monotonic()
+        self._pass = self._pool.submit(self._prune)
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        self.wait()
+
+    def wait(self) -> None:
+        """Waits for the pass in flight, if any."""
+        if self._pass is not None:
+            self._pass.result()
+
+    def _prune(self) -> None:
+        started = time.monotonic()
         try:
             prune_checkpoints(self.storage)
         except OSError as exc:  # storage hiccup: try again next time, never stop the study
             logger.warning("pruning old checkpoints failed, will retry: %s", exc)
+        self._period = max(self.every_s, 19 * (time.monotonic() - started))
 
 
 def _pruner_of_driven_run(every_s: float) -> CheckpointPruner:

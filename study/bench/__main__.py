@@ -1,4 +1,4 @@
-"""``python -m study.bench {overhead,search,epoch,data}``: measure, print a table, write JSON.
+"""``python -m study.bench {overhead,scale,search,epoch,data}``: measure, print a table, write JSON.
 
 ``epoch`` needs torch, MONAI, nibabel and Optuna only (no Ray, pandas or pyarrow), so it runs
 on a GPU machine that has PyTorch and a few pure-Python wheels; so does this module.
@@ -50,6 +50,18 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
         if min(in_flight) < 1:
             raise StudyError(f"--in-flight {args.in_flight}: positive whole numbers, e.g. 2,8,16")
         return search.run(args.strategies.split(","), args.seeds, args.budget, in_flight, samplers)
+    if args.command == "scale":
+        from study.bench import scale
+
+        if args.sampler not in ("tpe", "gp", "nsga2", "random"):
+            raise StudyError(f"--sampler {args.sampler}: choose from tpe, gp, nsga2, random")
+        try:
+            sizes = [int(n) for n in args.trials.split(",")]
+        except ValueError:
+            sizes = [0]
+        if min(sizes) < 2 or args.slots < 1:
+            raise StudyError(f"--trials {args.trials} --slots {args.slots}: at least 2 trials, 1 slot")
+        return scale.run(sizes, args.slots, args.sampler)
     if args.command == "data":
         from study.bench import data
 
@@ -95,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     command = " ".join(sys.argv[1:] if argv is None else argv)
     record = {"command": f"python -m study.bench {command}", "machine": machine(), "rows": rows}
+    if args.command == "scale":
+        from study.bench import scale
+
+        record |= scale.summary(rows)
+        print("\n" + ", ".join(f"{k} {v:.3g}" for k, v in scale.summary(rows).items()))
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
     partial.write_text(json.dumps(record, indent=1, default=str))

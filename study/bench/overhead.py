@@ -69,7 +69,7 @@ def run(
         slots = int(ray.cluster_resources().get("CPU", 1)) // config.cpus_per_trial
         ray.shutdown()
         time.sleep(5)  # Ray's processes take a few seconds to exit; the bare trials run alone
-        trials = _trial_parts(work / "run")
+        trials = trial_parts(work / "run")
         bare = _bare_trial_seconds(work / "run")
     finally:
         ray.shutdown()
@@ -77,7 +77,7 @@ def run(
     return overhead_rows(trials, phases, total, slots, bare)
 
 
-def _trial_parts(run_dir: Path) -> pd.DataFrame:
+def trial_parts(run_dir: Path) -> pd.DataFrame:
     """Per trial: each part summed over its reports, its span and its worker's peak RSS."""
     from ray.tune import ExperimentAnalysis
 
@@ -99,7 +99,11 @@ def _trial_parts(run_dir: Path) -> pd.DataFrame:
         rows.append(
             {"trial_id": trial_id, "pid": int(frame["pid"].iloc[0]), "entered_at": entered, "ended_at": ended}
             | parts
-            | {"span": ended - entered, "peak_rss_mb": float(frame["peak_rss_mb"].max())}
+            | {
+                "span": ended - entered,
+                "peak_rss_mb": float(frame["peak_rss_mb"].max()),
+                "reports": len(frame),
+            }
         )
     return pd.DataFrame(rows)
 
