@@ -10,14 +10,17 @@ running trials keeps room for its searcher to learn from finished ones.
 from __future__ import annotations
 
 import math
+import os
 import pickle
 import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages.journal import JournalFileBackend
 from ray.tune.search import ConcurrencyLimiter, Searcher, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
@@ -57,23 +60,49 @@ SAMPLERS = {
 }
 
 
-class RunStorage(optuna.storages.RDBStorage):
-    """The Optuna storage of a run directory (its ``optuna.db``).
+class RunStorage(optuna.storages.JournalStorage):
+    """The Optuna storage of a run directory: its journal (``optuna.journal``), Optuna's
+    append-only file storage, which a reader replays in memory. SQLite's storage read every
+    trial back from the database at each suggestion, which made the searcher the driver's
+    largest cost at a thousand trials (``python -m study.bench scale``).
 
-    Tune pickles the searcher, and Optuna's studies with it, into the experiment's saved
-    state. Pickled, this storage is a name only: unpickled, it is the storage of the run
-    directory being driven then (``RunDir.driven``), so that a copied or moved run directory
-    resumes into its own ``optuna.db``, never into (or failing on) the one it came from.
+    Opened by the study's one driver (the run directory's lock), the journal is first made
+    whole (``mend_journal``). Tune pickles the searcher, and Optuna's studies with it, into
+    the experiment's saved state. Pickled, this storage is a name only: unpickled, it is the
+    storage of the run directory being driven then (``RunDir.driven``), so that a copied or
+    moved run directory resumes into its own journal, never into the one it came from.
     """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        mend_journal(self.path)
+        super().__init__(JournalFileBackend(str(self.path)))
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_storage_of_driven_run, ())
 
 
+def mend_journal(path: Path) -> None:
+    """The journal as a killed driver may leave it, made whole: a last line cut off mid-append
+    is dropped (Optuna's reader skips it, but the next append would follow it and leave the
+    file unreadable), and the append lock that driver held is freed (no other writer exists:
+    the run directory has one driver)."""
+    Path(f"{path}.lock").unlink(missing_ok=True)
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as journal:
+        journal.seek(-1, os.SEEK_END)
+        if journal.read(1) == b"\n":
+            return
+        journal.seek(0)
+        data = journal.read()
+        journal.truncate(data.rfind(b"\n") + 1)
+
+
 def _storage_of_driven_run() -> RunStorage:
     from study.run.rundir import RunDir
 
-    return RunStorage(RunDir.driven().optuna_url)
+    return RunStorage(RunDir.driven().optuna_journal)
 
 
 def make_sampler(name: str, seed: int, budget: int, parallel: int) -> optuna.samplers.BaseSampler:
@@ -214,14 +243,14 @@ class StrategySearcher(Searcher):
 def build_searcher(
     config: StudyConfig,
     spaces: Mapping[str, SearchSpace],
-    optuna_url: str,
+    journal: Path,
     in_flight: int | Callable[[], int],
 ) -> StrategySearcher:
     """A fresh searcher for ``config``'s strategies (``spaces``: each one's search space),
     ``in_flight`` trials at once (a number, or a callable read as the study runs); earlier
-    Optuna studies of the same names in ``optuna_url`` (left by a study that was killed
+    Optuna studies of the same names in the ``journal`` (left by a study that was killed
     before Tune saved anything) are dropped."""
-    storage = RunStorage(optuna_url)
+    storage = RunStorage(journal)
     existing = {summary.study_name for summary in optuna.get_all_study_summaries(storage)}
     parallel = in_flight() if callable(in_flight) else in_flight
     searchers = {}

@@ -270,7 +270,7 @@ def _tell_next(config: StudyConfig, run: RunDir) -> None:
         "\nnext:\n"
         f"  honour a deletion request:  python -m study.forget {run.path} --subjects {subjects}\n"
         f"  score a model as MRBrainS18 does:  python -m analysis.evaluate {run.path} --model recommended\n"
-        f"  the search in Optuna's dashboard:  optuna-dashboard {run.optuna_url}  (pip install optuna-dashboard)"
+        f"  the search in Optuna's dashboard:  optuna-dashboard {run.optuna_journal}  (pip install optuna-dashboard)"
     )
 
 
@@ -308,14 +308,12 @@ def run_experiment(
 
     storage = run.storage
     fs, root = storage.filesystem()
-    # Tune's CSV and TensorBoard loggers write every result again beside result.json, which
-    # is what the study reads: off, unless TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0 asks for them.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     trainable = tune.with_resources(
         tune.with_parameters(unlearning_trial, handover=handover), trial_request(config)
     )
     total = len(config.strategies) * config.num_samples
     if resuming and tune.Tuner.can_restore(storage.experiment_path, storage_filesystem=fs):
+        run.refuse_older_optuna_storage()
         # Unfinished and failed trials continue from their last checkpoint, or from epoch 1
         # when that checkpoint is gone from storage.
         if lost := replace_lost_checkpoints(storage):
@@ -336,7 +334,7 @@ def run_experiment(
                 # Up to ``total`` trials pending (a custom searcher otherwise gets one): any the
                 # searcher hands out, which keeps to ``capacity``.
                 search_alg=search_algorithm(
-                    build_searcher(config, spaces_of(config.strategies), run.optuna_url, capacity), total
+                    build_searcher(config, spaces_of(config.strategies), run.optuna_journal, capacity), total
                 ),
                 num_samples=total,
                 reuse_actors=True,  # a finished trial's worker takes the next one: no new process, no re-import
@@ -362,11 +360,27 @@ def run_experiment(
     phase("search", f"{total} trials ({', '.join(config.strategies)}) x {config.max_epochs} epochs")
     sigint = signal.getsignal(signal.SIGINT)
     try:
-        grid = tuner.fit()
+        with _only_json_results():
+            grid = tuner.fit()
     finally:  # Tune leaves its own Ctrl-C handler in place when no signal came: later ones would be lost
         signal.signal(signal.SIGINT, sigint)
     prune_checkpoints(storage)
     return grid
+
+
+@contextmanager
+def _only_json_results() -> Iterator[None]:
+    """Tune's CSV and TensorBoard loggers off for the ``with`` block (read as ``fit`` starts):
+    they write every result again beside ``result.json``, which is what the study reads. A
+    user's ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0`` brings them back."""
+    name = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+    before = os.environ.get(name)
+    os.environ[name] = before or "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[name]
 
 
 def tune_callbacks(config: StudyConfig) -> list[Any]:

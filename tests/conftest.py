@@ -217,6 +217,7 @@ class StudyProcesses:
         self, run_dir: Path, strategies: tuple[str, ...] = ("noisy_label", "max_loss")
     ) -> pd.DataFrame:
         """Every (trial, epoch) of the smoke study once, every trial finished, Optuna's studies clean."""
+        from search_spaces.searcher import RunStorage
         from study.run.rundir import RunDir
 
         run = RunDir(run_dir)
@@ -225,7 +226,7 @@ class StudyProcesses:
         assert not trials.duplicated(["trial_id", "epoch"]).any()
         assert set(trials["status"]) == {"terminated"}
         for strategy in strategies:
-            study = optuna.load_study(study_name=strategy, storage=run.optuna_url)
+            study = optuna.load_study(study_name=strategy, storage=RunStorage(run.optuna_journal))
             states = [t.state for t in study.trials]
             assert states.count(optuna.trial.TrialState.COMPLETE) == 2
             # no trial queued or asked for and then forgotten

@@ -201,21 +201,15 @@ def test_a_reused_workers_next_trial_reports_its_own_peak_memory():
     assert first_peak - second.peak_mb() > 250  # the first trial's 300 MiB are not the second's
 
 
-@pytest.mark.slow  # two tiny studies and two bare Tune runs, on a Ray of their own
 def test_the_scale_bench_sets_the_studys_overhead_per_trial_beside_a_bare_tune_runs(
-    cache_env, tmp_path: Path
+    ray_local, cache_env, tmp_path: Path, capsys
 ):
     import json
-    import os
-    import subprocess
-    import sys
 
     out = tmp_path / "scale.json"
-    argv = ["-m", "study.bench", "--out", str(out), "scale", "--trials", "4,6", "--slots", "2"]
-    env = os.environ | {"RAY_AUTH_MODE": "disabled"}
-    done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=600, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "overhead_s_per_trial" in done.stdout and "overhead_ratio" in done.stdout
+    assert main(["--out", str(out), "scale", "--trials", "4,6", "--slots", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "overhead_s_per_trial" in printed and "overhead_ratio" in printed
     record = json.loads(out.read_text())
     rows = {(r["run"], r["trials"]): r for r in record["rows"]}
     assert set(rows) == {
@@ -236,6 +230,7 @@ def test_the_scale_bench_sets_the_studys_overhead_per_trial_beside_a_bare_tune_r
         # The study's results carry its metrics, which Tune keeps statistics of: more state.
         assert study["state_bytes_per_trial"] > bare["state_bytes_per_trial"] > 1000
         assert study["overhead_s_per_trial"] > bare["overhead_s_per_trial"] > 0
+        assert study["trial_span_s"] >= study["compute_s_per_trial"] and study["between_trials_s"] > 0
     study = rows["study", 6]
     assert record["overhead_ratio"] == pytest.approx(
         study["overhead_s_per_trial"] / rows["bare Tune", 6]["overhead_s_per_trial"]
@@ -245,3 +240,5 @@ def test_the_scale_bench_sets_the_studys_overhead_per_trial_beside_a_bare_tune_r
     assert rows["extrapolated", 10_000]["state_bytes"] == pytest.approx(
         10_000 * study["state_bytes_per_trial"]
     )
+    assert main(["scale", "--trials", "4", "--slots", "8"]) == 2  # not the Ray this process has
+    assert "has 2 CPUs" in capsys.readouterr().err

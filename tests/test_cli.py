@@ -14,6 +14,7 @@ import optuna
 import pyarrow.parquet as pq
 import pytest
 
+from search_spaces.searcher import RunStorage
 from study import __version__
 from study.cli import PARSERS, read
 from study.config import StudyError, load_config
@@ -215,7 +216,9 @@ def test_the_study_labels_its_optuna_studies_and_parquet_columns(smoke_study):
     run = smoke_study.run
     trial_ids = set(smoke_study.trials["trial_id"])
     for strategy in smoke_study.config.strategies:
-        study = optuna.load_study(study_name=strategy, storage=run.optuna_url)  # as optuna-dashboard loads it
+        study = optuna.load_study(
+            study_name=strategy, storage=RunStorage(run.optuna_journal)
+        )  # as optuna-dashboard loads it
         assert study.metric_names == ["forget_drop", "retain_kept"]
         assert {t.user_attrs["strategy"] for t in study.trials} == {strategy}
         assert {t.user_attrs["tune_trial_id"] for t in study.trials} <= trial_ids
@@ -225,7 +228,7 @@ def test_the_study_labels_its_optuna_studies_and_parquet_columns(smoke_study):
     assert pq.read_schema(run.pareto_file).field("horizon").type == "int64"
     # The end of the run says what to do next.
     assert f"python -m study.forget {run.path} --subjects " in smoke_study.output
-    assert f"optuna-dashboard {run.optuna_url}" in smoke_study.output
+    assert f"optuna-dashboard {run.optuna_journal}" in smoke_study.output
     for trial_id in trial_ids:
         assert (
             f" {trial_id} started: " in smoke_study.output

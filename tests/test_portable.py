@@ -435,3 +435,14 @@ def test_rays_temporary_files_go_inside_a_short_ascii_run_directory_and_elsewher
     outside = _temp_dir(Path("/tmp/José/r"))  # Ray encodes its session paths as ASCII
     assert str(outside).isascii() and outside.name.startswith("ray-")
     outside.rmdir()
+
+
+def test_a_run_directory_of_an_earlier_version_with_optuna_db_is_refused_naming_it(tmp_path: Path):
+    run = RunDir(tmp_path / "old")
+    run.path.mkdir()
+    run.refuse_older_optuna_storage()  # neither: a new study
+    (run.path / "optuna.db").write_bytes(b"SQLite format 3\0")
+    with pytest.raises(StudyError, match=r"keeps its searches in optuna\.db, as earlier versions"):
+        run.refuse_older_optuna_storage()
+    run.optuna_journal.write_text("")  # begun with the journal already: this version's
+    run.refuse_older_optuna_storage()

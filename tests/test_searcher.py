@@ -13,7 +13,7 @@ import pytest
 from ray.tune.search import Searcher
 
 from search_spaces import check_config, spaces_of
-from search_spaces.searcher import build_searcher, make_sampler, sampler_settings
+from search_spaces.searcher import RunStorage, build_searcher, make_sampler, sampler_settings
 from study.config import load_config
 from study.run.rundir import RunDir
 
@@ -25,18 +25,18 @@ def _config(tmp_path: Path, strategies: list[str], num_samples: int = 2):
     return check_config(load_config("smoke", overrides=overrides))
 
 
-def _searcher(tmp_path: Path, strategies: list[str], url: str, in_flight: int):
+def _searcher(tmp_path: Path, strategies: list[str], journal: Path, in_flight: int):
     config = _config(tmp_path, strategies)
-    return build_searcher(config, spaces_of(config.strategies), url, in_flight)
+    return build_searcher(config, spaces_of(config.strategies), journal, in_flight)
 
 
-def _states(url: str, strategy: str) -> list[str]:
-    return [t.state.name for t in optuna.load_study(study_name=strategy, storage=url).trials]
+def _states(journal: Path, strategy: str) -> list[str]:
+    return [t.state.name for t in optuna.load_study(study_name=strategy, storage=RunStorage(journal)).trials]
 
 
 def test_strategies_take_turns_within_their_cap_and_budget(tmp_path: Path):
-    url = RunDir(tmp_path).optuna_url
-    searcher = _searcher(tmp_path, ["noisy_label", "max_loss", "finetune"], url, in_flight=3)
+    journal = RunDir(tmp_path).optuna_journal
+    searcher = _searcher(tmp_path, ["noisy_label", "max_loss", "finetune"], journal, in_flight=3)
     first = [searcher.suggest(f"t{i}") for i in range(3)]
     assert [c["strategy"] for c in first] == ["noisy_label", "max_loss", "finetune"]
     assert all(c["trial_number"] == 0 and c["lr"] == 3e-4 for c in first)  # each search's hand-picked start
@@ -50,124 +50,120 @@ def test_strategies_take_turns_within_their_cap_and_budget(tmp_path: Path):
         searcher.on_trial_complete(trial_id, RESULT)
     assert [searcher.suggest(f"t{i}")["strategy"] for i in (5, 6)] == ["finetune", "noisy_label"]
     assert searcher.suggest("t7") == Searcher.FINISHED  # two trials per strategy handed out
-    assert _states(url, "max_loss") == ["COMPLETE", "COMPLETE"]
+    assert _states(journal, "max_loss") == ["COMPLETE", "COMPLETE"]
 
 
 def test_a_failed_trial_stays_open_until_its_rerun_reports(tmp_path: Path):
-    url = RunDir(tmp_path).optuna_url
-    searcher = _searcher(tmp_path, ["noisy_label"], url, in_flight=2)
+    journal = RunDir(tmp_path).optuna_journal
+    searcher = _searcher(tmp_path, ["noisy_label"], journal, in_flight=2)
     searcher.suggest("a")
     searcher.on_trial_complete("a", RESULT, error=True)
-    assert _states(url, "noisy_label") == ["RUNNING"]  # not told: --resume reruns it
+    assert _states(journal, "noisy_label") == ["RUNNING"]  # not told: --resume reruns it
     searcher.on_trial_complete("a", RESULT)  # the rerun finished
-    assert _states(url, "noisy_label") == ["COMPLETE"]
+    assert _states(journal, "noisy_label") == ["COMPLETE"]
 
 
 def test_a_diverged_trial_is_told_fail_and_a_restore_leaves_it_so(tmp_path: Path):
-    url = RunDir(tmp_path).optuna_url
+    journal = RunDir(tmp_path).optuna_journal
     config = _config(tmp_path, ["noisy_label"], num_samples=3)
-    searcher = build_searcher(config, spaces_of(config.strategies), url, in_flight=2)
+    searcher = build_searcher(config, spaces_of(config.strategies), journal, in_flight=2)
     assert searcher.suggest("blew")["lr"] == 3e-4  # the hand-picked start
     # Its last finite figures would be the best possible point: they must not reach Optuna.
     searcher.on_trial_complete("blew", {**RESULT, "forget_drop": 1.0, "retain_kept": 1.0, "diverged": 1.0})
-    (trial,) = optuna.load_study(study_name="noisy_label", storage=url).trials
+    (trial,) = optuna.load_study(study_name="noisy_label", storage=RunStorage(journal)).trials
     assert trial.state == optuna.trial.TrialState.FAIL and trial.values is None
 
     searcher.save(str(tmp_path / "searcher.pkl"))
-    restored = build_searcher(
-        config, spaces_of(config.strategies), f"sqlite:///{tmp_path / 'unused.db'}", in_flight=2
-    )
+    restored = build_searcher(config, spaces_of(config.strategies), tmp_path / "unused.journal", in_flight=2)
     with RunDir(tmp_path).driving(resuming=True):  # as launch restores it: in its run directory
         restored.restore(str(tmp_path / "searcher.pkl"))  # closing lost trials leaves a told one alone
     restored.on_trial_complete("blew", {**RESULT, "diverged": 1.0})  # Tune may say it once more
-    assert _states(url, "noisy_label") == ["FAIL"]
+    assert _states(journal, "noisy_label") == ["FAIL"]
     nxt = restored.suggest("next")  # the search goes on: a sampled trial, the start not requeued
     assert nxt["trial_number"] == 1 and 1e-5 <= nxt["lr"] <= 1e-2 and nxt["lr"] != 3e-4
     restored.on_trial_complete("next", {**RESULT, "diverged": 0.0})
-    assert _states(url, "noisy_label") == ["FAIL", "COMPLETE"]
+    assert _states(journal, "noisy_label") == ["FAIL", "COMPLETE"]
 
 
 @pytest.mark.parametrize("lost", ["the hand-picked start", "a sampled trial"])
 def test_restore_closes_trials_asked_for_after_the_last_save(tmp_path: Path, lost: str):
-    url = RunDir(tmp_path).optuna_url
+    journal = RunDir(tmp_path).optuna_journal
     config = _config(tmp_path, ["noisy_label"], num_samples=3)
-    searcher = build_searcher(config, spaces_of(config.strategies), url, in_flight=3)
+    searcher = build_searcher(config, spaces_of(config.strategies), journal, in_flight=3)
     if lost == "a sampled trial":
         searcher.suggest("kept")
     searcher.save(str(tmp_path / "searcher.pkl"))
     searcher.suggest("lost")  # asked for after the save; the kill comes before the next one
 
     # As Tune does: a searcher object, then the saved state (which names its Optuna storage).
-    restored = build_searcher(
-        config, spaces_of(config.strategies), f"sqlite:///{tmp_path / 'unused.db'}", in_flight=3
-    )
+    restored = build_searcher(config, spaces_of(config.strategies), tmp_path / "unused.journal", in_flight=3)
     with RunDir(tmp_path).driving(resuming=True):
         restored.restore(str(tmp_path / "searcher.pkl"))
-    assert _states(url, "noisy_label").count("FAIL") == 1
+    assert _states(journal, "noisy_label").count("FAIL") == 1
     nxt = restored.suggest("next")
     if lost == "the hand-picked start":  # queued again, so the start still runs once
         assert nxt["lr"] == 3e-4 and nxt["noise_level"] == 1.0
-    states = _states(url, "noisy_label")
+    states = _states(journal, "noisy_label")
     assert "WAITING" not in states and states.count("RUNNING") == (2 if lost == "a sampled trial" else 1)
 
 
-def test_a_searcher_restored_in_a_copied_run_directory_works_on_the_copys_optuna_db(tmp_path: Path):
+def test_a_searcher_restored_in_a_copied_run_directory_works_on_the_copys_journal(tmp_path: Path):
     """Tune pickles the searcher with its Optuna storage; restored while another run directory
-    is driven (a copy of the first), it reads and writes that one's ``optuna.db`` alone."""
+    is driven (a copy of the first), it reads and writes that one's ``optuna.journal`` alone."""
     import shutil
 
     original, copy = RunDir(tmp_path / "original"), RunDir(tmp_path / "José" / "copy")
     original.path.mkdir()
     config = _config(tmp_path, ["noisy_label"], num_samples=3)
-    searcher = build_searcher(config, spaces_of(config.strategies), original.optuna_url, in_flight=2)
+    searcher = build_searcher(config, spaces_of(config.strategies), original.optuna_journal, in_flight=2)
     searcher.suggest("a")
     searcher.on_trial_complete("a", RESULT)
     searcher.suggest("b")
     searcher.save(str(original.path / "searcher.pkl"))
     shutil.copytree(original.path, copy.path)
-    before = (original.path / "optuna.db").read_bytes()
+    before = original.optuna_journal.read_bytes()
 
     with copy.driving(resuming=True):
-        unused = f"sqlite:///{tmp_path / 'unused.db'}"  # as Tune does: a searcher, then its saved state
+        unused = tmp_path / "unused.journal"  # as Tune does: a searcher, then its saved state
         restored = build_searcher(config, spaces_of(config.strategies), unused, in_flight=2)
         restored.restore(str(copy.path / "searcher.pkl"))
         restored.on_trial_complete("b", RESULT)
         restored.suggest("c")
-    assert _states(copy.optuna_url, "noisy_label") == ["COMPLETE", "COMPLETE", "RUNNING"]
-    assert (original.path / "optuna.db").read_bytes() == before
-    assert _states(original.optuna_url, "noisy_label") == ["COMPLETE", "RUNNING"]
+    assert _states(copy.optuna_journal, "noisy_label") == ["COMPLETE", "COMPLETE", "RUNNING"]
+    assert original.optuna_journal.read_bytes() == before
+    assert _states(original.optuna_journal, "noisy_label") == ["COMPLETE", "RUNNING"]
     with pytest.raises(RuntimeError, match="no run directory is being driven"):
         restored.restore(str(copy.path / "searcher.pkl"))  # outside a driven run: nowhere to go
 
 
 def test_a_fresh_search_drops_studies_left_by_a_run_tune_never_saved(tmp_path: Path):
-    url = RunDir(tmp_path).optuna_url
+    journal = RunDir(tmp_path).optuna_journal
     config = _config(tmp_path, ["noisy_label"])
-    build_searcher(config, spaces_of(config.strategies), url, in_flight=1).suggest("orphan")
-    searcher = build_searcher(config, spaces_of(config.strategies), url, in_flight=1)
-    assert _states(url, "noisy_label") == ["WAITING"]  # only the hand-picked start, queued once
+    build_searcher(config, spaces_of(config.strategies), journal, in_flight=1).suggest("orphan")
+    searcher = build_searcher(config, spaces_of(config.strategies), journal, in_flight=1)
+    assert _states(journal, "noisy_label") == ["WAITING"]  # only the hand-picked start, queued once
     assert searcher.suggest("x")["lr"] == 3e-4
 
 
 def test_tune_hands_it_the_concurrency_limit_and_every_completion(tmp_path: Path):
     from ray.tune.search import ConcurrencyLimiter
 
-    url = RunDir(tmp_path).optuna_url
-    limited = ConcurrencyLimiter(_searcher(tmp_path, ["noisy_label", "max_loss"], url, 4), 3)
+    journal = RunDir(tmp_path).optuna_journal
+    limited = ConcurrencyLimiter(_searcher(tmp_path, ["noisy_label", "max_loss"], journal, 4), 3)
     assert [limited.suggest(t) is not None for t in "abcd"] == [True, True, True, False]  # 3 at once
     limited.on_trial_complete("a", RESULT, error=True)  # failed: Tune forgets it...
     limited.on_trial_complete("a", RESULT)  # ...until --resume reruns it and it reports
-    assert "COMPLETE" in _states(url, "noisy_label")
+    assert "COMPLETE" in _states(journal, "noisy_label")
 
 
 def test_a_study_searches_with_the_gaussian_process_sampler_unless_told_otherwise(tmp_path: Path):
-    url = RunDir(tmp_path).optuna_url
-    searcher = _searcher(tmp_path, ["noisy_label", "max_loss"], url, in_flight=8)
+    journal = RunDir(tmp_path).optuna_journal
+    searcher = _searcher(tmp_path, ["noisy_label", "max_loss"], journal, in_flight=8)
     samplers = [optuna_search._sampler for optuna_search in searcher._searchers.values()]
     assert all(isinstance(s, optuna.samplers.GPSampler) for s in samplers)  # at 8 in flight, as at 2
     assert samplers[0]._n_startup_trials == 2  # a quarter of a budget of 2, at least 2
     config = _config(tmp_path, ["noisy_label"])
-    tpe = build_searcher(dataclasses.replace(config, sampler="tpe"), spaces_of(["noisy_label"]), url, 8)
+    tpe = build_searcher(dataclasses.replace(config, sampler="tpe"), spaces_of(["noisy_label"]), journal, 8)
     assert tpe._searchers["noisy_label"]._sampler._constant_liar  # TPE, when asked for, lies
 
 
@@ -202,9 +198,9 @@ def test_trials_in_flight_follow_the_cluster_as_it_grows(tmp_path: Path, monkeyp
     from search_spaces.searcher import StrategySearcher
 
     monkeypatch.setattr(StrategySearcher, "REFRESH_S", 0.0)  # read the cluster at every suggestion
-    url = RunDir(tmp_path).optuna_url
+    journal = RunDir(tmp_path).optuna_journal
     config = _config(tmp_path, ["noisy_label", "max_loss"], num_samples=4)
-    searcher = build_searcher(config, spaces_of(config.strategies), url, _Growing())
+    searcher = build_searcher(config, spaces_of(config.strategies), journal, _Growing())
     # Readings 2, 3, 4, 5 (the first sized the sampler): one more trial fits each time.
     handed = [searcher.suggest(f"t{i}") is not None for i in range(4)]
     assert handed == [True, True, True, True]
@@ -213,8 +209,23 @@ def test_trials_in_flight_follow_the_cluster_as_it_grows(tmp_path: Path, monkeyp
     assert searcher.limits()[0] == 4 and searcher.suggest("t4") is None
 
     searcher.save(str(tmp_path / "searcher.pkl"))
-    restored = build_searcher(config, spaces_of(config.strategies), url, 1)
+    restored = build_searcher(config, spaces_of(config.strategies), journal, 1)
     with RunDir(tmp_path).driving(resuming=True):
         restored.restore(str(tmp_path / "searcher.pkl"))
     restored.set_max_concurrency(sys.maxsize)
     assert restored.limits()[0] > 6  # the cluster is read again after a restore, not the saved figure
+
+
+def test_a_journal_cut_off_by_a_killed_driver_is_mended_when_the_next_driver_opens_it(tmp_path: Path):
+    journal = RunDir(tmp_path).optuna_journal
+    searcher = _searcher(tmp_path, ["noisy_label"], journal, in_flight=1)
+    searcher.suggest("a")
+    searcher.on_trial_complete("a", RESULT)
+    whole = journal.read_bytes()
+    journal.write_bytes(whole + b'{"op_code": 5, "worker_id": "x", "trial_id": 1, "par')  # killed mid-append
+    (tmp_path / "optuna.journal.lock").symlink_to(journal)  # the append lock it held, never freed
+    assert _states(journal, "noisy_label") == ["COMPLETE"]  # opened: mended
+    assert journal.read_bytes() == whole and not (tmp_path / "optuna.journal.lock").exists()
+    study = optuna.load_study(study_name="noisy_label", storage=RunStorage(journal))
+    study.tell(study.ask(), [0.1, 0.2])  # appends follow a whole line: the journal stays readable
+    assert _states(journal, "noisy_label") == ["COMPLETE", "COMPLETE"]

@@ -17,6 +17,7 @@ import pytest
 
 from analysis.study_state import load_study
 from search_spaces import STRATEGIES
+from search_spaces.searcher import RunStorage
 from study.cohort import open_cohort, with_other_forget
 from study.config import EpochSchedule, StudyError, config_from_toml, load_config
 from study.launch import main
@@ -76,8 +77,14 @@ def test_tune_keeps_each_trials_last_checkpoint_and_optuna_each_trial(smoke_stud
     assert experiment.experiment_path == str(run_dir.resolve() / "ray_results" / run_dir.name)
     for trial_id in trials["trial_id"].unique():
         assert [index for index, _ in experiment.checkpoints(experiment.trial_path(trial_id))] == [1]
+        # Its results once, in result.json: no CSV or TensorBoard copy of each (and the
+        # setting that turned those off is gone from this process again).
+        files = {p.name for p in Path(experiment.trial_path(trial_id)).iterdir() if p.is_file()}
+        assert "result.json" in files and "progress.csv" not in files
+        assert not any(name.startswith("events.out.tfevents") for name in files)
+    assert "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS" not in os.environ
     for strategy in ("noisy_label", "max_loss"):
-        study = optuna.load_study(study_name=strategy, storage=smoke_study.run.optuna_url)
+        study = optuna.load_study(study_name=strategy, storage=RunStorage(smoke_study.run.optuna_journal))
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         assert len(complete) == 2 and all(len(t.values) == 2 for t in complete)
 
@@ -206,13 +213,13 @@ def test_every_strategy_an_added_one_and_a_diverging_one_run_as_tune_trials(
     # Added by one file and one register call: its own hyperparameter, its default the start.
     toy = trials[trials["strategy"] == "toy_background"]
     assert toy["param_forget_weight"].tolist() == [0.5, 0.5] and toy["param_noise_level"].isna().all()
-    start = optuna.load_study(study_name="toy_background", storage=run.optuna_url).trials[0]
+    start = optuna.load_study(study_name="toy_background", storage=RunStorage(run.optuna_journal)).trials[0]
     assert start.params["forget_weight"] == 0.5 and start.state.name == "COMPLETE"
 
     # Diverged at epoch 1: failed in Optuna, never recommended, named in the report.
     nan = trials[trials["strategy"] == "toy_nan"]
     assert set(nan["status"]) == {"diverged"} and set(nan["epoch"]) == {1}
-    (failed,) = optuna.load_study(study_name="toy_nan", storage=run.optuna_url).trials
+    (failed,) = optuna.load_study(study_name="toy_nan", storage=RunStorage(run.optuna_journal)).trials
     assert failed.state.name == "FAIL"
     assert "toy_nan" not in set(pd.read_parquet(run.pareto_file)["strategy"])
     recommended = capsys.readouterr().out.split("recommended: ")[1].split()[0]

@@ -43,15 +43,21 @@ def run(sizes: list[int], slots: int, sampler: str) -> list[dict[str, Any]]:
     """A study row and a bare-Tune row per N in ``sizes``, then the extrapolation to 10,000."""
     import ray
 
-    work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    rows: list[dict[str, Any]] = []
-    try:
+    from study.config import StudyError
+
+    own = not ray.is_initialized()  # a Ray already up (a test's) is used as it is
+    if own:
         ray.init(
             num_cpus=slots,
             include_dashboard=False,
             _temp_dir=tempfile.mkdtemp(prefix="ray-"),  # short: Ray's sockets live there
             log_to_driver=False,
         )
+    elif (cpus := int(ray.cluster_resources().get("CPU", 0))) != slots:
+        raise StudyError(f"--slots {slots}: the Ray this process is connected to has {cpus} CPUs")
+    work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    rows: list[dict[str, Any]] = []
+    try:
         for n in sizes:
             print(f"study of {n} trials on {slots} slots ...", flush=True)
             study = _study(work, n, slots, sampler)
@@ -59,7 +65,8 @@ def run(sizes: list[int], slots: int, sampler: str) -> list[dict[str, Any]]:
             bare = _bare_tune(work, n, slots, study["compute_s_per_trial"], study["reports_per_trial"])
             rows += [study, bare]
     finally:
-        ray.shutdown()
+        if own:
+            ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
     return [*rows, _at_ten_thousand(rows)]
 

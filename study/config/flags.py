@@ -71,8 +71,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--storage",
         help="where Tune keeps results and checkpoints: a folder every node mounts, or a URI "
-        "such as s3://bucket/prefix (default: RUN_DIR/ray_results; Optuna's database is "
-        "always RUN_DIR/optuna.db)",
+        "such as s3://bucket/prefix (default: RUN_DIR/ray_results; Optuna's storage is "
+        "always RUN_DIR/optuna.journal)",
     )
     p.add_argument(
         "--max-trials-in-flight",

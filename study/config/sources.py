@@ -78,7 +78,7 @@ def storage_setting(value: str) -> str:
         raise StudyError(
             f"storage {value!r} is a database URL, as Optuna's storage takes; storage is where Tune "
             "keeps results and checkpoints: a folder every node mounts, or a URI such as "
-            "s3://bucket/prefix (the study's Optuna database is always RUN_DIR/optuna.db)"
+            "s3://bucket/prefix (the study's Optuna storage is always RUN_DIR/optuna.journal)"
         )
     if scheme not in STORAGE_SCHEMES:
         raise StudyError(

@@ -190,10 +190,19 @@ class RunDir:
         return self.baseline_dir / "metrics.json"
 
     @property
-    def optuna_url(self) -> str:
-        """The Optuna storage (one study per strategy), for the searcher and ``optuna-dashboard``;
-        resolved from where the run directory is now."""
-        return f"sqlite:///{(self.path / 'optuna.db').resolve()}"
+    def optuna_journal(self) -> Path:
+        """The Optuna storage (one study per strategy), Optuna's journal file, for the searcher
+        and ``optuna-dashboard``; resolved from where the run directory is now."""
+        return (self.path / "optuna.journal").resolve()
+
+    def refuse_older_optuna_storage(self) -> None:
+        """A ``StudyError`` for a run directory whose searches are in ``optuna.db`` (SQLite, as
+        versions before the journal kept them): this version cannot resume them."""
+        if (self.path / "optuna.db").is_file() and not self.optuna_journal.is_file():
+            raise StudyError(
+                f"run directory {self.path} keeps its searches in optuna.db, as earlier versions of "
+                "this tool did: finish it with the version that started it, or start a new study"
+            )
 
     @property
     def storage(self) -> ExperimentStorage:
