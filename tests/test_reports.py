@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from study.run.results import unpacked
 from trainables import tune_trainable
 from trainables.tune_trainable import BackgroundReports
 
@@ -35,7 +36,7 @@ def test_the_next_report_carries_the_time_the_last_one_took(monkeypatch):
     seen: list[dict] = []
 
     def report(metrics, state):
-        seen.append(metrics)
+        seen.append(unpacked(metrics))  # as Tune's results are read back
         return 0.25
 
     monkeypatch.setattr(tune_trainable, "_report", report)
@@ -60,3 +61,20 @@ def test_a_failed_report_fails_the_trial_at_its_next_report(monkeypatch):
     reports.submit({"epoch": 15}, None)
     with pytest.raises(OSError):
         reports.close()
+
+
+def test_tune_sees_the_epoch_divergence_and_objectives_as_numbers_and_the_rest_packed():
+    import json
+
+    from study.run.results import FIGURES, packed, trial_rows
+
+    report = {"epoch": 3, "diverged": 0.0, "forget_drop": 0.4, "retain_kept": 0.9, "retrain_match": 0.8}
+    report |= {"forget_dice": 0.5, "dice@070": 0.45, "seconds_train": 1.5, "node_id": "n1", "pid": 7}
+    sent = packed(report)
+    numbers = {k for k, v in sent.items() if isinstance(v, int | float)}
+    assert numbers == {"epoch", "diverged", "forget_drop", "retain_kept", "retrain_match"}
+    assert sent["node_id"] == "n1" and json.loads(sent[FIGURES])["dice@070"] == 0.45
+    assert unpacked(sent) == report  # read back whole
+    assert unpacked({"epoch": 1, "forget_dice": 0.2}) == {"epoch": 1, "forget_dice": 0.2}  # an older run's
+    row = trial_rows("noisy_label", "t1", {"lr": 0.1}, [unpacked(sent)], "terminated").iloc[0]
+    assert row["forget_dice"] == 0.5 and row["dice@070"] == 0.45 and row["param_lr"] == 0.1

@@ -83,6 +83,11 @@ def test_tune_keeps_each_trials_last_checkpoint_and_optuna_each_trial(smoke_stud
         assert "result.json" in files and "progress.csv" not in files
         assert not any(name.startswith("events.out.tfevents") for name in files)
     assert "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS" not in os.environ
+    # Tune keeps statistics of the numbers it is shown: the epoch, divergence and objectives.
+    state = json.loads(experiment.read_bytes(experiment.newest_experiment_state()))
+    statistics = json.loads(state["trial_data"][0][1])["metric_analysis"]
+    assert {"epoch", "forget_drop", "retain_kept"} <= statistics.keys()
+    assert not {"forget_dice", "retain_dice", "seconds_train", "peak_rss_mb"} & statistics.keys()
     for strategy in ("noisy_label", "max_loss"):
         study = optuna.load_study(study_name=strategy, storage=RunStorage(smoke_study.run.optuna_journal))
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

@@ -19,6 +19,7 @@ from typing import Any
 from study.config import StudyConfig
 from study.metrics import Reference
 from study.run.checkpoint import TrialCheckpoint
+from study.run.results import packed
 from study.run.storage import trial_dirname
 from trainables.strategy import Strategy
 from trainables.trial import TrialSpec, run_trial
@@ -103,7 +104,7 @@ class BackgroundReports:
             "peak_rss_mb": peak_rss_mb,
         }
         self._timing["seconds_setup"] = 0.0
-        self._pending = self._pool.submit(_report, metrics, checkpoint)
+        self._pending = self._pool.submit(_report, packed(metrics), checkpoint)
 
     def wait(self) -> float:
         """Waits for the report in flight; returns its seconds (0 when none was)."""

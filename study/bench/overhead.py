@@ -81,13 +81,15 @@ def trial_parts(run_dir: Path) -> pd.DataFrame:
     """Per trial: each part summed over its reports, its span and its worker's peak RSS."""
     from ray.tune import ExperimentAnalysis
 
+    from study.run.results import unpacked
     from study.run.rundir import RunDir
 
     storage = RunDir.open(run_dir)[0].storage
     fs, _ = storage.filesystem()
     analysis = ExperimentAnalysis(storage.experiment_path, storage_filesystem=fs)
     rows = []
-    for trial_id, frame in analysis.trial_dataframes.items():
+    for trial_id, packed_frame in analysis.trial_dataframes.items():
+        frame = pd.DataFrame([unpacked(r) for r in packed_frame.to_dict("records")])
         if frame.empty or "seconds_train" not in frame:
             continue
         parts = {part: float(frame[part].fillna(0).sum()) for part in (*PARTS, "seconds_write")}
