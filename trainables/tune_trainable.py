@@ -75,7 +75,9 @@ class BackgroundReports:
     overhead``): its set-up before the first epoch (told with the first report),
     ``seconds_report``, how long the loop waited here for the previous report, and
     ``seconds_write``, how long that one took in the background (checkpoint file, upload to
-    storage and Tune's acknowledgement).
+    storage and Tune's acknowledgement). Tune is handed each report ``packed``
+    (``study.run.results``): the epoch, divergence and objectives as numbers, the other
+    figures in one JSON string.
     """
 
     def __init__(self, entered: float, extra: dict[str, Any], memory: PeakMemory | None = None) -> None:
