@@ -5,8 +5,8 @@ well under a second) runs through the study's whole machinery, ``study.launch.ru
 the searcher with one Optuna study per strategy, the trainable with its background reports
 and checkpoints, the checkpoint pruner, the trial lines, the results reader (the cohort and
 the baselines come from the cache, as a second ``study.launch`` finds them; only the search
-phase is timed). Ray is local,
-with S logical CPUs (a slot each), so S trials share this machine's cores. Then a bare Tune
+phase is timed). Ray is local, with S logical CPUs (a slot each), so S trials share this
+machine's cores. Then a bare Tune
 run of N function trials, each sleeping the study's mean trial compute (train + eval, as the
 trials measured it) and reporting as often, with the same S slots.
 
@@ -72,8 +72,8 @@ def run(sizes: list[int], slots: int, sampler: str) -> list[dict[str, Any]]:
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """The figures the issue of record asks of the largest N: the study's overhead per trial
-    over the bare run's, the study's wall over its minimum, the state bytes per trial."""
+    """The headline figures at the largest N: the study's overhead per trial over the bare
+    run's, the study's wall over its minimum, the state bytes per trial."""
     largest = max(r["trials"] for r in rows if r["run"] != "extrapolated")
     study, bare = (
         next(r for r in rows if r["run"] == kind and r["trials"] == largest)
