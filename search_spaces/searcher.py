@@ -111,6 +111,37 @@ def make_sampler(name: str, seed: int, budget: int, parallel: int) -> optuna.sam
     return SAMPLERS[name](seed=seed, **settings)
 
 
+def strategy_share(total: int, strategies: int, num_samples: int, per_strategy: int = 0) -> int:
+    """Trials of one strategy in flight at most when ``total`` are: ``per_strategy`` when set,
+    else an even share of ``total``, at least a quarter of ``num_samples`` (so that a search
+    keeps learning from finished trials while the others wait)."""
+    return per_strategy or max(math.ceil(num_samples / 4), math.ceil(total / strategies))
+
+
+def choose_sampler(name: str, budget: int, in_flight: int) -> tuple[str, str]:
+    """``(sampler, why)`` for a search of ``budget`` trials with up to ``in_flight`` asked and
+    not yet told: ``name`` itself, unless it is ``"auto"``.
+
+    ``"auto"`` is the Gaussian-process sampler, ahead of TPE and random search at 2 and 8 of
+    16 in flight (``python -m study.bench search``; README, Performance), except where no
+    suggestion could learn from anything: trial ``i`` is asked when ``i - in_flight + 1``
+    trials have been told, and GP draws at random until ``n_startup_trials`` have, so with
+    ``in_flight > budget - n_startup_trials`` every trial is drawn at random whatever the
+    sampler. Random search is then what the search is, said so, and free of GP's cost.
+    """
+    if name != "auto":
+        return name, "set in the config"
+    startup = sampler_settings("gp", budget, in_flight)["n_startup_trials"]
+    k = min(in_flight, budget)
+    if k > budget - startup:
+        return "random", (
+            f"auto: with {k} of a strategy's {budget} trials in flight, each is asked before "
+            f"{startup} have finished, so any sampler draws at random; a larger num_samples or a "
+            "smaller concurrent_per_strategy lets the search learn"
+        )
+    return "gp", f"auto: up to {k} of a strategy's {budget} trials in flight"
+
+
 class StrategySearcher(Searcher):
     """Suggests the study's trials, ``num_samples`` per strategy, strategies taking turns.
 
@@ -149,6 +180,7 @@ class StrategySearcher(Searcher):
         self._turn = 0
         self._tune_limit = sys.maxsize
         self._limit, self._read_at = 1, -math.inf
+        self.sampler = ("", "")  # (the strategies' Optuna sampler, why it): set by build_searcher
 
     def set_search_properties(self, metric: Any, mode: Any, config: dict, **spec: Any) -> bool:
         return True  # every strategy's search is set up already
@@ -165,8 +197,7 @@ class StrategySearcher(Searcher):
             self._limit = self._in_flight() if callable(self._in_flight) else self._in_flight
             self._read_at = time.monotonic()
         total = max(1, min(self._limit, self._tune_limit))
-        share = math.ceil(total / len(self._searchers))
-        return total, self._per_strategy or max(math.ceil(self._num_samples / 4), share)
+        return total, strategy_share(total, len(self._searchers), self._num_samples, self._per_strategy)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         strategies = list(self._searchers)
@@ -253,6 +284,10 @@ def build_searcher(
     storage = RunStorage(journal)
     existing = {summary.study_name for summary in optuna.get_all_study_summaries(storage)}
     parallel = in_flight() if callable(in_flight) else in_flight
+    share = strategy_share(
+        parallel, len(config.strategies), config.num_samples, config.concurrent_per_strategy
+    )
+    sampler, why = choose_sampler(config.sampler, config.num_samples, share)
     searchers = {}
     for strategy in config.strategies:
         if strategy in existing:
@@ -263,7 +298,7 @@ def build_searcher(
             space=DefineByRun(spaces[strategy].function, bounds),
             metric=list(OBJECTIVES[config.objective]),
             mode=["max", "max"],
-            sampler=make_sampler(config.sampler, config.seed, config.num_samples, parallel),
+            sampler=make_sampler(sampler, config.seed, config.num_samples, share),
             study_name=strategy,
             storage=storage,
             seed=config.seed,
@@ -275,13 +310,15 @@ def build_searcher(
             optuna.load_study(study_name=strategy, storage=storage).set_metric_names(
                 list(OBJECTIVES[config.objective])
             )
-    return StrategySearcher(
+    searcher = StrategySearcher(
         searchers,
         config.num_samples,
         in_flight,
         OBJECTIVES[config.objective],
         config.concurrent_per_strategy,
     )
+    searcher.sampler = (sampler, why)
+    return searcher
 
 
 class StudySearchGenerator(SearchGenerator):

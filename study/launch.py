@@ -327,15 +327,16 @@ def run_experiment(
         tuner = tune.Tuner.restore(
             storage.experiment_path, trainable, resume_errored=True, storage_filesystem=fs
         )
+        sampler_line = ""
     else:
+        searcher = build_searcher(config, spaces_of(config.strategies), run.optuna_journal, capacity)
+        sampler_line = "sampler: {} ({})".format(*searcher.sampler)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
                 # Up to ``total`` trials pending (a custom searcher otherwise gets one): any the
                 # searcher hands out, which keeps to ``capacity``.
-                search_alg=search_algorithm(
-                    build_searcher(config, spaces_of(config.strategies), run.optuna_journal, capacity), total
-                ),
+                search_alg=search_algorithm(searcher, total),
                 num_samples=total,
                 reuse_actors=True,  # a finished trial's worker takes the next one: no new process, no re-import
                 trial_dirname_creator=trial_folder,
@@ -358,6 +359,8 @@ def run_experiment(
             ),
         )
     phase("search", f"{total} trials ({', '.join(config.strategies)}) x {config.max_epochs} epochs")
+    if sampler_line:
+        print(sampler_line)
     sigint = signal.getsignal(signal.SIGINT)
     try:
         with _only_json_results():

@@ -229,6 +229,9 @@ def test_the_study_labels_its_optuna_studies_and_parquet_columns(smoke_study):
     # The end of the run says what to do next.
     assert f"python -m study.forget {run.path} --subjects " in smoke_study.output
     assert f"optuna-dashboard {run.optuna_journal}" in smoke_study.output
+    # 2 trials a strategy, both drawn before GP could learn: random search, and said so.
+    (line,) = [line for line in smoke_study.output.splitlines() if line.startswith("sampler: ")]
+    assert line.startswith("sampler: random (auto: with ") and "of a strategy's 2 trials in flight" in line
     for trial_id in trial_ids:
         assert (
             f" {trial_id} started: " in smoke_study.output

@@ -13,7 +13,7 @@ import pytest
 from ray.tune.search import Searcher
 
 from search_spaces import check_config, spaces_of
-from search_spaces.searcher import RunStorage, build_searcher, make_sampler, sampler_settings
+from search_spaces.searcher import RunStorage, build_searcher, choose_sampler, make_sampler, sampler_settings
 from study.config import load_config
 from study.run.rundir import RunDir
 
@@ -156,15 +156,58 @@ def test_tune_hands_it_the_concurrency_limit_and_every_completion(tmp_path: Path
     assert "COMPLETE" in _states(journal, "noisy_label")
 
 
-def test_a_study_searches_with_the_gaussian_process_sampler_unless_told_otherwise(tmp_path: Path):
+def test_the_default_sampler_is_gp_unless_a_strategys_trials_in_flight_leave_it_nothing_to_learn():
+    # Budget 16, 4 of them random start-up trials: trial i is asked after i - k + 1 are told.
+    assert choose_sampler("auto", 16, 2)[0] == "gp"
+    assert choose_sampler("auto", 16, 8)[0] == "gp"
+    assert choose_sampler("auto", 16, 12)[0] == "gp"  # the last trial learns from 4
+    sampler, why = choose_sampler("auto", 16, 13)
+    assert sampler == "random" and "13 of a strategy's 16 trials in flight" in why
+    assert choose_sampler("auto", 16, 40)[0] == "random"
+    assert choose_sampler("tpe", 16, 16) == ("tpe", "set in the config")  # a named one is kept
+
+
+def test_a_study_sizes_its_sampler_by_one_strategys_share_of_the_trials_in_flight(tmp_path: Path):
     journal = RunDir(tmp_path).optuna_journal
-    searcher = _searcher(tmp_path, ["noisy_label", "max_loss"], journal, in_flight=8)
-    samplers = [optuna_search._sampler for optuna_search in searcher._searchers.values()]
-    assert all(isinstance(s, optuna.samplers.GPSampler) for s in samplers)  # at 8 in flight, as at 2
-    assert samplers[0]._n_startup_trials == 2  # a quarter of a budget of 2, at least 2
-    config = _config(tmp_path, ["noisy_label"])
-    tpe = build_searcher(dataclasses.replace(config, sampler="tpe"), spaces_of(["noisy_label"]), journal, 8)
-    assert tpe._searchers["noisy_label"]._sampler._constant_liar  # TPE, when asked for, lies
+    config = _config(tmp_path, ["noisy_label", "max_loss"], num_samples=16)
+    spaces = spaces_of(config.strategies)
+
+    def samplers(searcher):
+        return {type(o._sampler).__name__ for o in searcher._searchers.values()}
+
+    searcher = build_searcher(config, spaces, journal, in_flight=8)  # 4 of each strategy's 16
+    assert samplers(searcher) == {"GPSampler"} and searcher.sampler[0] == "gp"
+    assert searcher._searchers["noisy_label"]._sampler._n_startup_trials == 4
+    assert samplers(build_searcher(config, spaces, journal, in_flight=24)) == {"GPSampler"}  # 12 of 16
+    wide = build_searcher(config, spaces, journal, in_flight=32)  # 16 of 16 at once
+    assert samplers(wide) == {"RandomSampler"} and "draws at random" in wide.sampler[1]
+    capped = dataclasses.replace(config, concurrent_per_strategy=4)
+    assert samplers(build_searcher(capped, spaces, journal, in_flight=32)) == {"GPSampler"}
+    tpe = build_searcher(dataclasses.replace(config, sampler="tpe"), spaces, journal, in_flight=32)
+    assert samplers(tpe) == {"TPESampler"} and tpe._searchers["noisy_label"]._sampler._constant_liar
+
+
+def _drawn(sampler: optuna.samplers.BaseSampler, budget: int, in_flight: int) -> list[float]:
+    """Points a toy two-objective search draws with ``in_flight`` asked and not yet told."""
+    study = optuna.create_study(directions=["maximize", "maximize"], sampler=sampler)
+    asked, drawn = [], []
+    while len(drawn) < budget or asked:
+        while len(drawn) < budget and len(asked) < in_flight:
+            trial = study.ask()
+            drawn.append(trial.suggest_float("x", 0.0, 1.0))
+            asked.append(trial)
+        trial = asked.pop(0)
+        x = trial.params["x"]
+        study.tell(trial, [x, (1 - x) ** 2])
+    return drawn
+
+
+def test_with_that_many_in_flight_gp_draws_exactly_what_random_search_does():
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    random = _drawn(make_sampler("random", 3, 16, 1), 16, 13)
+    assert _drawn(make_sampler("gp", 3, 16, 13), 16, 13) == random  # choose_sampler's "random in effect"
+    learning = _drawn(make_sampler("gp", 3, 16, 12), 16, 12)
+    assert learning[:15] == random[:15] and learning[15] != random[15]  # one more told: GP's own
 
 
 def test_the_samplers_fit_the_budget():

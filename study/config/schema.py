@@ -14,7 +14,7 @@ from pathlib import Path
 from study.config.errors import StudyError
 from study.config.objectives import OBJECTIVES
 
-SAMPLERS = ("gp", "tpe", "nsga2")
+SAMPLERS = ("auto", "gp", "tpe", "nsga2", "random")
 LABEL_MODES = ("4class", "8class")
 MODEL_DEPTHS = (10, 18, 34, 50)
 #: Seeds lie in ``0..SEED_LIMIT - 1``: Optuna's samplers take the study's seed as numpy's legacy one.
@@ -51,9 +51,11 @@ class StudyConfig:
     num_samples: int = 4
     max_epochs: int = 30
     horizons: list[int] = field(default_factory=lambda: [15, 30])
-    # Optuna's Gaussian-process sampler: ahead of TPE at 2 and 8 trials in flight of 16
-    # (python -m study.bench search; README, Performance).
-    sampler: str = "gp"
+    # "auto": Optuna's Gaussian-process sampler (ahead of TPE at 2 and 8 trials in flight of
+    # 16: python -m study.bench search; README, Performance), or random search where a
+    # strategy has so many trials in flight that no suggestion could learn from finished ones
+    # (search_spaces.searcher.choose_sampler); or one of them by name.
+    sampler: str = "auto"
     objective: str = "reference"  # what the search maximises: "reference" or "retrain-match"
     warm_start: bool = True  # first trial of each search = the strategy's hand-picked start
     # Narrower or wider ranges for numeric hyperparameters, e.g. {"lr": [1e-4, 1e-3]}
