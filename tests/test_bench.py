@@ -136,7 +136,7 @@ def test_the_overhead_table_divides_slot_time_into_the_trials_parts():
     ).assign(**parts)
     phases = {"run_experiment": 10.0, "run_experiment started at": 100.0, "train_or_load_baselines": 3.0}
     phases |= {"run_experiment driver CPU": 1.5}
-    bare = {"a": 2.0, "b": 3.0, "c": 4.0}
+    bare = {"trial:a": 2.0, "trial:b": 3.0, "trial:c": 4.0, "model:original": 5.0, "rerun:a seed 0": 1.0}
     rows = {
         row["part"]: row for row in overhead.overhead_rows(trials, phases, total=20.0, slots=2, bare=bare)
     }
@@ -148,9 +148,41 @@ def test_the_overhead_table_divides_slot_time_into_the_trials_parts():
     assert rows["slot use: sum of trial spans / (slots x search phase)"]["ratio"] == pytest.approx(
         16.0 / 20.0
     )
-    assert rows["ideal: 3 bare trials / 2 slots"]["seconds"] == 4.5
-    assert rows["whole run / ideal"]["ratio"] == pytest.approx(20.0 / 4.5)
+    assert rows["bare (no Ray, 1 thread): 3 trials"]["seconds"] == 9.0
+    assert rows["bare (no Ray, 1 thread): 1 models of the original recipe"]["seconds"] == 5.0
+    assert rows["bare (no Ray, 1 thread): 1 reruns of the recommendation"]["seconds"] == 1.0
+    assert rows["ideal: every model's bare seconds / 2 slots"]["seconds"] == 7.5  # 15 s of work
+    assert rows["whole run / ideal"]["ratio"] == pytest.approx(20.0 / 7.5)
+    assert rows["search phase / its ideal (the trials' bare seconds / slots)"]["ratio"] == pytest.approx(
+        10 / 4.5
+    )
     assert rows["peak RSS of a trial worker (MB)"]["ratio"] == 950.0
+
+
+def test_the_overhead_benchs_ideal_trains_every_model_of_the_study_again(smoke_study, cache_env):
+    from analysis.study_state import load_study
+    from study.bench import overhead
+    from study.cohort import open_cohort, with_other_forget
+
+    config = smoke_study.config
+    other = with_other_forget(open_cohort(config), config.other_forget)
+    chosen = load_study(smoke_study.run_dir).recommendation
+    reruns = [(chosen.trial_id, chosen.epoch, other, True)]  # rerun_recommendation's call
+    bare = overhead.bare_work(smoke_study.run_dir, reruns, [(chosen.trial_id, chosen.epoch)])
+
+    assert all(seconds > 0 for seconds in bare.values())
+    by_kind = {
+        kind: sorted(k.partition(":")[2] for k in bare if k.startswith(kind)) for kind in overhead.KINDS
+    }
+    other_set = ",".join(other.split.forget)
+    assert by_kind["model"] == ["original", "retrain", f"retrain without {other_set}"]
+    assert by_kind["trial"] == sorted(smoke_study.trials["trial_id"].unique())  # 4, each its own
+    assert by_kind["replay"] == [chosen.trial_id]
+    # The reruns the study ran and wrote, one for one: 2 seeds on each forget set, 2 bn_modes.
+    seeds, modes = smoke_study.run.read_seed_runs(), smoke_study.run.read_bn_mode_runs()
+    ran = {f"{chosen.trial_id} seed {s} on {f}" for s, f in zip(seeds["seed"], seeds["forget"], strict=True)}
+    ran |= {f"{chosen.trial_id} bn_mode {m} on {','.join(config.forget)}" for m in modes["bn_mode"]}
+    assert set(by_kind["rerun"]) == ran and len(ran) == 6
 
 
 # The epoch bench where Ray, pandas and pyarrow cannot be imported, as on a GPU machine with

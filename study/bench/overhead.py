@@ -1,20 +1,27 @@
 """``python -m study.bench overhead``: where a study's wall time goes, on a local Ray.
 
 A study of the chosen preset runs as ``python -m study.launch`` runs it, in a fresh cache
-(cohort written, baselines trained: a first run on a new machine), with the reruns of the
-recommendation left out. Its phases are timed on the driver; each trial's parts come from
-what every report carries into Tune's results (``seconds_train``, ``seconds_eval``,
-``seconds_snapshot``, ``seconds_setup``, ``seconds_report``, ``seconds_write``, ``entered_at``,
-``reported_at``, ``peak_rss_mb``; see ``trainables/tune_trainable.py``), read back with Tune's
-``ExperimentAnalysis``. Then every trial runs again bare (no Ray, in this process, one thread): the ideal study
-is the sum of those times / slots.
+(cohort written, every model of the original recipe trained: a first run on a new machine),
+the recommendation's reruns and the native-grid scores included. Its phases are timed on the
+driver; each trial's parts come from what every report carries into Tune's results
+(``seconds_train``, ``seconds_eval``, ``seconds_snapshot``, ``seconds_setup``,
+``seconds_report``, ``seconds_write``, ``entered_at``, ``reported_at``, ``peak_rss_mb``; see
+``trainables/tune_trainable.py``), read back with Tune's ``ExperimentAnalysis``.
+
+Then every model the run trained is trained again bare (no Ray, in this process, one
+thread, one after another): the models of the original recipe (the other forget set's
+retrain reference too), every trial, every rerun of the recommendation and any replay of
+it. The ideal run is the sum of those times / slots: what the machine's slots would take if
+nothing but training ran, each model on one of them.
 """
 
 from __future__ import annotations
 
+import inspect
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +29,42 @@ import pandas as pd
 
 #: The parts of a trial's span, as its reports name them.
 PARTS = ("seconds_setup", "seconds_train", "seconds_eval", "seconds_snapshot", "seconds_report")
+#: The driver's functions (of ``study.launch``) whose calls are timed as the study's phases.
+PHASES = (
+    "open_cohort",
+    "connect",
+    "train_or_load_baselines",
+    "run_experiment",
+    "save_recommended_model",
+    "rerun_recommendation",
+    "score_on_native_grid",
+    "build_report",
+)
+#: What the bare work's names start with, and how the table names each kind.
+KINDS = {
+    "model": "models of the original recipe",
+    "trial": "trials",
+    "rerun": "reruns of the recommendation",
+    "replay": "replays of the recommendation",
+}
 
 
-def _timed(module: Any, name: str, phases: dict[str, float]) -> None:
-    """Wraps ``module.name`` so that each call's wall time adds to ``phases[name]``."""
+def _timed(module: Any, name: str, phases: dict[str, float], calls: list | None = None) -> None:
+    """Wraps ``module.name`` so that each call's wall time adds to ``phases[name]`` (and,
+    given ``calls``, each call's ``(arguments by name, result)`` is appended to it)."""
     function = getattr(module, name)
+    signature = inspect.signature(function)
 
     def timed(*args: Any, **kwargs: Any) -> Any:
         phases[f"{name} started at"] = time.time()
         started, cpu = time.perf_counter(), time.process_time()
         try:
-            return function(*args, **kwargs)
+            result = function(*args, **kwargs)
+            if calls is not None:
+                bound = signature.bind(*args, **kwargs)
+                bound.apply_defaults()
+                calls.append((bound.arguments, result))
+            return result
         finally:
             phases[name] = phases.get(name, 0.0) + time.perf_counter() - started
             phases[f"{name} driver CPU"] = phases.get(f"{name} driver CPU", 0.0) + time.process_time() - cpu
@@ -52,29 +84,41 @@ def run(
     from study.config import load_config
 
     work = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
-    overrides = {"run_dir": str(work / "run"), "cache_dir": str(work / "cache"), "seed_reruns": 0}
-    overrides |= {"bn_mode_reruns": False, "strategies": strategies, "num_samples": num_samples}
+    overrides = {"run_dir": str(work / "run"), "cache_dir": str(work / "cache")}
+    overrides |= {"strategies": strategies, "num_samples": num_samples}
     config = check_config(
         load_config(
             preset, config_file=config_file, overrides={k: v for k, v in overrides.items() if v is not None}
         )
     )
     phases: dict[str, float] = {}
-    for name in ("open_cohort", "connect", "train_or_load_baselines", "run_experiment", "build_report"):
-        _timed(launch, name, phases)
+    reruns: list = []  # rerun_recommendation's calls
+    replays: list = []  # missing_recommended_model's answers
+    slots: list[int] = []  # trials at once on the study's Ray, read as its search starts
+    experiment = launch.run_experiment
+
+    def run_experiment(config: Any, run: Any, handover: Any, capacity: Any, *rest: Any) -> Any:
+        slots.append(capacity.slots())
+        return experiment(config, run, handover, capacity, *rest)
+
+    launch.run_experiment = run_experiment
+    for name in PHASES:
+        _timed(launch, name, phases, reruns if name == "rerun_recommendation" else None)
+    _timed(launch, "missing_recommended_model", {}, replays)
     started = time.perf_counter()
     try:
         launch.run_study(config)
         total = time.perf_counter() - started
-        slots = int(ray.cluster_resources().get("CPU", 1)) // config.cpus_per_trial
         ray.shutdown()
-        time.sleep(5)  # Ray's processes take a few seconds to exit; the bare trials run alone
+        time.sleep(5)  # Ray's processes take a few seconds to exit; the bare work runs alone
         trials = trial_parts(work / "run")
-        bare = _bare_trial_seconds(work / "run")
+        planned = [(a["trial_id"], a["epoch"], a["other"], a["bn_modes"]) for a, _ in reruns]
+        missing = [(m.trial_id, m.epoch) for _, m in replays if m is not None]
+        bare = bare_work(work / "run", planned, missing, progress=print)
     finally:
         ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
-    return overhead_rows(trials, phases, total, slots, bare)
+    return overhead_rows(trials, phases, total, slots[0], bare)
 
 
 def trial_parts(run_dir: Path) -> pd.DataFrame:
@@ -110,37 +154,91 @@ def trial_parts(run_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _bare_trial_seconds(run_dir: Path) -> dict[str, float]:
-    """Per trial: the wall seconds of the same trial run again in this process, without Ray,
-    one thread (trials differ in cost: strategies train on different subjects, and
-    ``bn_mode`` recalibrate adds a pass)."""
+def bare_work(
+    run_dir: Path,
+    reruns: list[tuple[str, int, Any, bool]],
+    replays: list[tuple[str, int]],
+    progress: Callable[[str], None] = lambda line: None,
+) -> dict[str, float]:
+    """Wall seconds of every model the study in ``run_dir`` trained, trained again here,
+    without Ray, one thread, one after another; named ``kind:what`` (``KINDS``).
+
+    ``reruns``: ``rerun_recommendation``'s calls, ``(trial id, epoch, other forget set's
+    cohort or None, bn_modes)``; ``replays``: ``(trial id, epoch)`` of each replay of the
+    recommendation to its horizon. Trials differ in cost (strategies train on different
+    subjects, ``bn_mode`` recalibrate adds a pass), so each is timed, not one for all.
+    """
     from search_spaces import STRATEGIES
     from study.cohort import open_cohort
+    from study.model import initial_state
     from study.run.results import trial_config
     from study.run.rundir import RunDir
-    from trainables.baseline import KINDS, measure
+    from trainables.baseline import measure, train_model
+    from trainables.recipes import KINDS as BASELINES
+    from trainables.recipes import cache_key, recipes
+    from trainables.reruns import forget_label, planned_reruns
     from trainables.settings import Compute
     from trainables.trial import TrialSpec, run_trial
 
     run, config = RunDir.open(run_dir)
     trials = run.read_trials()
     cohort = open_cohort(config)
-    states = {kind: run.load_baseline(kind) for kind in KINDS}
-    reference, _ = measure(config, cohort, states, Compute.of(config))
-    seconds = {}
+    compute = Compute.of(config, threads=1)
+    start, _ = initial_state(config, cohort.n_classes)
+    seconds: dict[str, float] = {}
+
+    def timed(name: str, work: Callable[..., Any], *args: Any) -> Any:
+        began = time.perf_counter()
+        result = work(*args)
+        seconds[name] = time.perf_counter() - began
+        progress(f"bare: {name} {seconds[name]:.1f} s")
+        return result
+
+    by_key = {}  # cache key -> state: a model the run trained once serves every role
+    for name, recipe in recipes(config, cohort).items():
+        trained = timed(f"model:{name}", train_model, name, recipe, config, cohort, start, compute, False)
+        by_key[cache_key(config, cohort, recipe)] = trained[0]
+    states = {kind: run.load_baseline(kind) for kind in BASELINES}
+    reference, _ = measure(config, cohort, states, compute)
+    others = {}  # forget set -> (its cohort, its Reference): the other forget set's reruns
+    for _, _, other, _ in reruns:
+        if other is None or (label := forget_label(other)) in others:
+            continue
+        recipe = recipes(config, other)["retrain"]
+        if (key := cache_key(config, other, recipe)) not in by_key:  # the run trained it too
+            args = ("retrain", recipe, config, other, start, compute, False)
+            by_key[key] = timed(f"model:retrain without {label}", train_model, *args)[0]
+        other_states = {"original": states["original"], "retrain": by_key[key]}
+        others[label] = (other, measure(config, other, other_states, compute)[0])
+
+    def strategy(params: dict[str, Any]) -> Any:
+        return STRATEGIES[params["strategy"]].strategy
+
     for trial_id in trials["trial_id"].unique():
         params = trial_config(trials, trial_id)
-        spec = TrialSpec.of(config, STRATEGIES[params["strategy"]].strategy, params)
-        started = time.perf_counter()
-        run_trial(spec, cohort, states["original"], reference)
-        seconds[str(trial_id)] = time.perf_counter() - started
+        spec = TrialSpec.of(config, strategy(params), params)
+        timed(f"trial:{trial_id}", run_trial, spec, cohort, states["original"], reference)
+    for trial_id, epoch in replays:
+        params = trial_config(trials, trial_id)
+        spec = TrialSpec.of(config, strategy(params), params, epoch)
+        timed(f"replay:{trial_id}", run_trial, spec, cohort, states["original"], reference)
+    mine = forget_label(cohort)
+    for trial_id, epoch, other, bn_modes in reruns:
+        params = trial_config(trials, trial_id)
+        elsewhere = forget_label(other) if other is not None else None
+        for r in planned_reruns(config, params["bn_mode"], mine, elsewhere, bn_modes):
+            spec = TrialSpec.of(config, strategy(params), params, epoch, **r.changes)
+            on, against = (cohort, reference) if r.forget == mine else others[r.forget]
+            name = f"rerun:{trial_id} {r.column} {r.value} on {r.forget}"
+            timed(name, run_trial, spec, on, states["original"], against)
     return seconds
 
 
 def overhead_rows(
     trials: pd.DataFrame, phases: dict[str, float], total: float, slots: int, bare: dict[str, float]
 ) -> list[dict]:
-    """The table: the phases, each trial part's share, slot use, compute share, the ideal ratio."""
+    """The table: the phases, each trial part's share of slot time, slot use, compute share,
+    the bare work of each kind (``bare``: ``bare_work``'s answer) and the ratio to the ideal."""
     search = phases["run_experiment"]
     slot_time = slots * search
     first_entry = trials.groupby("pid")["entered_at"].min()
@@ -151,7 +249,7 @@ def overhead_rows(
     )
     worker_start = float((first_entry - phases["run_experiment started at"]).sum())
     rows = [
-        {"part": "whole run (cohort, baselines, search, report)", "seconds": total},
+        {"part": "whole run (cohort, baselines, search, reruns, scores, report)", "seconds": total},
         {"part": "cohort written (first run) and read", "seconds": phases.get("open_cohort", 0.0)},
         {"part": "Ray started (or joined)", "seconds": phases.get("connect", 0.0)},
         {"part": "baselines (trained, measured)", "seconds": phases.get("train_or_load_baselines", 0.0)},
@@ -160,6 +258,9 @@ def overhead_rows(
             "part": "search phase: the driver's CPU (Tune's controller)",
             "seconds": phases["run_experiment driver CPU"],
         },
+        {"part": "recommended model replayed", "seconds": phases.get("save_recommended_model", 0.0)},
+        {"part": "reruns of the recommendation", "seconds": phases.get("rerun_recommendation", 0.0)},
+        {"part": "scores on the native grid", "seconds": phases.get("score_on_native_grid", 0.0)},
         {"part": "report", "seconds": phases.get("build_report", 0.0)},
     ]
     parts = [
@@ -175,17 +276,26 @@ def overhead_rows(
     ]
     rows += [row | {"share of slot time": row["seconds"] / slot_time} for row in parts]
     compute = float((trials["seconds_train"] + trials["seconds_eval"]).sum())
-    ideal = sum(bare.values()) / slots
     rows += [
         {"part": "trial compute share (train + eval) / span", "ratio": compute / float(trials["span"].sum())},
         {
             "part": "slot use: sum of trial spans / (slots x search phase)",
             "ratio": float(trials["span"].sum()) / slot_time,
         },
-        {"part": "bare trial (no Ray, 1 thread), mean", "seconds": sum(bare.values()) / len(bare)},
-        {"part": f"ideal: {len(bare)} bare trials / {slots} slots", "seconds": ideal},
+    ]
+    for kind, what in KINDS.items():
+        mine = [v for k, v in bare.items() if k.partition(":")[0] == kind]
+        if mine:
+            rows.append({"part": f"bare (no Ray, 1 thread): {len(mine)} {what}", "seconds": sum(mine)})
+    trial_ideal = sum(v for k, v in bare.items() if k.startswith("trial:")) / slots
+    ideal = sum(bare.values()) / slots
+    rows += [
+        {"part": f"ideal: every model's bare seconds / {slots} slots", "seconds": ideal},
         {"part": "whole run / ideal", "ratio": total / ideal},
-        {"part": "search phase / ideal", "ratio": search / ideal},
+        {
+            "part": "search phase / its ideal (the trials' bare seconds / slots)",
+            "ratio": search / trial_ideal,
+        },
         {"part": "peak RSS of a trial worker (MB)", "ratio": float(trials["peak_rss_mb"].max())},
     ]
     return rows
