@@ -51,7 +51,7 @@ from study.run.rundir import RunDir
 from study.run.storage import ExperimentStorage
 from trainables.baseline import References, record, record_trial_tests, reference_models
 from trainables.checkpoints import unfinished_trials
-from trainables.reruns import rerun_recommendation
+from trainables.reruns import RerunOf, rerun_recommendations
 from trainables.trial import TrialSpec, run_trial
 from trainables.tune_trainable import Handover
 
@@ -185,14 +185,14 @@ def _search_and_report(
         study = load_study(run.path)
         phase("reruns", "the recommendation with fresh seeds, on another forget set, under each bn_mode")
         save_recommended_model(config, study, handover)
+        asked = []
         if (recommended := study.recommendation) is not None:
-            rerun_recommendation(config, run, recommended.trial_id, recommended.epoch, handover, other, start)
+            asked.append(RerunOf(recommended.trial_id, recommended.epoch))
         if (safe := study.safe_recommendation) is not None and safe.trial_id != getattr(
             recommended, "trial_id", ""
-        ):
-            rerun_recommendation(
-                config, run, safe.trial_id, safe.epoch, handover, None, start, bn_modes=False
-            )
+        ):  # the "safe to deploy" knee: its fresh seeds on the study's forget set
+            asked.append(RerunOf(safe.trial_id, safe.epoch, elsewhere=False, bn_modes=False))
+        rerun_recommendations(config, run, asked, handover, other, start)
         if config.native_scores:
             phase("scores", "MRBrainS18's Dice, HD95 and volume similarity per label, on the native grid")
             score_on_native_grid(config, run, study, cohort, handover, references.states, connection.local)

@@ -167,7 +167,7 @@ def test_the_overhead_benchs_ideal_trains_every_model_of_the_study_again(smoke_s
     config = smoke_study.config
     other = with_other_forget(open_cohort(config), config.other_forget)
     chosen = load_study(smoke_study.run_dir).recommendation
-    reruns = [(chosen.trial_id, chosen.epoch, other, True)]  # rerun_recommendation's call
+    reruns = [(chosen.trial_id, chosen.epoch, other, True)]  # as rerun_recommendations was asked
     bare = overhead.bare_work(smoke_study.run_dir, reruns, [(chosen.trial_id, chosen.epoch)])
 
     assert all(seconds > 0 for seconds in bare.values())

@@ -139,9 +139,11 @@ def test_the_recommendation_is_rerun_with_fresh_seeds_on_two_forget_sets_and_oth
     assert "(the trial itself)" in page
 
 
-def test_a_second_knees_reruns_join_the_first_ones_in_seeds_parquet(smoke_study, cache_env, tmp_path):
-    """The "safe to deploy" knee's reruns (fresh seeds on the study's forget set, no bn_modes)
-    are added beside the searched knee's; neither trial's rows are lost."""
+def test_knees_reruns_run_as_one_batch_and_join_the_rows_already_in_seeds_parquet(
+    smoke_study, cache_env, tmp_path, capsys
+):
+    """Two more knees' reruns (fresh seeds on the study's forget set, no bn_modes) asked with
+    the searched knee's, already done: the two run as one batch, and no trial's rows are lost."""
     import shutil
 
     import ray
@@ -149,7 +151,7 @@ def test_a_second_knees_reruns_join_the_first_ones_in_seeds_parquet(smoke_study,
     from search_spaces import classes_of
     from study.model import initial_state
     from trainables.baseline import reference_models
-    from trainables.reruns import rerun_recommendation
+    from trainables.reruns import RerunOf, rerun_recommendations
     from trainables.tune_trainable import Handover
 
     shutil.copytree(smoke_study.run_dir, tmp_path / "run")
@@ -161,20 +163,31 @@ def test_a_second_knees_reruns_join_the_first_ones_in_seeds_parquet(smoke_study,
     handover = Handover(
         config, classes_of(config.strategies), ray.put(cohort), original, references.reference
     )
-    searched = load_study(run.path).recommendation.trial_id
-    other = next(t for t in smoke_study.trials["trial_id"] if t != searched)
-    before = run.read_seed_runs()
-    rerun_recommendation(config, run, other, 1, handover, None, start, bn_modes=False)
+    chosen = load_study(run.path).recommendation
+    searched = chosen.trial_id
+    second, third = [t for t in dict.fromkeys(smoke_study.trials["trial_id"]) if t != searched][:2]
+    before, modes_before = run.read_seed_runs(), run.read_bn_mode_runs()
+    capsys.readouterr()
+    asked = [
+        RerunOf(searched, chosen.epoch),
+        RerunOf(second, 1, False, False),
+        RerunOf(third, 1, False, False),
+    ]
+    rerun_recommendations(config, run, asked, handover, None, start)
+    printed = capsys.readouterr().out
+    assert f"rerunning trial {searched}" not in printed  # its reruns are in the tables already
+    assert f"reruns of trial {second}, {third}: 4/4 done" in printed  # one batch of four
     seeds = run.read_seed_runs()
-    assert set(seeds["trial_id"]) == {searched, other}
+    assert set(seeds["trial_id"]) == {searched, second, third}
     kept = seeds[seeds["trial_id"] == searched].reset_index(drop=True)
     pd.testing.assert_frame_equal(kept[before.columns], before)
-    added = seeds[seeds["trial_id"] == other]
-    assert sorted(zip(added["seed"], added["epoch"], added["forget"], strict=True)) == [
-        (0, 1, "070,148"),
-        (1, 1, "070,148"),
-    ]
-    assert set(run.read_bn_mode_runs()["trial_id"]) == {searched}
+    for trial in (second, third):
+        added = seeds[seeds["trial_id"] == trial]
+        assert sorted(zip(added["seed"], added["epoch"], added["forget"], strict=True)) == [
+            (0, 1, "070,148"),
+            (1, 1, "070,148"),
+        ]
+    pd.testing.assert_frame_equal(run.read_bn_mode_runs(), modes_before)
 
 
 def test_a_trial_replayed_without_ray_lands_on_its_recorded_figures(smoke_study):

@@ -97,68 +97,89 @@ def _reports(
     return run_trial(spec, cohort, original, reference).reports
 
 
-def rerun_recommendation(
+@dataclass(frozen=True)
+class RerunOf:
+    """A trial whose reruns are asked for: ``trial_id`` to ``epoch``; ``elsewhere``: its fresh
+    seeds on the other forget set too; ``bn_modes``: under every other ``bn_mode`` too."""
+
+    trial_id: str
+    epoch: int
+    elsewhere: bool = True
+    bn_modes: bool = True
+
+
+def rerun_recommendations(
     config: StudyConfig,
     run: RunDir,
-    trial_id: str,
-    epoch: int,
+    asked: list[RerunOf],
     handover: Handover,
     other: Cohort | None,
     start: dict[str, torch.Tensor],
-    bn_modes: bool = True,
 ) -> None:
-    """Runs the reruns of trial ``trial_id`` to ``epoch`` that the tables do not hold yet.
+    """Runs the reruns of every trial ``asked`` that the tables do not hold yet, all side by
+    side on the cluster (the recommendation's and the "safe to deploy" knee's are one batch:
+    the phase takes as long as its longest rerun, not the sum of two batches).
 
     ``other``: the cohort with another forget set (``None``: none); its retrain reference is
     trained from ``start`` (or found in the cache) while the study's own reruns run.
-    ``bn_modes``: the ``bn_mode`` reruns too (the "safe to deploy" knee's reruns are seeds only).
     """
     import ray
 
-    params, own = trial_config(run.read_trials(), trial_id), ",".join(config.forget)
-    rows = done_reruns(run, trial_id, own)
-    planned = planned_reruns(config, params["bn_mode"], own, forget_label(other) if other else None, bn_modes)
-    if not (todo := pending_reruns(planned, rows)):
+    trials, own = run.read_trials(), ",".join(config.forget)
+    elsewhere_label = forget_label(other) if other is not None else None
+    params, rows, todo = {}, {}, []
+    for a in asked:
+        params[a.trial_id] = trial_config(trials, a.trial_id)
+        rows[a.trial_id] = done_reruns(run, a.trial_id, own)
+        planned = planned_reruns(
+            config, params[a.trial_id]["bn_mode"], own, elsewhere_label if a.elsewhere else None, a.bn_modes
+        )
+        if mine := pending_reruns(planned, rows[a.trial_id]):
+            print(
+                f"rerunning trial {a.trial_id} to epoch {a.epoch}: "
+                + ", ".join(f"{r.column} {r.value} on {r.forget}" for r in mine)
+            )
+            todo += [(a, r) for r in mine]
+    if not todo:
         return
-    print(
-        f"rerunning trial {trial_id} to epoch {epoch}: "
-        + ", ".join(f"{r.column} {r.value} on {r.forget}" for r in todo)
-    )
-    task, strategy = remote(config, _reports), handover.strategies[params["strategy"]]
+    task = remote(config, _reports)
 
-    def submit(
-        reruns: list[Rerun], cohort_ref: Any, reference: Reference
-    ) -> dict[Rerun, tuple[Reference, Any]]:
-        specs = {r: TrialSpec.of(config, strategy, params, epoch, **r.changes) for r in reruns}
-        return {
-            r: (reference, task.remote(s, cohort_ref, handover.original_state, reference))
-            for r, s in specs.items()
-        }
+    def submit(reruns: list[tuple[RerunOf, Rerun]], cohort_ref: Any, reference: Reference) -> dict:
+        started = {}
+        for a, r in reruns:
+            strategy = handover.strategies[params[a.trial_id]["strategy"]]
+            spec = TrialSpec.of(config, strategy, params[a.trial_id], a.epoch, **r.changes)
+            started[a, r] = (reference, task.remote(spec, cohort_ref, handover.original_state, reference))
+        return started
 
-    elsewhere = [r for r in todo if r.forget != own]
+    elsewhere = [(a, r) for a, r in todo if r.forget != own]
     if elsewhere:  # its retrain reference trains first, beside the study's own reruns
         other_ref = ray.put(other)
         known = {"original": ray.get(handover.original_state)}
         training = reference_models(config, other, start, known, cohort_ref=other_ref, names=KINDS)
-    progress = Progress(f"reruns of trial {trial_id}", len(todo))  # from the first one's start
-    pending = submit([r for r in todo if r.forget == own], handover.cohort, handover.reference)
+    names = ", ".join(dict.fromkeys(a.trial_id for a, _ in todo))
+    progress = Progress(f"reruns of trial {names}", len(todo))  # from the first one's start
+    pending = submit([(a, r) for a, r in todo if r.forget == own], handover.cohort, handover.reference)
     if elsewhere:
         pending |= submit(elsewhere, other_ref, training.result().reference)
-    reports: dict[Rerun, Any] = {}
-    waiting = {ref: r for r, (_, ref) in pending.items()}
+    reports: dict[tuple[RerunOf, Rerun], Any] = {}
+    waiting = {ref: key for key, (_, ref) in pending.items()}
     while waiting:  # told as each finishes, side by side on the cluster
         (done, *_), _ = ray.wait(list(waiting))
-        r = waiting.pop(done)
-        reports[r] = ray.get(done)
-        progress.step(f"{r.column} {r.value} on {r.forget}")
-    for r, (reference, _) in pending.items():  # the tables in the order the reruns were planned
-        base = {"strategy": params["strategy"], "trial_id": trial_id, "forget": r.forget, r.column: r.value}
+        a, r = key = waiting.pop(done)
+        reports[key] = ray.get(done)
+        progress.step(f"{r.column} {r.value} on {r.forget}" + (f" of {a.trial_id}" if len(asked) > 1 else ""))
+    for (a, r), (reference, _) in pending.items():  # the tables in the order the reruns were planned
+        strategy = params[a.trial_id]["strategy"]
+        base = {"strategy": strategy, "trial_id": a.trial_id, "forget": r.forget, r.column: r.value}
         base |= {"original_forget_dice": reference.original["forget_dice"]}
         base |= {"retrain_forget_dice": reference.retrain["forget_dice"]}
-        rows[r.column] += [base | report for report in reports[r]]
+        rows[a.trial_id][r.column] += [base | report for report in reports[a, r]]
     tables = (run.read_seed_runs(), run.read_bn_mode_runs())
     writes = (run.write_seed_runs, run.write_bn_mode_runs)
     for column, table, write in zip(COLUMNS, tables, writes, strict=True):
-        if any(r.column == column for r in todo):
-            others = [] if table is None else [table[table["trial_id"] != trial_id]]  # another knee's reruns
-            write(pd.concat([*others, pd.DataFrame(rows[column])], ignore_index=True))
+        if any(r.column == column for _, r in todo):
+            # Other trials' rows stay as they are; the rows of those asked now are written whole.
+            others = [] if table is None else [table[~table["trial_id"].isin(list(rows))]]
+            asked_rows = [pd.DataFrame(rows[t][column]) for t in rows if rows[t][column]]
+            write(pd.concat([*others, *asked_rows], ignore_index=True))

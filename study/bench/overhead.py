@@ -36,7 +36,7 @@ PHASES = (
     "train_or_load_baselines",
     "run_experiment",
     "save_recommended_model",
-    "rerun_recommendation",
+    "rerun_recommendations",
     "score_on_native_grid",
     "build_report",
 )
@@ -92,7 +92,7 @@ def run(
         )
     )
     phases: dict[str, float] = {}
-    reruns: list = []  # rerun_recommendation's calls
+    reruns: list = []  # rerun_recommendations' calls
     replays: list = []  # missing_recommended_model's answers
     slots: list[int] = []  # trials at once on the study's Ray, read as its search starts
     experiment = launch.run_experiment
@@ -103,7 +103,7 @@ def run(
 
     launch.run_experiment = run_experiment
     for name in PHASES:
-        _timed(launch, name, phases, reruns if name == "rerun_recommendation" else None)
+        _timed(launch, name, phases, reruns if name == "rerun_recommendations" else None)
     _timed(launch, "missing_recommended_model", {}, replays)
     started = time.perf_counter()
     try:
@@ -112,7 +112,11 @@ def run(
         ray.shutdown()
         time.sleep(5)  # Ray's processes take a few seconds to exit; the bare work runs alone
         trials = trial_parts(work / "run")
-        planned = [(a["trial_id"], a["epoch"], a["other"], a["bn_modes"]) for a, _ in reruns]
+        planned = [
+            (t.trial_id, t.epoch, call["other"] if t.elsewhere else None, t.bn_modes)
+            for call, _ in reruns
+            for t in call["asked"]
+        ]
         missing = [(m.trial_id, m.epoch) for _, m in replays if m is not None]
         bare = bare_work(work / "run", planned, missing, progress=print)
     finally:
@@ -163,8 +167,8 @@ def bare_work(
     """Wall seconds of every model the study in ``run_dir`` trained, trained again here,
     without Ray, one thread, one after another; named ``kind:what`` (``KINDS``).
 
-    ``reruns``: ``rerun_recommendation``'s calls, ``(trial id, epoch, other forget set's
-    cohort or None, bn_modes)``; ``replays``: ``(trial id, epoch)`` of each replay of the
+    ``reruns``: the trials ``rerun_recommendations`` was asked to rerun, ``(trial id, epoch,
+    other forget set's cohort or None, bn_modes)``; ``replays``: ``(trial id, epoch)`` of each replay of the
     recommendation to its horizon. Trials differ in cost (strategies train on different
     subjects, ``bn_mode`` recalibrate adds a pass), so each is timed, not one for all.
     """
@@ -259,7 +263,7 @@ def overhead_rows(
             "seconds": phases["run_experiment driver CPU"],
         },
         {"part": "recommended model replayed", "seconds": phases.get("save_recommended_model", 0.0)},
-        {"part": "reruns of the recommendation", "seconds": phases.get("rerun_recommendation", 0.0)},
+        {"part": "reruns of the recommendation", "seconds": phases.get("rerun_recommendations", 0.0)},
         {"part": "scores on the native grid", "seconds": phases.get("score_on_native_grid", 0.0)},
         {"part": "report", "seconds": phases.get("build_report", 0.0)},
     ]
