@@ -291,9 +291,15 @@ def overhead_rows(
         mine = [v for k, v in bare.items() if k.partition(":")[0] == kind]
         if mine:
             rows.append({"part": f"bare (no Ray, 1 thread): {len(mine)} {what}", "seconds": sum(mine)})
-    trial_ideal = sum(v for k, v in bare.items() if k.startswith("trial:")) / slots
-    ideal = sum(bare.values()) / slots
+    trial_bare = sum(v for k, v in bare.items() if k.startswith("trial:"))
+    trial_ideal, ideal = trial_bare / slots, sum(bare.values()) / slots
     rows += [
+        {
+            # Above 1: the trials' training and evaluation alone ran slower side by side on the
+            # machine's cores than one at a time (shared caches and memory bandwidth).
+            "part": "trials' train + eval in the study / their bare seconds",
+            "ratio": compute / trial_bare,
+        },
         {"part": f"ideal: every model's bare seconds / {slots} slots", "seconds": ideal},
         {"part": "whole run / ideal", "ratio": total / ideal},
         {
