@@ -304,6 +304,7 @@ def run_experiment(
         replace_lost_checkpoints,
     )
     from trainables.trial_lines import TrialLines
+    from trainables.tune_state import CompactFinishedTrials
     from trainables.tune_trainable import trial_folder, trial_name, unlearning_trial
 
     storage = run.storage
@@ -354,6 +355,7 @@ def run_experiment(
                     CheckpointPruner(storage),
                     TrialLines(config),
                     *tune_callbacks(config),
+                    CompactFinishedTrials(),  # last: what a finished trial keeps in Tune's state
                 ],
                 verbose=1 if verbose else 0,  # 1: Tune's status tables and trial boxes
             ),

@@ -111,3 +111,48 @@ def test_the_pruner_works_beside_tunes_event_loop_one_pass_at_a_time(tmp_path, m
     pruner.on_trial_save(4, [], None)
     pruner.wait()
     assert len(passes) == 2
+
+
+def test_a_finished_trial_keeps_in_tunes_state_its_epoch_objectives_and_checkpoint_and_its_statistics_restart(
+    tmp_path,
+):
+    """``CompactFinishedTrials`` on a real Tune ``Trial``: the running statistics and the
+    figures out, the rest read back as Tune reads it; should the trial run again, Tune keeps
+    statistics from its next result on."""
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune import Checkpoint
+    from ray.tune.experiment import Trial
+    from ray.tune.utils.serialization import _loads_with_cloudpickle
+
+    from study.run.results import FIGURES
+    from trainables.tune_state import compact
+
+    trial = Trial("__fake", config={"lr": 0.1, "strategy": "noisy_label"}, stub=True, trial_id="t1")
+    figures = json.dumps({f"figure_{i}": 0.123456789 * i for i in range(30)})
+    for epoch in (1, 2):
+        result = {"epoch": epoch, "forget_drop": 0.1 * epoch, "diverged": 0.0, FIGURES: figures}
+        trial.update_last_result(result | {"config": trial.config, "trial_id": "t1", "done": epoch == 2})
+        checkpoint = Checkpoint.from_directory(str(tmp_path / f"checkpoint_00000{epoch}"))
+        trial.run_metadata.checkpoint_manager.register_checkpoint(
+            _TrainingResult(checkpoint, dict(trial.last_result))
+        )
+    before = len(trial.get_json_state()[1])
+
+    compact(trial)
+    saved = trial.get_json_state()[1]
+    metadata = _loads_with_cloudpickle(saved)
+    assert len(saved) < before / 2
+    assert metadata["metric_analysis"] == {} and metadata["metric_n_steps"] == {}
+    assert metadata["last_result"]["epoch"] == 2 and metadata["last_result"]["config"] == trial.config
+    assert FIGURES not in metadata["last_result"]
+    manager = metadata["checkpoint_manager"]
+    assert [r.checkpoint.path for r in manager.best_checkpoint_results] == [
+        str(tmp_path / "checkpoint_000001"),
+        str(tmp_path / "checkpoint_000002"),
+    ]
+    assert manager.latest_checkpoint_result.metrics["epoch"] == 2
+    assert all(not {FIGURES, "config"} & r.metrics.keys() for r in manager.best_checkpoint_results)
+
+    trial.update_last_result({"epoch": 3, "forget_drop": 0.5, "diverged": 0.0})  # a reopened trial
+    assert trial.metric_analysis["forget_drop"]["last"] == 0.5
+    assert trial.metric_analysis["forget_drop"]["avg"] == 0.5  # from the next result on

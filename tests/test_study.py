@@ -23,6 +23,7 @@ from study.config import EpochSchedule, StudyError, config_from_toml, load_confi
 from study.launch import main
 from study.metrics import METRICS
 from study.replay import replay_trial
+from study.run.results import FIGURES
 from study.run.rundir import RunDir
 from trainables.recipes import cache_key, load_cached, recipes
 
@@ -83,11 +84,23 @@ def test_tune_keeps_each_trials_last_checkpoint_and_optuna_each_trial(smoke_stud
         assert "result.json" in files and "progress.csv" not in files
         assert not any(name.startswith("events.out.tfevents") for name in files)
     assert "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS" not in os.environ
-    # Tune keeps statistics of the numbers it is shown: the epoch, divergence and objectives.
+    # What Tune's saved state keeps of a finished trial: its last epoch and objectives, its
+    # checkpoint; no running statistics, no figures (they are in trials.parquet).
+    from ray.tune.utils.serialization import _loads_with_cloudpickle  # how Tune reads it back
+
     state = json.loads(experiment.read_bytes(experiment.newest_experiment_state()))
-    statistics = json.loads(state["trial_data"][0][1])["metric_analysis"]
-    assert {"epoch", "forget_drop", "retain_kept"} <= statistics.keys()
-    assert not {"forget_dice", "retain_dice", "seconds_train", "peak_rss_mb"} & statistics.keys()
+    assert len(state["trial_data"]) == 4
+    for _, saved in state["trial_data"]:
+        metadata = _loads_with_cloudpickle(saved)
+        assert metadata["metric_analysis"] == {} and metadata["metric_n_steps"] == {}
+        last = metadata["last_result"]
+        assert last["epoch"] == 2 and {"forget_drop", "retain_kept", "config"} <= last.keys()
+        assert FIGURES not in last
+        manager = metadata["checkpoint_manager"]
+        assert manager.latest_checkpoint_result.metrics["epoch"] == 2
+        for checkpoint in manager.best_checkpoint_results:
+            assert not {FIGURES, "config"} & checkpoint.metrics.keys()
+    assert trials[["forget_dice", "retain_dice", "holdout_dice", "mia_auc"]].notna().all().all()
     for strategy in ("noisy_label", "max_loss"):
         study = optuna.load_study(study_name=strategy, storage=RunStorage(smoke_study.run.optuna_journal))
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
