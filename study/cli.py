@@ -157,6 +157,12 @@ def bench_parser() -> argparse.ArgumentParser:
     scale.add_argument(
         "--sampler", default="tpe", help="the study's sampler: tpe, gp, nsga2, random (default: tpe)"
     )
+    scale.add_argument(
+        "--bare",
+        default="sleep",
+        help="comma-separated: how the bare trials pass the compute time, sleep (idle) or busy "
+        "(a core spinning, as the study's trials load the machine) (default: sleep)",
+    )
     return _versioned(p)
 
 

@@ -61,7 +61,10 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
             sizes = [0]
         if min(sizes) < 2 or args.slots < 1:
             raise StudyError(f"--trials {args.trials} --slots {args.slots}: at least 2 trials, 1 slot")
-        return scale.run(sizes, args.slots, args.sampler)
+        bare = args.bare.split(",")
+        if unknown := [b for b in bare if b not in scale.BARE]:
+            raise StudyError(f"--bare: unknown {', '.join(unknown)}; choose from {', '.join(scale.BARE)}")
+        return scale.run(sizes, args.slots, args.sampler, bare)
     if args.command == "data":
         from study.bench import data
 

@@ -3,12 +3,14 @@
 For each N, a study of N tiny trials (the smoke preset, one epoch; a network that trains in
 well under a second) runs through the study's whole machinery, ``study.launch.run_study``:
 the searcher with one Optuna study per strategy, the trainable with its background reports
-and checkpoints, the checkpoint pruner, the trial lines, the results reader (the cohort and
-the baselines come from the cache, as a second ``study.launch`` finds them; only the search
-phase is timed). Ray is local, with S logical CPUs (a slot each), so S trials share this
-machine's cores. Then a bare Tune
-run of N function trials, each sleeping the study's mean trial compute (train + eval, as the
-trials measured it) and reporting as often, with the same S slots.
+and checkpoints, the checkpoint pruner, what Tune keeps of a finished trial, the trial
+lines, the results reader (the cohort and the baselines come from the cache, as a second
+``study.launch`` finds them; only the search phase is timed). Ray is local, with S logical
+CPUs (a slot each), so S trials share this machine's cores. Then a bare Tune run of N
+function trials, each sleeping the study's mean trial compute (train + eval, as the
+trials measured it) and reporting as often, with the same S slots; with ``--bare busy``,
+also (or instead) one whose trials spin a core that long: where the slots outnumber the
+cores, the study's trials load the machine that the driver shares, and sleeping ones do not.
 
 Overhead per trial is the slot-seconds a trial holds beyond its compute, S x wall / N -
 compute; Ray's own benchmark of Tune (10,000 one-second trials on 16 CPUs in 715 s against
@@ -21,7 +23,7 @@ import contextlib
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +41,13 @@ OVERRIDES: dict[str, Any] = {
 }
 
 
-def run(sizes: list[int], slots: int, sampler: str) -> list[dict[str, Any]]:
-    """A study row and a bare-Tune row per N in ``sizes``, then the extrapolation to 10,000."""
+#: How a bare trial passes its compute time (``--bare``): asleep, or spinning a core.
+BARE = ("sleep", "busy")
+
+
+def run(sizes: list[int], slots: int, sampler: str, bare: Sequence[str] = ("sleep",)) -> list[dict[str, Any]]:
+    """A study row and a bare-Tune row per N in ``sizes`` and way in ``bare`` (``BARE``),
+    then the extrapolation to 10,000."""
     import ray
 
     from study.config import StudyError
@@ -61,9 +68,12 @@ def run(sizes: list[int], slots: int, sampler: str) -> list[dict[str, Any]]:
         for n in sizes:
             print(f"study of {n} trials on {slots} slots ...", flush=True)
             study = _study(work, n, slots, sampler)
-            print(f"  {study['wall_s']:.0f} s; bare Tune run of {n} trials ...", flush=True)
-            bare = _bare_tune(work, n, slots, study["compute_s_per_trial"], study["reports_per_trial"])
-            rows += [study, bare]
+            rows.append(study)
+            for way in bare:
+                print(f"  {study['wall_s']:.0f} s; bare Tune run of {n} trials ({way}) ...", flush=True)
+                rows.append(
+                    _bare_tune(work, n, slots, study["compute_s_per_trial"], study["reports_per_trial"], way)
+                )
     finally:
         if own:
             ray.shutdown()
@@ -72,19 +82,25 @@ def run(sizes: list[int], slots: int, sampler: str) -> list[dict[str, Any]]:
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """The headline figures at the largest N: the study's overhead per trial over the bare
-    run's, the study's wall over its minimum, the state bytes per trial."""
+    """The headline figures at the largest N: the study's overhead per trial over each bare
+    run's (``overhead_ratio``: the sleeping one's, ``overhead_ratio_busy``: the busy one's),
+    the study's wall over its minimum, the state bytes per trial."""
     largest = max(r["trials"] for r in rows if r["run"] != "extrapolated")
-    study, bare = (
-        next(r for r in rows if r["run"] == kind and r["trials"] == largest)
-        for kind in ("study", "bare Tune")
-    )
-    return {
-        "overhead_ratio": study["overhead_s_per_trial"] / max(bare["overhead_s_per_trial"], 1e-9),
+    at_largest = {r["run"]: r for r in rows if r["trials"] == largest}
+    study = at_largest["study"]
+    figures: dict[str, float] = {}
+    for way, key in (("sleep", "overhead_ratio"), ("busy", "overhead_ratio_busy")):
+        if (bare := at_largest.get(_bare_kind(way))) is not None:
+            figures[key] = study["overhead_s_per_trial"] / max(bare["overhead_s_per_trial"], 1e-9)
+    return figures | {
         "minimum_ratio": study["minimum_ratio"],
         "state_bytes_per_trial": study["state_bytes_per_trial"],
         "trials": largest,
     }
+
+
+def _bare_kind(way: str) -> str:
+    return "bare Tune" if way == "sleep" else f"bare Tune ({way})"
 
 
 def _study(work: Path, n: int, slots: int, sampler: str) -> dict[str, Any]:
@@ -126,35 +142,42 @@ def _study(work: Path, n: int, slots: int, sampler: str) -> dict[str, Any]:
     }
 
 
-def _bare_tune(work: Path, n: int, slots: int, compute: float, reports: int) -> dict[str, Any]:
-    """``n`` Tune trials that sleep ``compute`` seconds in ``reports`` reports, ``slots`` at once."""
+def _bare_tune(work: Path, n: int, slots: int, compute: float, reports: int, way: str) -> dict[str, Any]:
+    """``n`` Tune trials that pass ``compute`` seconds in ``reports`` reports (``way``: asleep
+    or spinning a core), ``slots`` at once."""
     from ray import tune
 
     from study.run.storage import ExperimentStorage
     from trainables.tune_trainable import PeakMemory
 
+    folder = work / f"bare-{way}-{n}"
     tuner = tune.Tuner(
-        tune.with_resources(_sleeping_trial, {"CPU": 1}),
-        param_space={"seconds": compute / reports, "reports": reports},
+        tune.with_resources(_bare_trial, {"CPU": 1}),
+        param_space={"seconds": compute / reports, "reports": reports, "busy": way == "busy"},
         tune_config=tune.TuneConfig(num_samples=n, reuse_actors=True),
-        run_config=tune.RunConfig(name="bare", storage_path=str(work / f"bare-{n}"), verbose=0),
+        run_config=tune.RunConfig(name="bare", storage_path=str(folder), verbose=0),
     )
     memory, started, cpu = PeakMemory(), time.perf_counter(), time.process_time()
     with _saves_counted() as saves:
         grid = tuner.fit()
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
-    state = _state_bytes(ExperimentStorage(str(work / f"bare-{n}"), "bare"))
-    return _row("bare Tune", len(grid), slots, wall, compute, reports, state, saves) | {
+    state = _state_bytes(ExperimentStorage(str(folder), "bare"))
+    return _row(_bare_kind(way), len(grid), slots, wall, compute, reports, state, saves) | {
         "driver_cpu_s": cpu,
         "driver_peak_rss_mb": memory.peak_mb(),
     }
 
 
-def _sleeping_trial(config: dict[str, Any]) -> None:
+def _bare_trial(config: dict[str, Any]) -> None:
     from ray import tune
 
     for epoch in range(1, config["reports"] + 1):
-        time.sleep(config["seconds"])
+        if config["busy"]:
+            end = time.perf_counter() + config["seconds"]
+            while time.perf_counter() < end:
+                pass
+        else:
+            time.sleep(config["seconds"])
         tune.report({"epoch": epoch})
 
 
