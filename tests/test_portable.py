@@ -333,11 +333,18 @@ def _results(run_dir: Path) -> dict[Path, str]:
     return {p: p.read_text() for p in experiment.glob("trial_*/result.json")}
 
 
+def _reached(text: str, epochs: int) -> bool:
+    """Whether a ``result.json`` holds its trial's last epoch. Counting its lines would not
+    do: a trial resumed from the epoch before the one it last reported reports that epoch
+    twice, so its file has ``epochs`` lines one epoch short of its end."""
+    return any(json.loads(line)["epoch"] == epochs for line in text.splitlines())
+
+
 def _finished_and_running(run_dir: Path, epochs: int) -> bool:
     """One trial's every epoch is in storage's ``result.json``, and another trial is under way."""
     if not RunDir(run_dir).config_file.is_file():
         return False
-    done = any(len(text.splitlines()) == epochs for text in _results(run_dir).values())
+    done = any(_reached(text, epochs) for text in _results(run_dir).values())
     trials = Path(RunDir.open(run_dir)[0].storage.experiment_path).glob("trial_*")
     return done and any(2 <= len(list(t.glob("checkpoint_*"))) < epochs for t in trials)
 
@@ -408,9 +415,7 @@ def test_a_stop_signal_in_any_phase_ends_the_driver_and_the_resume_command_finis
             if name == "search" and sig == signal.SIGINT:  # SIGTERM next: one trial done, one under way
                 when = lambda: _finished_and_running(run_dir, studies.EPOCHS)  # noqa: E731
             elif name == "search":
-                finished = {
-                    p: t for p, t in _results(run_dir).items() if len(t.splitlines()) == studies.EPOCHS
-                }
+                finished = {p: t for p, t in _results(run_dir).items() if _reached(t, studies.EPOCHS)}
                 _refused_while_cut_off(monkeypatch, capsys, run_dir)
     assert finished
     assert _launch(monkeypatch, capsys, resume) == (0, "")
