@@ -272,3 +272,47 @@ def test_a_journal_cut_off_by_a_killed_driver_is_mended_when_the_next_driver_ope
     study = optuna.load_study(study_name="noisy_label", storage=RunStorage(journal))
     study.tell(study.ask(), [0.1, 0.2])  # appends follow a whole line: the journal stays readable
     assert _states(journal, "noisy_label") == ["COMPLETE", "COMPLETE"]
+
+
+def test_a_suggestion_reaches_the_journal_as_one_synced_append_before_it_is_handed_to_tune(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Optuna appends each change of a trial on its own (created, each hyperparameter, each
+    attribute); the searcher holds them and writes one synced append per suggestion."""
+    import os
+
+    journal = RunDir(tmp_path).optuna_journal
+    searcher = _searcher(tmp_path, ["noisy_label"], journal, in_flight=2)
+    syncs, fsync = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (syncs.append(fd), fsync(fd))[1])
+    lines = len(journal.read_bytes().splitlines())
+    start, sampled = searcher.suggest("a"), searcher.suggest("b")  # the hand-picked start, then TPE's
+    assert len(syncs) == 2
+    written = journal.read_bytes().splitlines()[lines:]
+    assert len(written) >= 2 * 4  # each: its trial (or start), 3 parameters and 2 attributes, at least
+    # Read by another process's storage: both trials, as they were handed to Tune.
+    study = optuna.load_study(study_name="noisy_label", storage=RunStorage(journal))
+    trials = {t.user_attrs["tune_trial_id"]: t for t in study.trials}
+    for tune_id, config in (("a", start), ("b", sampled)):
+        trial = trials[tune_id]
+        assert trial.state.name == "RUNNING" and trial.number == config["trial_number"]
+        assert trial.user_attrs["strategy"] == "noisy_label"
+        assert len(trial.params) >= 3 and trial.params == {k: config[k] for k in trial.params}
+    searcher.on_trial_complete("a", RESULT)
+    assert len(syncs) == 3 and _states(journal, "noisy_label") == ["COMPLETE", "RUNNING"]
+
+
+def test_writes_held_by_a_block_that_raises_still_reach_the_journal(tmp_path: Path):
+    journal = RunDir(tmp_path).optuna_journal
+    storage = RunStorage(journal)
+    study = optuna.create_study(study_name="s", storage=storage, directions=["maximize", "maximize"])
+    with pytest.raises(RuntimeError), storage.held():
+        trial = study.ask()
+        trial.suggest_float("lr", 1e-5, 1e-2, log=True)
+        assert trial.number == 0 and study.trials[0].params.keys() == {"lr"}  # read back, held
+        assert _states(journal, "s") == []  # not in the file yet
+        raise RuntimeError
+    (written,) = optuna.load_study(study_name="s", storage=RunStorage(journal)).trials
+    assert written.state.name == "RUNNING" and written.params == {"lr": trial.params["lr"]}
+    study.tell(0, [0.1, 0.2])  # appends go on after the held ones
+    assert _states(journal, "s") == ["COMPLETE"]
