@@ -167,7 +167,7 @@ def _search_and_report(
     phase("baselines", "the original model and the models retrained without the forget subjects")
     # The cohort and the original model go into the object store once per study.
     cohort_ref = ray.put(cohort)
-    references = train_or_load_baselines(config, run, cohort, cohort_ref, start, connection.local)
+    references = train_or_load_baselines(config, run, cohort, cohort_ref, start, connection.local, other)
     original = ray.put(references.states["original"])
     handover = Handover(config, classes_of(config.strategies), cohort_ref, original, references.reference)
 
@@ -192,7 +192,7 @@ def _search_and_report(
             recommended, "trial_id", ""
         ):  # the "safe to deploy" knee: its fresh seeds on the study's forget set
             asked.append(RerunOf(safe.trial_id, safe.epoch, elsewhere=False, bn_modes=False))
-        rerun_recommendations(config, run, asked, handover, other, start)
+        rerun_recommendations(config, run, asked, handover, other, start, connection.local)
         if config.native_scores:
             phase("scores", "MRBrainS18's Dice, HD95 and volume similarity per label, on the native grid")
             score_on_native_grid(config, run, study, cohort, handover, references.states, connection.local)
@@ -275,14 +275,31 @@ def _tell_next(config: StudyConfig, run: RunDir) -> None:
 
 
 def train_or_load_baselines(
-    config: StudyConfig, run: RunDir, cohort: Cohort, cohort_ref: Any, start: dict, local: bool
+    config: StudyConfig,
+    run: RunDir,
+    cohort: Cohort,
+    cohort_ref: Any,
+    start: dict,
+    local: bool,
+    other: Cohort | None = None,
 ) -> References:
     """The original model and the retrain reference, from the cache or trained side by side on
-    the cluster (a local Ray's cores shared between them), recorded in the run directory."""
+    the cluster (a local Ray's cores shared between them), recorded in the run directory.
+
+    ``other``: the cohort with the other forget set, on which the recommendation's fresh seeds
+    are rerun: its retrain reference trains (into the cache) beside them, so that those
+    reruns start with the others rather than after it, and fills a slot the last models leave.
+    """
     import ray
 
     ours = int(ray.cluster_resources().get("CPU", 1)) if local else None
-    references = reference_models(config, cohort, start, cores=ours, cohort_ref=cohort_ref).result()
+    training = reference_models(config, cohort, start, cores=ours, cohort_ref=cohort_ref)
+    beside = None
+    if other is not None and config.seed_reruns > 0:  # measured where its reruns are
+        beside = reference_models(config, other, start, names=("retrain",), tell_epochs=False)
+    references = training.result()
+    if beside is not None:
+        beside.trained()
     record(run, references, cohort.split, config.privacy_level)
     return references
 

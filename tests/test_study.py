@@ -144,6 +144,11 @@ def test_the_recommendation_is_rerun_with_fresh_seeds_on_two_forget_sets_and_oth
     assert (
         load_cached(config, cache_key(config, other, recipes(config, other)["retrain"])) is not None
     )  # trained once, cached
+    # ... in the baselines phase, beside the study's own models; the reruns phase finds it.
+    baselines, search = smoke_study.output.index("== baselines"), smoke_study.output.index("== search")
+    reruns = smoke_study.output.index("== reruns")
+    assert 0 <= smoke_study.output.find("training retrain for forget set 1,14", baselines, search)
+    assert 0 <= smoke_study.output.find("for forget set 1,14, cached in", reruns)
     recommended = smoke_study.trials.query("trial_id == @trial_id")["param_bn_mode"].iloc[0]
     assert set(bn_modes["bn_mode"]) == {"train", "frozen", "recalibrate"} - {recommended}
     assert seeds["forget_dice"].between(0, 1).all() and bn_modes["mia_forget"].between(0, 1).all()

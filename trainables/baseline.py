@@ -122,13 +122,15 @@ class ReferencesInTraining:
         states: dict[str, dict[str, torch.Tensor]],
         wanted: dict[str, Recipe],
         cores: int | None,
+        tell_epochs: bool = True,
     ) -> None:
         self.config, self.cohort, self.start, self.states, self.cores = config, cohort, start, states, cores
         self.wanted = wanted
         self.missing = [name for name in wanted if name not in states]
         # One or two models tell their epochs; more (shadow models) a line each as it is done.
-        self.epochs_told = len(self.missing) <= 2
-        self.progress = Progress("models of the original recipe", len(self.missing))
+        self.epochs_told = tell_epochs and len(self.missing) <= 2
+        forget = ",".join(cohort.split.forget)
+        self.progress = Progress(f"models of the original recipe for forget set {forget}", len(self.missing))
         self.cohort_ref: Any = None  # the cohort in Ray's object store, while Ray is up
         self.tasks: dict[Any, str] = {}  # Ray task -> the model it trains
         self.trained_on: dict[str, str] = {}
@@ -166,17 +168,23 @@ class ReferencesInTraining:
                 self._trained(name, *trained, "this process")
             measured = measure(config, self.cohort, self._states(), measuring)
             return References(self._states(), *measured, self.trained_on)
+        self.trained()
+        if self.cores is not None:  # a local Ray of ours: a task would add only a worker's start-up
+            measured = measure(config, self.cohort, self._states(), measuring)
+            return References(self._states(), *measured, self.trained_on)
+        import ray
+
+        task = remote(config, measure, measuring.threads)
+        measured = ray.get(task.remote(config, self.cohort_ref, self._states(), measuring))
+        return References(self._states(), *measured, self.trained_on)
+
+    def trained(self) -> None:
+        """Waits for the models in training (Ray tasks), each cached as it is done."""
         import ray
 
         while self.tasks:
             (done, *_), _ = ray.wait(list(self.tasks))
             self._trained(self.tasks.pop(done), *ray.get(done))
-        if self.cores is not None:  # a local Ray of ours: a task would add only a worker's start-up
-            measured = measure(config, self.cohort, self._states(), measuring)
-            return References(self._states(), *measured, self.trained_on)
-        task = remote(config, measure, measuring.threads)
-        measured = ray.get(task.remote(config, self.cohort_ref, self._states(), measuring))
-        return References(self._states(), *measured, self.trained_on)
 
     def compute(self, tasks: int) -> Compute:
         """How each of ``tasks`` running at once computes: with a trial's CPUs, or with a share
@@ -218,6 +226,7 @@ def reference_models(
     cores: int | None = None,
     cohort_ref: Any = None,
     names: tuple[str, ...] | None = None,
+    tell_epochs: bool = True,
 ) -> ReferencesInTraining:
     """The models of the original recipe for ``cohort`` (``names`` of ``recipes``, default
     all): from the cache, or trained from ``start``, starting now (``result()`` waits for
@@ -227,7 +236,8 @@ def reference_models(
     While Ray is up, each model trains and all are measured in Ray tasks that ask for a
     trial's resources (``cohort_ref``: the cohort in the object store, put there when not
     given); otherwise here. ``cores``: the CPUs of a Ray that is ours alone, shared by the
-    tasks that run at once (``None``: each gets a trial's CPUs).
+    tasks that run at once (``None``: each gets a trial's CPUs). ``tell_epochs``: one or two
+    models in training print a line every few epochs (else a line as each is done).
     """
     every = recipes(config, cohort)
     wanted = {name: every[name] for name in (names or every)}
@@ -240,7 +250,7 @@ def reference_models(
             cached.append(name)
     if cached:
         print(f"for forget set {forget}, cached in {cache_file(config, '').parent}: {', '.join(cached)}")
-    training = ReferencesInTraining(config, cohort, start, states, wanted, cores)
+    training = ReferencesInTraining(config, cohort, start, states, wanted, cores, tell_epochs)
     if training.missing:
         print(
             f"training {', '.join(training.missing)} for forget set {forget} ({config.baseline_epochs} epochs each)"

@@ -115,13 +115,16 @@ def rerun_recommendations(
     handover: Handover,
     other: Cohort | None,
     start: dict[str, torch.Tensor],
+    local: bool = False,
 ) -> None:
     """Runs the reruns of every trial ``asked`` that the tables do not hold yet, all side by
-    side on the cluster (the recommendation's and the "safe to deploy" knee's are one batch:
-    the phase takes as long as its longest rerun, not the sum of two batches).
+    side on the cluster, the longest (to the latest epoch) first (the recommendation's and the
+    "safe to deploy" knee's are one batch: the phase takes as long as its longest rerun, not
+    the sum of two batches).
 
     ``other``: the cohort with another forget set (``None``: none); its retrain reference is
-    trained from ``start`` (or found in the cache) while the study's own reruns run.
+    found in the cache (the baselines phase trains it) or trained from ``start`` first. It is
+    measured in this process on a ``local`` Ray (a task would add only a worker's start-up).
     """
     import ray
 
@@ -143,25 +146,23 @@ def rerun_recommendations(
     if not todo:
         return
     task = remote(config, _reports)
-
-    def submit(reruns: list[tuple[RerunOf, Rerun]], cohort_ref: Any, reference: Reference) -> dict:
-        started = {}
-        for a, r in reruns:
-            strategy = handover.strategies[params[a.trial_id]["strategy"]]
-            spec = TrialSpec.of(config, strategy, params[a.trial_id], a.epoch, **r.changes)
-            started[a, r] = (reference, task.remote(spec, cohort_ref, handover.original_state, reference))
-        return started
-
-    elsewhere = [(a, r) for a, r in todo if r.forget != own]
-    if elsewhere:  # its retrain reference trains first, beside the study's own reruns
-        other_ref = ray.put(other)
+    cohorts, references = {own: handover.cohort}, {own: handover.reference}
+    if any(r.forget != own for _, r in todo):  # the other forget set's retrain reference, measured
+        cohorts[elsewhere_label] = ray.put(other)
         known = {"original": ray.get(handover.original_state)}
-        training = reference_models(config, other, start, known, cohort_ref=other_ref, names=KINDS)
+        cores = 1 if local else None
+        training = reference_models(
+            config, other, start, known, cores=cores, cohort_ref=cohorts[elsewhere_label], names=KINDS
+        )
+        references[elsewhere_label] = training.result().reference
     names = ", ".join(dict.fromkeys(a.trial_id for a, _ in todo))
     progress = Progress(f"reruns of trial {names}", len(todo))  # from the first one's start
-    pending = submit([(a, r) for a, r in todo if r.forget == own], handover.cohort, handover.reference)
-    if elsewhere:
-        pending |= submit(elsewhere, other_ref, training.result().reference)
+    pending = {}
+    for a, r in sorted(todo, key=lambda rerun: -rerun[0].epoch):  # the longest first: a short tail
+        strategy = handover.strategies[params[a.trial_id]["strategy"]]
+        spec = TrialSpec.of(config, strategy, params[a.trial_id], a.epoch, **r.changes)
+        reference = references[r.forget]
+        pending[a, r] = (reference, task.remote(spec, cohorts[r.forget], handover.original_state, reference))
     reports: dict[tuple[RerunOf, Rerun], Any] = {}
     waiting = {ref: key for key, (_, ref) in pending.items()}
     while waiting:  # told as each finishes, side by side on the cluster
@@ -169,7 +170,8 @@ def rerun_recommendations(
         a, r = key = waiting.pop(done)
         reports[key] = ray.get(done)
         progress.step(f"{r.column} {r.value} on {r.forget}" + (f" of {a.trial_id}" if len(asked) > 1 else ""))
-    for (a, r), (reference, _) in pending.items():  # the tables in the order the reruns were planned
+    for a, r in todo:  # the tables in the order the reruns were planned
+        reference = pending[a, r][0]
         strategy = params[a.trial_id]["strategy"]
         base = {"strategy": strategy, "trial_id": a.trial_id, "forget": r.forget, r.column: r.value}
         base |= {"original_forget_dice": reference.original["forget_dice"]}
