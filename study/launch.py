@@ -321,7 +321,7 @@ def run_experiment(
         replace_lost_checkpoints,
     )
     from trainables.trial_lines import TrialLines
-    from trainables.tune_state import CompactFinishedTrials
+    from trainables.tune_state import CompactFinishedTrials, FinishedTrialFiles
     from trainables.tune_trainable import trial_folder, trial_name, unlearning_trial
 
     storage = run.storage
@@ -373,6 +373,7 @@ def run_experiment(
                     TrialLines(config),
                     *tune_callbacks(config),
                     CompactFinishedTrials(),  # last: what a finished trial keeps in Tune's state
+                    FinishedTrialFiles(),  # its files uploaded once, not at every save
                 ],
                 verbose=1 if verbose else 0,  # 1: Tune's status tables and trial boxes
             ),

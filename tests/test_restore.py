@@ -156,3 +156,69 @@ def test_a_finished_trial_keeps_in_tunes_state_its_epoch_objectives_and_checkpoi
     trial.update_last_result({"epoch": 3, "forget_drop": 0.5, "diverged": 0.0})  # a reopened trial
     assert trial.metric_analysis["forget_drop"]["last"] == 0.5
     assert trial.metric_analysis["forget_drop"]["avg"] == 0.5  # from the next result on
+
+
+@pytest.mark.parametrize("moved", [True, False])
+def test_a_finished_trials_files_are_uploaded_once_not_at_every_save_of_tunes_state(
+    ray_local, tmp_path, monkeypatch, moved: bool
+):
+    """Tune uploads its whole staging folder at every save (here one at every step of its
+    loop); ``FinishedTrialFiles`` uploads each finished trial's ``result.json`` once more
+    after the trial ends and takes it out of that folder (without it, a finished trial's
+    file is uploaded again at every later save), and the storage still has every
+    trial's every result."""
+    import time
+    from collections import defaultdict
+
+    from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
+
+    from study.bench.scale import _bare_trial  # importable by Ray's workers
+    from study.run import storage as storage_module
+    from trainables.tune_state import FinishedTrialFiles
+
+    uploads: dict[str, list[float]] = defaultdict(list)  # trial folder -> when its result.json was written
+    opened = storage_module.WholeFiles.open_output_stream
+
+    def counted(self, path: str, metadata):
+        if path.endswith("result.json"):
+            uploads[Path(path).parent.name].append(time.monotonic())
+        return opened(self, path, metadata)
+
+    ended: dict[str, float] = {}
+
+    class Ends(tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            ended[Path(trial.local_path).name] = time.monotonic()
+
+    monkeypatch.setattr(storage_module.WholeFiles, "open_output_stream", counted)
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0")  # a save at every step of Tune's loop
+    monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    storage = ExperimentStorage(str(tmp_path / "results"), "files")
+    fs, root = storage.filesystem()
+    callbacks = [JsonLoggerCallback(), Ends(), *([FinishedTrialFiles()] if moved else [])]
+    tuner = tune.Tuner(
+        tune.with_resources(_bare_trial, {"CPU": 1}),
+        param_space={"seconds": 0.05, "reports": 3, "busy": False},
+        tune_config=tune.TuneConfig(num_samples=8, reuse_actors=True, max_concurrent_trials=2),
+        run_config=tune.RunConfig(
+            name="files", storage_path=root, storage_filesystem=fs, callbacks=callbacks, verbose=0
+        ),
+    )
+    grid = tuner.fit()
+    assert len(grid) == 8 and not grid.errors
+    for result in grid:  # read back from the storage: every trial's 3 results
+        assert list(result.metrics_dataframe["epoch"]) == [1, 2, 3]
+    assert uploads.keys() == ended.keys() and len(ended) == 8
+    after = {folder: sum(t > ended[folder] for t in times) for folder, times in uploads.items()}
+    first = min(ended, key=ended.get)
+    if moved:
+        # The move, and the saves that came before it (a save at every step here): not the
+        # saves that came after, however many.
+        assert max(after.values()) <= 3
+        session = Path(ray_local._private.worker._global_node.get_session_dir_path())
+        staging = list(session.rglob("driver_artifacts"))  # Tune's staging folder on the driver
+        moved_out = sorted(ended, key=ended.get)[:-2]  # the last two may end in Tune's last step
+        assert staging and not [s / f for s in staging for f in moved_out if (s / f).exists()]
+    else:
+        assert after[first] >= 4  # the first trial's file again at each later save

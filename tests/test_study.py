@@ -147,8 +147,8 @@ def test_the_recommendation_is_rerun_with_fresh_seeds_on_two_forget_sets_and_oth
     # ... in the baselines phase, beside the study's own models; the reruns phase finds it.
     baselines, search = smoke_study.output.index("== baselines"), smoke_study.output.index("== search")
     reruns = smoke_study.output.index("== reruns")
-    assert 0 <= smoke_study.output.find("training retrain for forget set 1,14", baselines, search)
-    assert 0 <= smoke_study.output.find("for forget set 1,14, cached in", reruns)
+    assert smoke_study.output.find("training retrain for forget set 1,14", baselines, search) >= 0
+    assert smoke_study.output.find("for forget set 1,14, cached in", reruns) >= 0
     recommended = smoke_study.trials.query("trial_id == @trial_id")["param_bn_mode"].iloc[0]
     assert set(bn_modes["bn_mode"]) == {"train", "frozen", "recalibrate"} - {recommended}
     assert seeds["forget_dice"].between(0, 1).all() and bn_modes["mia_forget"].between(0, 1).all()
