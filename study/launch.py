@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 
 from study.cli import NOTHING_KEPT, before_loading, quit_while_loading
 
@@ -482,6 +483,8 @@ def quiet_libraries(verbose: bool) -> None:
     logging.getLogger("ray.tune").setLevel(logging.INFO if verbose else logging.WARNING)
     # Quiet: Tune's older output, which verbose=0 silences whole (the newer prints a box anyway).
     os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
+    if not verbose:  # the searcher's suggestion (GP's takes about a second), not the trial's work
+        warnings.filterwarnings("ignore", "Define-by-run function passed in the `space` argument took")
     if not sys.stdout.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # read by the driver as it prints them
 

@@ -505,3 +505,20 @@ def test_one_command_starts_a_study_or_resumes_it_and_resume_may_move_it_to_anot
     config, resuming = config_from_args(["--resume", str(run_dir), "--storage", str(tmp_path / "own")])
     assert not resuming.claim and config.storage == str(tmp_path / "own")
     assert resuming.copy_from.experiment_path == str(run_dir.resolve() / "ray_results" / "job")
+
+
+def test_the_quiet_console_leaves_out_optunas_warning_that_a_suggestion_was_slow(monkeypatch):
+    """OptunaSearch warns when its define-by-run space takes over a second: GP's suggestion
+    does on a loaded 2-core machine; it is not work a user can move into the trial."""
+    import warnings
+
+    from study.launch import quiet_libraries
+
+    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "0")  # set by quiet_libraries: put back after
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_libraries(verbose=False)
+        slow = "Define-by-run function passed in the `space` argument took 1.1 seconds to run. Ensure"
+        warnings.warn(slow, UserWarning, stacklevel=1)
+        warnings.warn("a trial's own warning", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["a trial's own warning"]
