@@ -5,6 +5,7 @@ trial reaches Optuna as a failure."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -211,8 +212,12 @@ def test_with_that_many_in_flight_gp_draws_exactly_what_random_search_does():
 
 
 def test_the_samplers_fit_the_budget():
-    assert sampler_settings("tpe", budget=16, parallel=2) == {"n_startup_trials": 4, "constant_liar": True}
-    assert sampler_settings("tpe", budget=4, parallel=1) == {"n_startup_trials": 2, "constant_liar": False}
+    assert sampler_settings("tpe", budget=16, parallel=2) == {
+        "n_startup_trials": 4,
+        "constant_liar": True,
+        "multivariate": True,
+    }
+    assert sampler_settings("tpe", budget=4, parallel=1)["constant_liar"] is False
     assert (
         sampler_settings("tpe", budget=200, parallel=8)["n_startup_trials"] == 10
     )  # Optuna's default at most
@@ -224,6 +229,27 @@ def test_the_samplers_fit_the_budget():
     assert sampler_settings("gp", budget=16, parallel=8)["n_startup_trials"] == 4
     with pytest.raises(ValueError, match="unknown sampler 'grid'"):
         make_sampler("grid", 0, 8, 2)
+
+
+def test_tpe_suggests_a_strategys_hyperparameters_jointly_once_its_start_is_told(tmp_path: Path):
+    """Multivariate TPE: after its random start, each suggestion of the study's searcher is
+    one draw from a joint density (Optuna keeps it as the trial's relative parameters, for
+    the constant liar), not one fit per hyperparameter."""
+    config = dataclasses.replace(_config(tmp_path, ["noisy_label"], num_samples=12), sampler="tpe")
+    journal = RunDir(tmp_path).optuna_journal
+    searcher = build_searcher(config, spaces_of(config.strategies), journal, in_flight=2)
+    sampler = searcher._searchers["noisy_label"]._sampler
+    assert sampler._n_startup_trials == 3 and sampler._multivariate and sampler._constant_liar
+    for i in range(8):
+        config_i = searcher.suggest(f"t{i}")
+        assert config_i["trial_number"] == i
+        searcher.on_trial_complete(f"t{i}", {"forget_drop": 0.1 * (i % 4), "retain_kept": 1.0 - 0.05 * i})
+    study = optuna.load_study(study_name="noisy_label", storage=RunStorage(journal))
+    joint = [any(k.startswith("tpe:relative_params") for k in t.system_attrs) for t in study.trials]
+    assert joint == [False] * 3 + [True] * 5  # the start-up (the hand-picked start, 2 random), then TPE
+    (last,) = [t for t in study.trials if t.number == 7]
+    relative = json.loads(last.system_attrs["tpe:relative_params:0"])
+    assert relative.keys() == last.params.keys()  # every hyperparameter from the joint draw
 
 
 class _Growing:
