@@ -39,7 +39,7 @@ def sampler_settings(name: str, budget: int, parallel: int) -> dict[str, Any]:
     the constant liar keeps TPE from proposing the same point twice. TPE is multivariate, one
     joint density over a strategy's space (each strategy's is fixed): a suggestion splits the
     trials into good and bad once, not once per hyperparameter as Optuna's default for two
-    objectives does, about a third of the driver's time (README, Performance). NSGA-II's
+    objectives does: a third of the time a suggestion (README, Performance). NSGA-II's
     default population (50) would never reach a second generation: a population of a
     quarter of the budget (at least 4) gets several. The Gaussian-process sampler ("gp") has
     TPE's random start; it conditions on the trials in flight itself (its q-batch
